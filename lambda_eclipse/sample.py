@@ -1,0 +1,78 @@
+"""The record that flows through the build-dataset stages.
+
+A stage never drops a sample: it rejects it with a stage name and a reason, and later stages pass rejected
+samples through untouched. So accepted + rejected = inputs always holds, and the writer sees every input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SourceRef:
+    """Where a sample's encoded bytes live: a whole file (size -1) or a byte range in a tar."""
+
+    path: str
+    offset: int = 0
+    size: int = -1
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+@dataclass
+class Reject:
+    stage: str
+    reason: str
+
+
+@dataclass
+class Noun:
+    text: str
+    start: int  # character span in the caption, end exclusive
+    end: int
+
+
+@dataclass
+class Detection:
+    """A Grounding DINO box for one of the caption's nouns; a subject once it survives the filters."""
+
+    noun: str
+    start: int  # the noun's character span in the caption
+    end: int
+    box: np.ndarray  # (4,) float32 x0, y0, x1, y1 in pixels of the decoded image
+    logit: float
+    mask: np.ndarray | None = None  # (H, W) bool, full image
+    mask_ratio: float | None = None  # mask pixels inside the box / box area
+    token_positions: list[int] = field(default_factory=list)  # CLIP token indices of the noun
+    crop: np.ndarray | None = None  # (S, S, 3) uint8, mask on white, padded square
+    embedding: np.ndarray | None = None  # (d,) float32 CLIP image embedding of the crop
+
+
+@dataclass
+class Sample:
+    key: str
+    source: str  # human-readable origin: a file path, or "archive.tar#member"
+    ref: SourceRef
+    source_caption: str | None = None  # the input's own caption (.txt/.json), kept as metadata
+    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, EXIF orientation applied
+    caption: str | None = None
+    nouns: list[Noun] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    subjects: list[Detection] = field(default_factory=list)  # highest logit first
+    edge: np.ndarray | None = None  # (H, W, 3) uint8 Canny edge map as RGB
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    reject: Reject | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, this sample's share
+
+    def reject_at(self, stage: str, reason: str) -> None:
+        self.reject = Reject(stage, reason)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reject is None

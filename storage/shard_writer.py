@@ -1,0 +1,162 @@
+"""Writes one shard of the contract: features Parquet, WebDataset tar, rejects Parquet, then `_stats.json`.
+
+Every file is written under a temporary name and renamed into place; `_stats.json` (the completeness
+marker, with the sha256 of the other files) goes last, atomically. A crash at any point leaves no shard
+that a reader would take as complete, and a rerun rebuilds it from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+from lambda_eclipse.sample import Sample
+from lambda_eclipse.storage.layout import sha256_file, shard_paths, tmp_path, write_json_atomic
+from lambda_eclipse.storage.schema import REJECTS, feature_table
+
+ROW_GROUP = 256
+
+
+def split_of(key: str, train_fraction: float) -> str:
+    """Deterministic split from the key's hash: stable across reruns, shard sizes and worker counts."""
+    value = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    return "train" if value < train_fraction else "val"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _label_mask(sample: Sample) -> np.ndarray:
+    """0 = background, i + 1 = subject i; a higher-logit subject wins where masks overlap."""
+    labels = np.zeros(sample.image.shape[:2], np.uint8)
+    for i in reversed(range(len(sample.subjects))):
+        labels[sample.subjects[i].mask] = i + 1
+    return labels
+
+
+class ShardWriter:
+    def __init__(self, root: str | Path, shard: int, schema: pa.Schema, train_fraction: float, stage_names: list[str]):
+        self.paths = shard_paths(root, shard)
+        self.paths["parquet"].parent.mkdir(parents=True, exist_ok=True)
+        self.shard = shard
+        self.schema = schema
+        self.train_fraction = train_fraction
+        self.stage_names = stage_names
+        self._parquet = pq.ParquetWriter(tmp_path(self.paths["parquet"]), schema)
+        self._tar = wds.TarWriter(str(tmp_path(self.paths["tar"])))
+        self._rows: list[Sample] = []
+        self._rejects: list[dict] = []
+        self._splits = {"train": 0, "val": 0}
+        self._seconds: dict[str, float] = {}
+        self.inputs = 0
+        self.accepted = 0
+        self._start = time.perf_counter()
+
+    def add(self, sample: Sample) -> None:
+        self.inputs += 1
+        for stage, seconds in sample.seconds.items():
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+        if not sample.accepted:
+            self._rejects.append(
+                {"key": sample.key, "source": sample.source, "stage": sample.reject.stage, "reason": sample.reject.reason}
+            )
+            return
+        self.accepted += 1
+        split = split_of(sample.key, self.train_fraction)
+        self._splits[split] += 1
+        member = {
+            "__key__": sample.key,
+            "jpg": _jpg(sample.image),
+            "json": json.dumps(
+                {
+                    "key": sample.key,
+                    "source": sample.source,
+                    "split": split,
+                    "caption": sample.caption,
+                    "source_caption": sample.source_caption,
+                    "nouns": [n.text for n in sample.nouns],
+                    "subjects": [
+                        {"noun": t.noun, "box": [round(float(x), 2) for x in t.box], "logit": round(float(t.logit), 4)}
+                        for t in sample.subjects
+                    ],
+                }
+            ).encode(),
+            "mask.png": _png(_label_mask(sample)),
+        }
+        for i, subject in enumerate(sample.subjects):
+            member[f"subj{i}.png"] = _png(subject.crop)
+        self._tar.write(member)
+        self._rows.append(sample)
+        if len(self._rows) >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            splits = [split_of(s.key, self.train_fraction) for s in self._rows]
+            self._parquet.write_table(feature_table(self._rows, splits, self.schema))
+            self._rows = []
+
+    def close(self, unit: dict) -> dict:
+        """Finish every file, rename into place, then write `_stats.json`; returns the stats."""
+        self._flush()
+        self._parquet.close()
+        self._tar.close()
+        pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), tmp_path(self.paths["rejects"]))
+        for name in ("parquet", "tar", "rejects"):
+            os.replace(tmp_path(self.paths[name]), self.paths[name])
+        elapsed = time.perf_counter() - self._start
+        rejected_by_stage = {name: 0 for name in self.stage_names}
+        for r in self._rejects:
+            rejected_by_stage[r["stage"]] = rejected_by_stage.get(r["stage"], 0) + 1
+        funnel, remaining = [], self.inputs
+        for name in self.stage_names:
+            funnel.append({"stage": name, "in": remaining, "rejected": rejected_by_stage[name]})
+            remaining -= rejected_by_stage[name]
+        stats = {
+            "shard": self.shard,
+            "unit": unit,
+            "inputs": self.inputs,
+            "accepted": self.accepted,
+            "rejected": len(self._rejects),
+            "rejected_by_stage": rejected_by_stage,
+            "funnel": funnel,
+            "splits": self._splits,
+            "seconds": round(elapsed, 3),
+            "images_per_second": round(self.inputs / elapsed, 3) if elapsed > 0 else None,
+            "stage_seconds": {k: round(v, 4) for k, v in self._seconds.items()},
+            "files": {
+                self.paths[name].name: {"sha256": sha256_file(self.paths[name]), "bytes": self.paths[name].stat().st_size}
+                for name in ("parquet", "tar", "rejects")
+            },
+        }
+        write_json_atomic(self.paths["stats"], stats)
+        return stats
+
+    def abort(self) -> None:
+        """Drop the temporary files of a failed attempt (the stats marker was never written)."""
+        for closer in (self._parquet.close, self._tar.close):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - best effort on an already failing path
+                pass
+        for name in ("parquet", "tar", "rejects"):
+            tmp_path(self.paths[name]).unlink(missing_ok=True)

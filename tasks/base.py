@@ -1,0 +1,45 @@
+"""The stage contract: a plain class, model loaded once in the constructor, a batch processed per call.
+
+Framework-free on purpose (shared/DESIGN.md): the same object runs in an in-process loop, in a test, or as
+a Ray Data actor through `tasks.pipeline`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.sample import Sample
+
+
+class Stage:
+    name: ClassVar[str]
+    uses_model: ClassVar[bool] = False  # model stages get their own Ray actor pool
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        self.cfg = cfg
+        self.profile = profile
+
+    @classmethod
+    def batch_size_for(cls, cfg: BuildConfig) -> int:
+        """Known before the model loads, so that Ray Data can size the stage's batches."""
+        return getattr(getattr(cfg, cls.name, None), "batch_size", 64)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_for(self.cfg)
+
+    def process(self, samples: list[Sample]) -> None:
+        """Work on samples that are still accepted, in place; reject with `sample.reject_at(self.name, …)`."""
+        raise NotImplementedError
+
+    def __call__(self, samples: list[Sample]) -> list[Sample]:
+        live = [s for s in samples if s.accepted]
+        if live:
+            start = time.perf_counter()
+            self.process(live)
+            share = (time.perf_counter() - start) / len(live)
+            for s in live:
+                s.seconds[self.name] = s.seconds.get(self.name, 0.0) + share
+        return samples
