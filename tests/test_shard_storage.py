@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from conftest import featured_sample
+
+from lambda_eclipse.errors import UserError
+from lambda_eclipse.sample import Sample, SourceRef
+from lambda_eclipse.storage.layout import complete_shards, is_complete, sha256_file, shard_paths, write_json_atomic
+from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta
+from lambda_eclipse.storage.schema import feature_schema
+from lambda_eclipse.storage.shard_writer import ShardWriter, split_of
+
+STAGES = ["decode", "resolution", "caption"]
+
+
+def _meta(root, d=8, w=8):
+    write_json_atomic(root / "dataset.json", {"embed_dim": d, "text_width": w, "profile": "tiny"})
+
+
+def _write(root, shard, samples, rejects=()):
+    writer = ShardWriter(root, shard, feature_schema(8, 8), 0.8, STAGES)
+    for s in samples:
+        writer.add(s)
+    for key, stage in rejects:
+        r = Sample(key=key, source=f"/data/{key}", ref=SourceRef("x"))
+        r.reject_at(stage, f"{stage} says no")
+        writer.add(r)
+    return writer.close({"description": "test", "fingerprint": "f"})
+
+
+def test_round_trip_through_pyarrow_reader_and_webdataset(tmp_path):
+    _meta(tmp_path)
+    samples = [featured_sample(f"k{i}") for i in range(5)]
+    stats = _write(tmp_path, 0, samples, rejects=[("r0", "decode"), ("r1", "caption")])
+    paths = shard_paths(tmp_path, 0)
+
+    assert stats["inputs"] == 7 and stats["accepted"] == 5 and stats["rejected"] == 2
+    assert stats["rejected_by_stage"] == {"decode": 1, "resolution": 0, "caption": 1}
+    assert [(f["stage"], f["in"], f["rejected"]) for f in stats["funnel"]] == [
+        ("decode", 7, 1), ("resolution", 6, 0), ("caption", 6, 1)
+    ]
+    for name in ("parquet", "tar", "rejects"):
+        assert stats["files"][paths[name].name]["sha256"] == sha256_file(paths[name])
+
+    table = pq.read_table(paths["parquet"])
+    assert table.num_rows == 5
+    assert table.schema.field("text_hidden_states").type.value_type == "halffloat"
+    assert table.column("key").to_pylist() == [f"k{i}" for i in range(5)]
+
+    rows = list(iter_samples(tmp_path))
+    for row, s in zip(rows, samples):
+        np.testing.assert_array_equal(row["text_hidden_states"], s.features["text_hidden_states"])
+        np.testing.assert_array_equal(row["target_embedding"], s.features["target_embedding"])
+        np.testing.assert_array_equal(row["token_ids"], s.features["token_ids"])
+        assert row["subject_embeddings"].shape == (2, 8)
+        np.testing.assert_array_equal(row["subject_embeddings"][1], s.subjects[1].embedding)
+        assert [t["noun"] for t in row["subjects"]] == ["dog", "cat"]
+        assert row["subjects"][0]["token_positions"] == [2]
+        assert row["split"] == split_of(s.key, 0.8)
+
+    rejects = pq.read_table(paths["rejects"]).to_pylist()
+    assert [(r["key"], r["stage"], r["reason"]) for r in rejects] == [
+        ("r0", "decode", "decode says no"), ("r1", "caption", "caption says no")
+    ]
+
+    members = list(wds.WebDataset(str(paths["tar"]), shardshuffle=False).decode("rgb8"))
+    assert [m["__key__"] for m in members] == [f"k{i}" for i in range(5)]
+    first = members[0]
+    assert first["jpg"].shape == samples[0].image.shape
+    assert first["subj0.png"].shape == (16, 16, 3)
+    meta = first["json"]
+    assert meta["caption"] == "a dog and a cat on a sofa" and [s["noun"] for s in meta["subjects"]] == ["dog", "cat"]
+    labels = wds.WebDataset(str(paths["tar"]), shardshuffle=False).decode("l8")
+    mask = next(iter(labels))["mask.png"]
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert mask[5, 5] == 1  # overlap of subjects 0 and 1: the higher-logit subject wins
+
+
+def test_split_is_deterministic_and_near_the_fraction():
+    keys = [f"{i:08x}" for i in range(4000)]
+    splits = [split_of(k, 0.8) for k in keys]
+    assert splits == [split_of(k, 0.8) for k in keys]
+    assert 0.77 < splits.count("train") / len(keys) < 0.83
+
+
+def test_reader_filters_split_and_columns_and_skips_incomplete_shards(tmp_path):
+    _meta(tmp_path)
+    _write(tmp_path, 0, [featured_sample(f"a{i}") for i in range(20)])
+    writer = ShardWriter(tmp_path, 1, feature_schema(8, 8), 0.8, STAGES)
+    writer.add(featured_sample("incomplete"))  # never closed: no stats, so not part of the dataset
+    assert complete_shards(tmp_path) == [0] and not is_complete(tmp_path, 1)
+    train = list(iter_samples(tmp_path, split="train", columns=["key"]))
+    val = list(iter_samples(tmp_path, split="val", columns=["key"]))
+    assert len(train) + len(val) == 20 and set(train[0]) == {"key", "split"}
+    assert all(split_of(r["key"], 0.8) == "train" for r in train)
+
+
+def test_abort_leaves_nothing_behind(tmp_path):
+    writer = ShardWriter(tmp_path, 3, feature_schema(8, 8), 0.8, STAGES)
+    writer.add(featured_sample("x"))
+    writer.abort()
+    assert list((tmp_path / "shards").iterdir()) == []
+
+
+def test_not_a_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="is not a λ-ECLIPSE dataset"):
+        load_dataset_meta(tmp_path)
+
+
+def test_atomic_json_has_no_temporary_left(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
