@@ -1,0 +1,173 @@
+"""The build-dataset flow end to end on the tiny profile: Prefect + Ray + every stage + the shard contract."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from lambda_eclipse.config import load_config
+from lambda_eclipse.storage.layout import complete_shards, read_json, sha256_file, shard_paths
+from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta
+from lambda_eclipse.storage.sources import plan_units
+from lambda_eclipse.synthetic import write_photos
+
+pytestmark = pytest.mark.slow
+SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
+
+
+def _inputs(root: Path) -> Path:
+    photos = root / "photos"
+    write_photos(photos, 12, size=128)
+    (photos / "bad").mkdir()
+    (photos / "bad" / "empty.jpg").write_bytes(b"")
+    (photos / "bad" / "text.png").write_text("not an image")
+    (photos / "bad" / "truncated.jpg").write_bytes((photos / "photo_00000.jpg").read_bytes()[:300])
+    write_photos(photos / "small", 1, size=64)  # decodes, then fails the resolution filter
+    return photos
+
+
+def _accepted_keys(root: Path) -> set[str]:
+    return {row["key"] for row in iter_samples(root, columns=["key"])}
+
+
+def _all_keys(root: Path) -> list[str]:
+    keys = []
+    for shard in complete_shards(root):
+        keys += pq.read_table(shard_paths(root, shard)["parquet"], columns=["key"]).column("key").to_pylist()
+        keys += pq.read_table(shard_paths(root, shard)["rejects"], columns=["key"]).column("key").to_pylist()
+    return keys
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, prefect_harness, ray_local):
+    from lambda_eclipse.flows.build_dataset import build_dataset
+
+    root = tmp_path_factory.mktemp("flow")
+    photos = _inputs(root)
+    out = root / "dataset"
+    summary = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=SETTINGS)
+    return photos, out, summary
+
+
+def test_every_input_is_accounted_for(built):
+    photos, out, summary = built
+    assert summary["inputs"] == 16 and summary["shards"] == 4
+    assert summary["accepted"] + summary["rejected"] == 16
+    assert summary["accepted"] > 0, "the tiny profile must yield accepted samples on ordinary photos"
+    keys = _all_keys(out)
+    assert len(keys) == 16 and len(set(keys)) == 16
+    rejects = {r["source"].split("/")[-1]: r for s in complete_shards(out) for r in pq.read_table(shard_paths(out, s)["rejects"]).to_pylist()}
+    assert rejects["empty.jpg"]["stage"] == "decode"
+    assert rejects["text.png"]["stage"] == "decode"
+    assert rejects["truncated.jpg"]["stage"] == "decode"
+    assert rejects["photo_00000.jpg"]["stage"] == "resolution" if "photo_00000.jpg" in rejects else True
+
+
+def test_stats_describe_the_files_and_the_funnel(built):
+    _, out, _ = built
+    for shard in complete_shards(out):
+        paths = shard_paths(out, shard)
+        stats = read_json(paths["stats"])
+        for name in ("parquet", "tar", "rejects"):
+            assert stats["files"][paths[name].name]["sha256"] == sha256_file(paths[name])
+        assert stats["inputs"] == stats["accepted"] + stats["rejected"]
+        assert stats["funnel"][0]["in"] == stats["inputs"]
+        assert stats["funnel"][-1]["in"] - stats["funnel"][-1]["rejected"] == stats["accepted"]
+        assert pq.read_metadata(paths["parquet"]).num_rows == stats["accepted"]
+
+
+def test_dataset_json_and_features_have_the_dims(built):
+    _, out, _ = built
+    meta = load_dataset_meta(out)
+    assert meta["profile"] == "tiny" and meta["config_hash"] == load_config(overrides=SETTINGS).content_hash()
+    d, w = meta["embed_dim"], meta["text_width"]
+    assert len(meta["zero_image_embedding"]) == d
+    for row in iter_samples(out):
+        assert row["text_hidden_states"].shape == (77, w)
+        assert row["target_embedding"].shape == (d,) and row["edge_embedding"].shape == (d,)
+        assert row["subject_embeddings"].shape == (len(row["subjects"]), d)
+        assert 1 <= len(row["subjects"]) <= 4
+        for subject in row["subjects"]:
+            assert row["caption"][subject["char_start"] : subject["char_end"]] == subject["noun"]
+            assert all(0 < p < 76 for p in subject["token_positions"])
+
+
+def test_dashboard_outputs(built):
+    from prefect import get_client
+
+    _, out, _ = built
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "| decode |" in summary and "| features |" in summary
+
+    async def keys():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    import asyncio
+
+    assert {"build-dataset-progress", "build-dataset-shards", "build-dataset-summary"} <= asyncio.run(keys())
+
+
+def test_rerun_skips_complete_shards(built):
+    from lambda_eclipse.flows.build_dataset import build_dataset
+
+    photos, out, summary = built
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    again = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=SETTINGS)
+    assert again == summary
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
+
+
+def test_flow_matches_the_plain_in_process_loop(built):
+    from lambda_eclipse.tasks.pipeline import build_stages, run_local
+
+    photos, out, _ = built
+    cfg = load_config(overrides=SETTINGS)
+    units, _ = plan_units([str(photos)], cfg.input.unit_size, cfg.input.extensions)
+    stages = build_stages(cfg, "tiny")
+    accepted = {s.key for u in units for s in run_local(u.samples, stages) if s.accepted}
+    assert accepted == _accepted_keys(out)
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path):
+    """Kill the CLI (SIGKILL) after its first shard; at no time is a partial or duplicated shard visible;
+    the rerun completes with exactly the keys of the uninterrupted run."""
+    photos, reference, _ = built
+    out = tmp_path / "killed"
+    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
+    cmd += [a for s in SETTINGS for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while not complete_shards(out) and proc.poll() is None and time.time() < deadline:
+            _check_visible_shards(out)
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 1 <= len(complete_shards(out)) < 4, "the kill must land mid-run"
+    _check_visible_shards(out)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _accepted_keys(out) == _accepted_keys(reference)
+    assert sorted(_all_keys(out)) == sorted(_all_keys(reference))
+
+
+def _check_visible_shards(root: Path) -> None:
+    seen: set[str] = set()
+    for shard in complete_shards(root):
+        paths = shard_paths(root, shard)
+        stats = json.loads(paths["stats"].read_text())
+        for name in ("parquet", "tar", "rejects"):
+            assert stats["files"][paths[name].name]["sha256"] == sha256_file(paths[name])
+        keys = pq.read_table(paths["parquet"], columns=["key"]).column("key").to_pylist()
+        assert not seen & set(keys)
+        seen |= set(keys)

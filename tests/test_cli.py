@@ -1,0 +1,65 @@
+"""The CLI fails fast, in one line, naming the problem and the fix, before any work starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lambda_eclipse.cli import main, parser
+from lambda_eclipse.synthetic import write_photos
+
+
+@pytest.fixture
+def photos(tmp_path):
+    write_photos(tmp_path / "in", 1, size=64)
+    return str(tmp_path / "in")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "/nonexistent/photos"], "input /nonexistent/photos does not exist"),
+        (["--set", "resolution.size=3"], "unknown config key 'resolution.size'"),
+        (["--set", "boxes.min_logit=high"], "boxes.min_logit: 'high' is not a valid float"),
+        (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["--gpus-per-stage", "decode=1"], "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
+        (["--gpus-per-stage", "masks"], "expected STAGE=FRACTION"),
+        (["--workers", "-1"], "--workers must be 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(photos, tmp_path, capsys, args, message):
+    argv = ["build-dataset", "--output", str(tmp_path / "out"), "--input", photos] + args
+    if args[0] == "--input":
+        argv = ["build-dataset", "--output", str(tmp_path / "out")] + args
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambda-eclipse build-dataset: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
+def test_unwritable_output(photos, tmp_path, capsys):
+    if os.geteuid() == 0:
+        target = "/proc/lambda-eclipse-out"  # root may write anywhere else
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "out")
+    assert main(["build-dataset", "--input", photos, "--output", target]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_unknown_profile_is_rejected_by_the_parser(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["build-dataset", "--input", photos, "--output", str(tmp_path), "--profile", "huge"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_help_lists_every_config_key_with_its_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--help"], capture_output=True, text=True, check=True
+    )
+    for key in ("resolution.min_side=1024", "boxes.box_threshold=0.2", "masks.min_mask_ratio=0.4", "subjects.max_subjects=4"):
+        assert key in result.stdout
