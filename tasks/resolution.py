@@ -1,0 +1,20 @@
+"""Resolution filter: the paper keeps LAION-5B High-Res images of at least 1024 × 1024 (Appendix B)."""
+
+from __future__ import annotations
+
+from lambda_eclipse.sample import Sample
+from lambda_eclipse.tasks.base import Stage
+
+
+class ResolutionFilter(Stage):
+    name = "resolution"
+    uses_model = False
+
+    def process(self, samples: list[Sample]) -> None:
+        min_side = self.cfg.resolution.min_side
+        for sample in samples:
+            height, width = sample.image.shape[:2]
+            shorter = min(height, width)
+            if shorter < min_side:
+                reason = f"{width}×{height} px: shorter side {shorter} < resolution.min_side={min_side}"
+                sample.reject_at(self.name, reason)

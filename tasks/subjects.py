@@ -1,0 +1,24 @@
+"""Subject selection: one subject per distinct noun, its best box; images with too many subjects are excluded."""
+
+from __future__ import annotations
+
+from lambda_eclipse.sample import Detection, Sample
+from lambda_eclipse.tasks.base import Stage
+
+
+class SelectSubjects(Stage):
+    name = "subjects"
+    uses_model = False
+
+    def process(self, samples: list[Sample]) -> None:
+        cfg = self.cfg.subjects
+        for sample in samples:
+            best: dict[str, Detection] = {}
+            for det in sample.detections:
+                if det.noun not in best or det.logit > best[det.noun].logit:
+                    best[det.noun] = det
+            if not cfg.min_subjects <= len(best) <= cfg.max_subjects:
+                bounds = f"subjects.min_subjects..max_subjects={cfg.min_subjects}..{cfg.max_subjects}"
+                sample.reject_at(self.name, f"{len(best)} subjects, outside {bounds}")
+                continue
+            sample.subjects = sorted(best.values(), key=lambda d: d.logit, reverse=True)

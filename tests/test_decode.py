@@ -1,0 +1,202 @@
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.sample import Reject, Sample, SourceRef
+from lambda_eclipse.tasks.decode import Decode
+from lambda_eclipse.tasks.resolution import ResolutionFilter
+
+
+def decode(path, cfg=None, **ref):
+    sample = Sample(key="k", source="s", ref=SourceRef(str(path), **ref))
+    Decode(cfg or BuildConfig())([sample])
+    return sample
+
+
+def write(tmp_path, name, image, **save):
+    path = tmp_path / name
+    image.save(path, **save)
+    return path
+
+
+def png_header(width, height):
+    """A PNG that claims a size but holds a few bytes of pixel data: nothing big is ever allocated."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def jpeg_bytes(image, **save):
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"a caption, not an image\n", "not an image (cannot identify the image format)"),
+        (np.random.default_rng(0).bytes(4096), "not an image (cannot identify the image format)"),
+    ],
+    ids=["zero-byte", "text", "random-bytes"],
+)
+def test_non_images_are_rejected_with_the_reason(tmp_path, data, reason):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    sample = decode(path)
+    assert sample.reject == Reject("decode", reason)
+    assert sample.image is None
+
+
+def test_truncated_jpeg_is_rejected(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = jpeg_bytes(Image.fromarray(noise))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    sample = decode(path)
+    assert sample.reject.stage == "decode"
+    assert sample.reject.reason.startswith("cannot decode image: image file is truncated")
+
+
+def test_unreadable_file_is_rejected(tmp_path):
+    sample = decode(tmp_path / "missing.jpg")
+    assert sample.reject.stage == "decode" and sample.reject.reason.startswith("unreadable file:")
+
+
+def test_one_pixel_png_decodes_and_resolution_rejects_it(tmp_path):
+    sample = decode(write(tmp_path, "one.png", Image.new("RGB", (1, 1), (10, 20, 30))))
+    assert sample.accepted
+    assert sample.image.shape == (1, 1, 3) and sample.image.dtype == np.uint8
+    assert sample.image.flags.writeable
+    assert sample.image[0, 0].tolist() == [10, 20, 30]
+    ResolutionFilter(BuildConfig())([sample])
+    assert sample.reject.stage == "resolution"
+
+
+def test_decompression_bomb_is_rejected_from_the_header(tmp_path):
+    # Above 2 × PIL's MAX_IMAGE_PIXELS, PIL itself refuses while reading the header.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(50_000, 50_000))
+    assert decode(huge).reject.reason.startswith("decompression bomb:")
+
+    # Above decode.max_pixels (100 M) but below PIL's refusal: our check, before any pixel is decoded.
+    # PIL's DecompressionBombWarning (at its own 89 M limit) must neither escape nor decide.
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(12_000, 10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample = decode(big)
+    reason = "decompression bomb: 12000×10000 pixels exceeds decode.max_pixels=100000000"
+    assert sample.reject == Reject("decode", reason)
+
+
+def test_max_pixels_comes_from_the_config(tmp_path):
+    path = write(tmp_path, "a.png", Image.new("RGB", (40, 25)))
+    cfg = BuildConfig()
+    cfg.decode.max_pixels = 999
+    assert decode(path, cfg).reject.reason == "decompression bomb: 40×25 pixels exceeds decode.max_pixels=999"
+    cfg.decode.max_pixels = 1000  # exactly 40 × 25: allowed
+    assert decode(path, cfg).accepted
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    sample = decode(write(tmp_path, "c.jpg", Image.new("CMYK", (16, 16), (0, 255, 255, 0)), quality=95))
+    assert sample.image.shape == (16, 16, 3)
+    assert np.abs(sample.image.astype(int) - [255, 0, 0]).max() <= 3
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    sample = decode(write(tmp_path, "g.png", Image.fromarray(gray)))
+    assert (sample.image == gray[:, :, None]).all()
+
+
+def test_bilevel_becomes_black_and_white(tmp_path):
+    bits = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("1")
+    sample = decode(write(tmp_path, "b.png", bits))
+    assert sample.image[:, :, 0].tolist() == [[0, 255], [255, 0]]
+
+
+def test_palette_transparency_becomes_white(tmp_path):
+    image = Image.new("P", (2, 1))
+    image.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    image.info["transparency"] = 0
+    sample = decode(write(tmp_path, "p.png", image, transparency=0))
+    assert sample.image[0].tolist() == [[255, 255, 255], [200, 10, 20]]
+
+
+def test_palette_without_transparency(tmp_path):
+    image = Image.new("RGB", (2, 1), (30, 60, 90)).quantize(colors=2)
+    sample = decode(write(tmp_path, "p.png", image))
+    assert sample.image[0].tolist() == [[30, 60, 90], [30, 60, 90]]
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    rgba = np.array([[[0, 0, 0, 0], [0, 0, 0, 128], [10, 20, 30, 255]]], np.uint8)
+    sample = decode(write(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")))
+    assert sample.image[0, 0].tolist() == [255, 255, 255]
+    assert np.abs(sample.image[0, 1].astype(int) - 127).max() <= 1
+    assert sample.image[0, 2].tolist() == [10, 20, 30]
+    la = Image.fromarray(np.array([[[100, 0], [100, 255]]], np.uint8), "LA")
+    assert decode(write(tmp_path, "la.png", la)).image[0, :, 0].tolist() == [255, 100]
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], np.uint16)
+    sample = decode(write(tmp_path, "16.png", Image.fromarray(values)))  # opens as mode I;16
+    assert sample.image[0, :, 0].tolist() == [0, 100, 255]
+    sample = decode(write(tmp_path, "32.tif", Image.fromarray(values.astype(np.int32))))  # mode I
+    assert sample.image[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_float_image_is_read_as_zero_to_one(tmp_path):
+    values = np.array([[0.0, 0.5, 1.0, 2.0]], np.float32)
+    sample = decode(write(tmp_path, "f.tif", Image.fromarray(values)))
+    assert sample.image[0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 32 wide × 16 tall, red top-left quadrant; orientation 6 means "rotate 90° clockwise to view".
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:, :, 2] = 255
+    stored[:8, :16] = [255, 0, 0]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = write(tmp_path, "r.jpg", Image.fromarray(stored), exif=exif.tobytes(), quality=95)
+    sample = decode(path)
+    assert sample.image.shape == (32, 16, 3)
+    with Image.open(path) as raw:  # the stored pixels, orientation not applied
+        assert (sample.image == np.rot90(np.asarray(raw.convert("RGB")), k=-1)).all()
+    assert sample.image[4, 12, 0] > 200 and sample.image[4, 12, 2] < 50  # top-left went to top-right
+    assert sample.image[4, 4, 0] < 50 and sample.image[28, 12, 0] < 50
+
+
+def test_byte_range_inside_a_file(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, "PNG")
+    png = buf.getvalue()
+    path = tmp_path / "archive.bin"
+    path.write_bytes(b"x" * 100 + png + b"y" * 50)
+    sample = decode(path, offset=100, size=len(png))
+    assert sample.accepted and sample.image.shape == (2, 3, 3)
+    assert (sample.image == [1, 2, 3]).all()
+    assert decode(path, offset=101, size=len(png)).reject.reason.startswith("not an image")
+
+
+def test_rejected_sample_is_untouched(tmp_path):
+    sample = Sample(key="k", source="s", ref=SourceRef(str(tmp_path / "missing.jpg")))
+    sample.reject_at("earlier", "why")
+    Decode(BuildConfig())([sample])
+    assert sample.reject == Reject("earlier", "why") and sample.image is None

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.sample import Reject, Sample, SourceRef
+from lambda_eclipse.tasks.white_background import WhiteBackgroundFilter
+
+
+def sample_with_white(count, white=(255, 255, 255), rest=(100, 150, 200)):
+    """A 100 × 100 image whose first `count` pixels are `white`."""
+    image = np.empty((100 * 100, 3), np.uint8)
+    image[:] = rest
+    image[:count] = white
+    sample = Sample(key="k", source="s", ref=SourceRef("unused"))
+    sample.image = image.reshape(100, 100, 3)
+    return sample
+
+
+def run(sample):
+    WhiteBackgroundFilter(BuildConfig())([sample])
+    return sample
+
+
+@pytest.mark.parametrize(("count", "kept"), [(900, True), (1000, True), (1100, False)])
+def test_white_fraction_against_max_fraction(count, kept):
+    sample = run(sample_with_white(count))
+    assert sample.accepted == kept
+    if not kept:
+        assert sample.reject.stage == "white_background"
+        assert sample.reject.reason.startswith("white fraction 0.1100 > white_background.max_fraction=0.1")
+
+
+def test_white_means_every_channel_above_the_threshold():
+    # 0.9 × 255 = 229.5: 230 is white, 229 is not; one channel below keeps a pixel from being white.
+    assert not run(sample_with_white(1100, white=(230, 230, 230))).accepted
+    assert run(sample_with_white(1100, white=(229, 229, 229))).accepted
+    assert run(sample_with_white(1100, white=(255, 255, 229))).accepted
+
+
+def test_rejected_sample_is_untouched():
+    sample = sample_with_white(10_000)
+    sample.reject_at("decode", "why")
+    assert run(sample).reject == Reject("decode", "why")
