@@ -1,0 +1,164 @@
+"""OpenCLIP image and text encoders for the features stage and the generate flow.
+
+Kandinsky 2.2 and the λ-ECLIPSE prior were trained on OpenCLIP ViT-bigG-14: unnormalized image embeddings,
+text hidden states after `ln_final` (what HF's CLIPTextModelWithProjection calls last_hidden_state) and the
+projected EOT embedding. `token_positions` locates a caption word in the 77-token sequence, where the prior
+swaps the text hidden states for the subject's image embedding, so it must be exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg
+
+from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.errors import ModelNotFoundError, UserError
+from lambda_eclipse.models import seeded  # imported before this module: makes torchvision importable on CPU torch
+
+CONTEXT_LENGTH = 77
+# All of open_clip's CLIP models, bigG included, share the CLIP BPE tokenizer; its vocabulary ships with
+# the package, so it loads offline.
+TOKENIZER = "ViT-bigG-14"
+PAPER_SHAPES_MODEL = "ViT-bigG-14"
+# tiny: text width == embed dim, so that the text states have the shape the prior expects (d == w, as in bigG).
+TINY_EMBED_DIM = 32
+TINY_VISION = {"image_size": 56, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14}
+TINY_TEXT = {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": TINY_EMBED_DIM, "heads": 2, "layers": 2}
+
+
+class ClipBundle:
+    """An OpenCLIP model on its device with its tokenizer and eval preprocessing."""
+
+    def __init__(self, model: open_clip.CLIP, model_id: str, device: torch.device, dtype: torch.dtype):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.tokenizer = open_clip.get_tokenizer(TOKENIZER)
+        self.embed_dim = int(model.visual.output_dim)
+        self.text_width = int(model.transformer.width)
+        pre = getattr(model.visual, "preprocess_cfg", None) or asdict(PreprocessCfg())
+        if pre["resize_mode"] != "shortest" or pre["interpolation"] != "bicubic":
+            raise UserError(
+                f"{model_id}: preprocessing {pre['resize_mode']}/{pre['interpolation']} is not supported; "
+                "use an OpenCLIP model with shortest-side bicubic resizing (ViT-bigG-14 has it)"
+            )
+        self.image_size = int(model.visual.image_size[0])
+        self._mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+
+    @contextlib.contextmanager
+    def _inference(self):
+        # bf16 weights with autocast keep layer norms and softmax in float32 on the GPU.
+        autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            yield
+
+    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """open_clip's eval transform, on the model's device: shortest side to image_size, center crop, normalize.
+
+        Sizes and crop offsets follow torchvision's Resize(int)/CenterCrop. Antialiased bicubic is PIL's filter;
+        run on the GPU in one pass it differs from PIL's by a few 8-bit levels at most (PIL rounds to uint8
+        between its horizontal and vertical passes), and it spares the actor's CPU a PIL resize per image.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {image.shape} {image.dtype}")
+        x = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float()
+        size = self.image_size
+        h, w = image.shape[:2]
+        if min(h, w) != size:
+            h, w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+            x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+            x = x.round().clamp(0, 255)
+        top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+        x = x[..., top : top + size, left : left + size]
+        return (x / 255 - self._mean) / self._std
+
+    def _image_tower(self, pixels: torch.Tensor) -> np.ndarray:
+        with self._inference():
+            return self.model.encode_image(pixels.to(self.dtype)).float().cpu().numpy()
+
+    def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, embed_dim) float32 unnormalized image embeddings (Kandinsky 2.2 uses raw image_embeds), one forward."""
+        return self._image_tower(torch.cat([self._preprocess(image) for image in images]))
+
+    def zero_image_embedding(self) -> np.ndarray:
+        """The image tower on an all-zero preprocessed tensor: the "no control" input, as diffusers'
+        Kandinsky prior `get_zero_embed` and the released λ-ECLIPSE code compute it."""
+        return self._image_tower(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))[0]
+
+    def encode_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """hidden (N, 77, text_width) float32 after ln_final, pooled (N, embed_dim) float32 projected EOT
+        embedding (unnormalized), token ids (N, 77) int64, attention mask (N, 77) int64 (1 up to and including EOT)."""
+        ids = self.tokenizer(texts)
+        with self._inference():
+            # One pass for both outputs: the last block's output through ln_final, and the pooled projection.
+            out = self.model.forward_intermediates(
+                text=ids.to(self.device), text_indices=1, normalize=False, normalize_intermediates=True
+            )
+        hidden = out["text_intermediates"][-1].float().cpu().numpy()
+        pooled = out["text_features"].float().cpu().numpy()
+        eot = (ids == self.tokenizer.eot_token_id).int().argmax(dim=1, keepdim=True)
+        mask = (torch.arange(CONTEXT_LENGTH)[None] <= eot).long()
+        return hidden, pooled, ids.numpy(), mask.numpy()
+
+    def token_positions(self, text: str, start: int, end: int) -> list[int]:
+        """Indices in the token sequence of the word at characters [start, end) of `text`.
+
+        Position = start-of-text token + the tokens of the text before the word; the tokenizer splits text
+        into pieces at letter/non-letter boundaries before BPE, so a prefix that ends at a word boundary
+        tokenizes as in the full text. The ids there are checked against the word's own: a span inside a
+        larger word ("dog" in "hotdog") raises ValueError. Positions at or beyond 76 (truncated: the last
+        slot holds EOT) are returned as they are; the caller decides.
+        """
+        if not 0 <= start < end <= len(text):
+            raise ValueError(f"span [{start}, {end}) is not inside a text of {len(text)} characters")
+        word = self.tokenizer.encode(text[start:end])
+        if not word:
+            raise ValueError(f"{text[start:end]!r} at [{start}, {end}) has no tokens")
+        first = 1 + len(self.tokenizer.encode(text[:start]))
+        # Untruncated, so that positions past the context are verified too.
+        full = [self.tokenizer.sot_token_id, *self.tokenizer.encode(text)]
+        if full[first : first + len(word)] != word:
+            raise ValueError(
+                f"{text[start:end]!r} at [{start}, {end}) of {text!r} is not a whole-token sequence "
+                "of the CLIP tokenization"
+            )
+        return list(range(first, first + len(word)))
+
+
+def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
+    name, pretrained = models.clip_model, models.clip_pretrained
+    try:
+        # open_clip resolves the checkpoint (HF cache or file) before building the model, so this fails fast.
+        return open_clip.create_model(name, pretrained=pretrained, require_pretrained=True)
+    except (RuntimeError, OSError) as exc:
+        raise ModelNotFoundError(
+            f"OpenCLIP {name} ({pretrained})",
+            str(exc),
+            f"download it into the Hugging Face cache on a machine with hub access (open_clip.create_model("
+            f"'{name}', pretrained='{pretrained}')) and copy the cache here, or set models.clip_pretrained to a "
+            "local checkpoint file (open_clip_pytorch_model.bin or .safetensors); models.clip_model must be one of "
+            "open_clip.list_models()",
+        ) from exc
+
+
+def load_clip(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> ClipBundle:
+    if profile == "tiny":
+        with seeded():
+            model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=TINY_VISION, text_cfg=TINY_TEXT)
+        return ClipBundle(model, "open_clip tiny (random weights)", device, dtype)
+    if profile == "paper-shapes":
+        # Seeded: every actor of a run must hold the same random weights.
+        with seeded():
+            model = open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None)
+        return ClipBundle(model, f"{PAPER_SHAPES_MODEL} (random weights)", device, dtype)
+    if profile == "paper":
+        return ClipBundle(_paper_model(models), f"{models.clip_model}:{models.clip_pretrained}", device, dtype)
+    raise UserError(f"unknown profile {profile!r} for the CLIP model")

@@ -1,0 +1,79 @@
+"""CLIP features: everything the prior reads, so that training never runs the CLIP encoders.
+
+Image embeddings of the target, of each subject crop and of the edge map, the caption's text hidden states,
+pooled text embedding, token ids and attention mask, and each subject's token positions (where the prior
+interleaves the subject's image embedding into the text states, shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.models import resolve_device, resolve_dtype
+from lambda_eclipse.models.clip import CONTEXT_LENGTH, load_clip
+from lambda_eclipse.sample import Sample
+from lambda_eclipse.tasks.base import Stage
+
+# The last of the 77 slots holds EOT after truncation: a word there or beyond is not in the text states.
+LAST_WORD_SLOT = CONTEXT_LENGTH - 1
+
+
+class ClipFeatures(Stage):
+    name = "features"
+    uses_model = True
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        super().__init__(cfg, profile)
+        device = resolve_device(cfg.runtime)
+        self.clip = load_clip(profile, cfg.models, device, resolve_dtype(cfg.runtime, device))
+
+    def _locate_subjects(self, sample: Sample) -> bool:
+        """Set each subject's token positions; drop subjects truncated away or not on token boundaries.
+
+        False when too few subjects are left: the sample is then rejected.
+        """
+        kept, dropped = [], []
+        for det in sample.subjects:
+            try:
+                det.token_positions = self.clip.token_positions(sample.caption, det.start, det.end)
+            except ValueError:
+                dropped.append(f"{det.noun!r} (not whole CLIP tokens)")
+                continue
+            if det.token_positions[-1] >= LAST_WORD_SLOT:
+                dropped.append(
+                    f"{det.noun!r} (tokens {det.token_positions}, caption truncated at {CONTEXT_LENGTH} tokens)"
+                )
+            else:
+                kept.append(det)
+        sample.subjects = kept
+        if len(kept) < self.cfg.subjects.min_subjects:
+            sample.reject_at(
+                self.name,
+                f"subjects dropped from the CLIP text: {', '.join(dropped)}; "
+                f"{len(kept)} left, fewer than {self.cfg.subjects.min_subjects}",
+            )
+            return False
+        return True
+
+    def process(self, samples: list[Sample]) -> None:
+        live = [s for s in samples if self._locate_subjects(s)]
+        if not live:
+            return
+        crops = [det.crop for s in live for det in s.subjects]
+        # One forward over targets, subject crops and edge maps together.
+        embeddings = self.clip.encode_images([s.image for s in live] + crops + [s.edge for s in live])
+        n, k = len(live), len(crops)
+        targets, subjects, edges = embeddings[:n], iter(embeddings[n : n + k]), embeddings[n + k :]
+        hidden, pooled, token_ids, mask = self.clip.encode_text([s.caption for s in live])
+        for i, sample in enumerate(live):
+            for det in sample.subjects:
+                det.embedding = next(subjects)
+            sample.features = {
+                "target_embedding": targets[i],
+                "edge_embedding": edges[i],
+                "text_hidden_states": hidden[i].astype(np.float16),
+                "text_embedding": pooled[i],
+                "token_ids": token_ids[i].astype(np.int32),
+                "attention_mask": mask[i].astype(np.int8),
+            }

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.sample import Detection, Sample, SourceRef
+from lambda_eclipse.tasks.features import ClipFeatures
+
+LONG_MIDDLE = "and a very long story " * 20  # pushes what follows past the 77-token context
+
+
+def make_sample(key: str, caption: str, nouns: list[str], seed: int = 0) -> Sample:
+    """An accepted sample as the crops and edge stages leave it; each noun's first occurrence is a subject."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    subjects = []
+    for noun in nouns:
+        start = caption.index(noun)
+        subjects.append(
+            Detection(
+                noun=noun, start=start, end=start + len(noun), box=np.array([0, 0, 10, 10], np.float32), logit=0.9,
+                crop=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            )
+        )
+    return Sample(
+        key=key, source=f"{key}.jpg", ref=SourceRef(f"{key}.jpg"), image=image, caption=caption,
+        subjects=subjects, edge=rng.integers(0, 2, image.shape, dtype=np.uint8) * 255,
+    )
+
+
+def make_stage(**subjects) -> ClipFeatures:
+    cfg = BuildConfig()
+    cfg.runtime.device = "cpu"
+    for key, value in subjects.items():
+        setattr(cfg.subjects, key, value)
+    return ClipFeatures(cfg, "tiny")
+
+
+@pytest.fixture(scope="module")
+def stage():
+    return make_stage()
+
+
+def test_stage_contract(stage):
+    cfg = BuildConfig()
+    cfg.features.batch_size = 7
+    assert ClipFeatures.name == "features" and ClipFeatures.uses_model
+    assert ClipFeatures.batch_size_for(cfg) == 7
+
+
+def test_features_shapes_dtypes_and_positions(stage):
+    samples = [
+        make_sample("a", "a dog and a cat on a sofa", ["dog", "cat"], 1),
+        make_sample("b", "a Bird, flying", ["Bird"], 2),
+    ]
+    stage(samples)
+    d, w = stage.clip.embed_dim, stage.clip.text_width
+    expected = {
+        "target_embedding": ((d,), np.float32),
+        "edge_embedding": ((d,), np.float32),
+        "text_hidden_states": ((77, w), np.float16),
+        "text_embedding": ((d,), np.float32),
+        "token_ids": ((77,), np.int32),
+        "attention_mask": ((77,), np.int8),
+    }
+    for sample in samples:
+        assert sample.accepted
+        assert {k: (v.shape, v.dtype) for k, v in sample.features.items()} == expected
+        for det in sample.subjects:
+            assert (det.embedding.shape, det.embedding.dtype) == ((d,), np.float32)
+    assert [det.token_positions for det in samples[0].subjects] == [[2], [5]]
+    assert samples[1].subjects[0].token_positions == [2]
+    ids = samples[0].features["token_ids"]
+    assert stage.clip.tokenizer.decode(ids[[2, 5]].tolist()).split() == ["dog", "cat"]
+    assert samples[0].features["attention_mask"].sum() == 10  # <sot> + 8 words + <eot>
+
+
+def test_features_match_the_encoders(stage):
+    """Each embedding lands on its own sample and subject, after the one batched forward."""
+    samples = [make_sample("a", "a dog and a cat", ["dog", "cat"], 3), make_sample("b", "one tree", ["tree"], 4)]
+    stage(samples)
+    clip = stage.clip
+    for sample in samples:
+        target, edge = clip.encode_images([sample.image, sample.edge])
+        np.testing.assert_allclose(sample.features["target_embedding"], target, atol=1e-5)
+        np.testing.assert_allclose(sample.features["edge_embedding"], edge, atol=1e-5)
+        for det in sample.subjects:
+            np.testing.assert_allclose(det.embedding, clip.encode_images([det.crop])[0], atol=1e-5)
+        hidden, pooled, ids, mask = clip.encode_text([sample.caption])
+        np.testing.assert_allclose(sample.features["text_embedding"], pooled[0], atol=1e-5)
+        np.testing.assert_allclose(sample.features["text_hidden_states"], hidden[0], atol=1e-2)
+        np.testing.assert_array_equal(sample.features["token_ids"], ids[0])
+        np.testing.assert_array_equal(sample.features["attention_mask"], mask[0])
+
+
+def test_truncated_subject_dropped(stage):
+    sample = make_sample("a", "a dog " + LONG_MIDDLE + "and a cat", ["dog", "cat"])
+    stage([sample])
+    assert sample.accepted
+    assert [det.noun for det in sample.subjects] == ["dog"]
+    assert sample.subjects[0].embedding is not None
+
+
+def test_too_few_subjects_left_rejects_with_reason():
+    stage = make_stage(min_subjects=2)
+    rejected = make_sample("a", "a dog " + LONG_MIDDLE + "and a cat", ["dog", "cat"])
+    kept = make_sample("b", "a dog and a cat", ["dog", "cat"])
+    stage([rejected, kept])
+    assert rejected.reject.stage == "features"
+    assert "'cat'" in rejected.reject.reason and "truncated at 77 tokens" in rejected.reject.reason
+    assert rejected.features == {}
+    assert kept.accepted and len(kept.subjects) == 2 and kept.features
+
+
+def test_subject_not_on_token_boundaries_dropped(stage):
+    sample = make_sample("a", "a hotdog", ["hotdog"])
+    sample.subjects[0].start += 3  # "dog" inside "hotdog"
+    stage([sample])
+    assert sample.reject.stage == "features"
+    assert "not whole CLIP tokens" in sample.reject.reason
+
+
+def test_rejected_samples_untouched(stage):
+    sample = make_sample("a", "a dog", ["dog"])
+    sample.reject_at("boxes", "no boxes")
+    stage([sample])
+    assert sample.features == {} and sample.subjects[0].token_positions == []
