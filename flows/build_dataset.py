@@ -24,7 +24,7 @@ from lambda_eclipse.storage.layout import read_json, shard_paths
 from lambda_eclipse.storage.sources import WorkUnit
 from lambda_eclipse.tasks.pipeline import run_ray
 from lambda_eclipse.tasks.plan import describe_clip, prepare_build
-from lambda_eclipse.tasks.shard import build_shard
+from lambda_eclipse.tasks.shard import UnitStream, build_shard
 
 
 @task(name="describe-clip", cache_policy=NO_CACHE)
@@ -36,9 +36,9 @@ def clip_info(cfg: BuildConfig, profile: str) -> dict:
 
 
 @task(name="build-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def build_unit(unit: WorkUnit, output: str, cfg: BuildConfig, meta: dict, profile: str, bar: tqdm) -> dict:
+def build_unit(unit: WorkUnit, output: str, cfg: BuildConfig, meta: dict, stream: UnitStream, bar: tqdm) -> dict:
     # A retry starts the shard from scratch: the failed attempt's temporary files are already gone.
-    return build_shard(unit, output, cfg, meta, lambda samples: run_ray(samples, cfg, profile), lambda _: bar.update())
+    return build_shard(unit, output, cfg, meta, stream.run, lambda _: bar.update())
 
 
 @flow(name="build-dataset")
@@ -72,20 +72,25 @@ def build_dataset(
         total=sum(len(u.samples) for u in todo), unit="img", desc="build-dataset", disable=None
     ) as bar:
         meta = plan.meta or write_meta(plan.output, plan.cfg, profile, clip_info(plan.cfg, profile))
-        for unit in todo:
-            stats = build_unit(unit, str(plan.output), plan.cfg, meta, profile, bar)
-            done = len(plan.units) - len(plan.todo)
-            logger.info(
-                "shard %05d: %d accepted, %d rejected, %.2f images/s (%d/%d shards)",
-                unit.shard, stats["accepted"], stats["rejected"], stats["images_per_second"] or 0, done, len(plan.units),
-            )
-            rows.append(
-                {"shard": f"{unit.shard:05d}", "inputs": stats["inputs"], "accepted": stats["accepted"]}
-                | {f"rejected: {k}": v for k, v in stats["rejected_by_stage"].items()}
-                | {"images/s": stats["images_per_second"]}
-            )
-            create_table_artifact(table=rows, key="build-dataset-shards", description="one row per shard built")
-            update_progress_artifact(progress, 100.0 * done / len(plan.units))
+        # One streaming Ray Data pipeline for all the units to do; each Prefect task takes its unit's samples.
+        stream = UnitStream(todo, lambda samples: run_ray(samples, plan.cfg, profile))
+        try:
+            for unit in todo:
+                stats = build_unit(unit, str(plan.output), plan.cfg, meta, stream, bar)
+                done = len(plan.units) - len(plan.todo)
+                logger.info(
+                    "shard %05d: %d accepted, %d rejected, %.2f images/s (%d/%d shards)",
+                    unit.shard, stats["accepted"], stats["rejected"], stats["images_per_second"] or 0, done, len(plan.units),
+                )
+                rows.append(
+                    {"shard": f"{unit.shard:05d}", "inputs": stats["inputs"], "accepted": stats["accepted"]}
+                    | {f"rejected: {k}": v for k, v in stats["rejected_by_stage"].items()}
+                    | {"images/s": stats["images_per_second"]}
+                )
+                create_table_artifact(table=rows, key="build-dataset-shards", description="one row per shard built")
+                update_progress_artifact(progress, 100.0 * done / len(plan.units))
+        finally:
+            stream.close()
     all_stats = [read_json(shard_paths(plan.output, u.shard)["stats"]) for u in plan.units]
     sheet = contact_sheet(plan.output, [u.shard for u in plan.units], plan.output / "contact_sheet.png")
     markdown = funnel_markdown(all_stats, sheet)

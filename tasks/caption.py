@@ -1,0 +1,46 @@
+"""Caption stage: BLIP-2 (flan-t5-xl in the paper) captions every image, one batched greedy `generate`."""
+
+from __future__ import annotations
+
+import torch
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.models import resolve_device, resolve_dtype
+from lambda_eclipse.models.blip2 import load_blip2
+from lambda_eclipse.sample import Sample
+from lambda_eclipse.tasks.base import Stage
+
+
+class Caption(Stage):
+    name = "caption"
+    uses_model = True
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        super().__init__(cfg, profile)
+        self.device = resolve_device(cfg.runtime)
+        self.dtype = resolve_dtype(cfg.runtime, self.device)
+        bundle = load_blip2(profile, cfg.models, self.device, self.dtype)
+        self.model, self.processor, self.model_id = bundle.model, bundle.processor, bundle.model_id
+
+    def process(self, samples: list[Sample]) -> None:
+        # An empty prompt, as LAVIS captions with flan-t5: the processor then puts the query-token
+        # placeholders before the tokenized "" itself. With images alone, generate would build the prompt from
+        # text_config.bos_token_id, which T5 configs leave unset. The prompt is all special tokens, so a
+        # decoder-only (OPT) BLIP-2's echo of it decodes to nothing.
+        inputs = self.processor(
+            images=[s.image for s in samples], text=[""] * len(samples), return_tensors="pt"
+        ).to(self.device)
+        pixel_values = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            ids = self.model.generate(
+                pixel_values=pixel_values,
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                max_new_tokens=self.cfg.caption.max_new_tokens,
+            )
+        for sample, text in zip(samples, self.processor.batch_decode(ids, skip_special_tokens=True)):
+            caption = text.strip()
+            if caption:
+                sample.caption = caption
+            else:
+                sample.reject_at(self.name, "empty caption")

@@ -1,0 +1,39 @@
+"""Nouns stage: the caption's single-word nouns, which Grounding DINO is then asked to find (Appendix B)."""
+
+from __future__ import annotations
+
+from spacy.tokens import Doc
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.models.spacy_nlp import load_spacy
+from lambda_eclipse.sample import Noun, Sample
+from lambda_eclipse.tasks.base import Stage
+
+
+def caption_nouns(doc: Doc) -> list[Noun]:
+    """Alphabetic NOUN tokens with their character spans, in caption order, first occurrence per word.
+
+    Tokens are substrings of the caption, so each noun occurs verbatim at its span. Repeats of one noun are
+    left to the box filters (identical objects), which see every box Grounding DINO finds for it.
+    """
+    nouns, seen = [], set()
+    for token in doc:
+        if token.pos_ == "NOUN" and token.is_alpha and token.lower_ not in seen:
+            seen.add(token.lower_)
+            nouns.append(Noun(token.text, token.idx, token.idx + len(token.text)))
+    return nouns
+
+
+class Nouns(Stage):
+    name = "nouns"
+    uses_model = True
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        super().__init__(cfg, profile)
+        self.nlp = load_spacy(cfg.models)
+
+    def process(self, samples: list[Sample]) -> None:
+        for sample, doc in zip(samples, self.nlp.pipe(s.caption for s in samples)):
+            sample.nouns = caption_nouns(doc)
+            if not sample.nouns:
+                sample.reject_at(self.name, "no nouns in caption")
