@@ -1,0 +1,76 @@
+"""Segment Anything (the official `segment_anything` package) for the three profiles."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from lambda_eclipse.config import ModelsConfig, check_profile
+from lambda_eclipse.errors import ModelNotFoundError, UserError
+from lambda_eclipse.models import seeded
+
+PAPER_CHECKPOINT = "sam_vit_h_4b8939.pth"
+PAPER_URL = f"https://dl.fbaipublicfiles.com/segment_anything/{PAPER_CHECKPOINT}"
+TINY_IMG_SIZE = 64
+# Added to the mask hypernetworks' outputs. A random tiny SAM does not localise: its masks cover ~17 % of
+# the image wherever the box is, so nearly every box would fail the mask/box filter (≥ 0.4). This bias lifts
+# the masks to about half the image (still image-dependent), and most boxes pass.
+TINY_MASK_BIAS = 0.5
+
+
+def _tiny() -> Sam:
+    embed = 32
+    with seeded():
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                depth=2, embed_dim=embed, img_size=TINY_IMG_SIZE, patch_size=16, num_heads=2, mlp_ratio=4,
+                qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=2, out_chans=embed,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=embed, image_embedding_size=(TINY_IMG_SIZE // 16, TINY_IMG_SIZE // 16),
+                input_image_size=(TINY_IMG_SIZE, TINY_IMG_SIZE), mask_in_chans=16,
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=64, num_heads=2),
+                transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=32,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],  # SAM's own (ImageNet) normalisation, as build_sam uses
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+        with torch.no_grad():
+            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].bias += TINY_MASK_BIAS
+    return sam
+
+
+def _paper(models: ModelsConfig) -> Sam:
+    if models.sam_type not in sam_model_registry:
+        types = ", ".join(sam_model_registry)
+        raise UserError(f"models.sam_type={models.sam_type!r} is not a SAM type; choose one of: {types}")
+    if not Path(models.sam_checkpoint).is_file():
+        raise ModelNotFoundError(
+            f"SAM {models.sam_type}",
+            f"no file at models.sam_checkpoint={models.sam_checkpoint!r}",
+            f"download the official {PAPER_CHECKPOINT} (ViT-H) from {PAPER_URL} and set "
+            f"models.sam_checkpoint=/path/to/{PAPER_CHECKPOINT}",
+        )
+    return sam_model_registry[models.sam_type](checkpoint=models.sam_checkpoint)
+
+
+def load_sam(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Sam:
+    profile = check_profile(profile)
+    if profile == "tiny":
+        sam = _tiny()
+    elif profile == "paper":
+        sam = _paper(models)
+    else:
+        with seeded():
+            sam = sam_model_registry["vit_h"](checkpoint=None)
+    return sam.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,94 @@
+"""Grounding DINO boxes for the caption's nouns: one batched forward per batch of images.
+
+The prompt is the sample's nouns, "dog . car .". Each query is scored against each noun by the highest
+sigmoid logit over the noun's tokens in the prompt, so a box is always labelled with one of the caption's
+nouns (post-processing's `text_labels` can be several words or empty, shared/notes/tiny-models.md). The
+box-count, area and aspect filters belong to the next stage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.models import resolve_device, resolve_dtype
+from lambda_eclipse.models.grounding_dino import load_grounding_dino
+from lambda_eclipse.sample import Detection, Sample
+from lambda_eclipse.tasks.base import Stage
+
+
+def prompt(sample: Sample) -> str:
+    return "".join(f"{noun.text.lower()} . " for noun in sample.nouns).strip()
+
+
+def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> list[list[int]]:
+    """Where each noun's token ids sit in the prompt's ids, searched in prompt order so that a word that occurs
+    twice maps each occurrence to its own noun; [] for a noun not found (e.g. cut off by truncation)."""
+    positions, start = [], 0
+    for ids in noun_ids:
+        n = len(ids)
+        found = next((i for i in range(start, len(input_ids) - n + 1) if input_ids[i : i + n] == ids), None)
+        if found is None or not ids:
+            positions.append([])
+            continue
+        positions.append(list(range(found, found + n)))
+        start = found + n
+    return positions
+
+
+class Boxes(Stage):
+    name = "boxes"
+    uses_model = True
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        super().__init__(cfg, profile)
+        self.device = resolve_device(cfg.runtime)
+        self.dtype = resolve_dtype(cfg.runtime, self.device)
+        self.detector = load_grounding_dino(profile, cfg.models, self.device, self.dtype)
+
+    def process(self, samples: list[Sample]) -> None:
+        for i in range(0, len(samples), self.batch_size):
+            self._detect(samples[i : i + self.batch_size])
+
+    def _detect(self, batch: list[Sample]) -> None:
+        processor = self.detector.processor
+        inputs = processor(
+            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt"
+        ).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        # Autocast covers the float32 tensors the model creates internally when its weights are bfloat16.
+        with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
+            outputs = self.detector.model(**inputs)
+        probs = outputs.logits.float().sigmoid().cpu()  # (batch, queries, max_text_len)
+        pred_boxes = outputs.pred_boxes.float().cpu().numpy()  # (batch, queries, 4) cx, cy, w, h in [0, 1]
+        input_ids = inputs["input_ids"].cpu().tolist()
+        for b, sample in enumerate(batch):
+            noun_ids = [processor.tokenizer(n.text.lower(), add_special_tokens=False).input_ids for n in sample.nouns]
+            positions = noun_token_positions(input_ids[b], noun_ids)
+            sample.detections = self._detections(sample, probs[b], pred_boxes[b], positions)
+            if not sample.detections:
+                sample.reject_at(self.name, "no boxes detected")
+
+    def _detections(
+        self, sample: Sample, probs: torch.Tensor, pred_boxes: np.ndarray, positions: list[list[int]]
+    ) -> list[Detection]:
+        if not sample.nouns:
+            return []
+        # (queries, nouns): a noun's score is its best token's; 0 for a noun missing from the prompt.
+        missing = probs.new_zeros(len(probs))
+        scores = torch.stack([probs[:, pos].max(dim=1).values if pos else missing for pos in positions], dim=1)
+        best_score, best = scores.max(dim=1)
+        height, width = sample.image.shape[:2]
+        size = np.array([width, height, width, height], np.float32)
+        detections = []
+        for query, (score, noun_index) in enumerate(zip(best_score.tolist(), best.tolist())):
+            # Only noun tokens are scored, so the query's box score (its best token) and its label's score (its
+            # best noun) are the same number, held against both thresholds.
+            if score <= self.cfg.boxes.box_threshold or score <= self.cfg.boxes.text_threshold:
+                continue
+            noun = sample.nouns[noun_index]
+            cx, cy, w, h = pred_boxes[query]
+            box = np.clip(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32) * size, 0, size)
+            detections.append(Detection(noun.text, noun.start, noun.end, box, score))
+        return sorted(detections, key=lambda d: d.logit, reverse=True)
