@@ -43,3 +43,16 @@ class Stage:
             for s in live:
                 s.seconds[self.name] = s.seconds.get(self.name, 0.0) + share
         return samples
+
+
+class ModelStage(Stage):
+    """A stage with a torch model: device and dtype resolved once from `runtime` (bf16 on GPU, fp32 on CPU)."""
+
+    uses_model = True
+
+    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+        from lambda_eclipse.models import resolve_device, resolve_dtype
+
+        super().__init__(cfg, profile)
+        self.device = resolve_device(cfg.runtime)
+        self.dtype = resolve_dtype(cfg.runtime, self.device)

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models import resolve_device, resolve_dtype
 from lambda_eclipse.models.grounding_dino import load_grounding_dino
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import Stage
+from lambda_eclipse.tasks.base import ModelStage
 
 
 def prompt(sample: Sample) -> str:
@@ -37,14 +36,11 @@ def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> lis
     return positions
 
 
-class Boxes(Stage):
+class Boxes(ModelStage):
     name = "boxes"
-    uses_model = True
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
-        self.device = resolve_device(cfg.runtime)
-        self.dtype = resolve_dtype(cfg.runtime, self.device)
         self.detector = load_grounding_dino(profile, cfg.models, self.device, self.dtype)
 
     def process(self, samples: list[Sample]) -> None:

@@ -5,20 +5,16 @@ from __future__ import annotations
 import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models import resolve_device, resolve_dtype
 from lambda_eclipse.models.blip2 import load_blip2
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from lambda_eclipse.tasks.base import ModelStage
 
 
-class Caption(Stage):
+class Caption(ModelStage):
     name = "caption"
-    uses_model = True
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
-        self.device = resolve_device(cfg.runtime)
-        self.dtype = resolve_dtype(cfg.runtime, self.device)
         bundle = load_blip2(profile, cfg.models, self.device, self.dtype)
         self.model, self.processor, self.model_id = bundle.model, bundle.processor, bundle.model_id
 

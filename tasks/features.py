@@ -10,23 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models import resolve_device, resolve_dtype
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, load_clip
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from lambda_eclipse.tasks.base import ModelStage
 
 # The last of the 77 slots holds EOT after truncation: a word there or beyond is not in the text states.
 LAST_WORD_SLOT = CONTEXT_LENGTH - 1
 
 
-class ClipFeatures(Stage):
+class ClipFeatures(ModelStage):
     name = "features"
-    uses_model = True
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
-        device = resolve_device(cfg.runtime)
-        self.clip = load_clip(profile, cfg.models, device, resolve_dtype(cfg.runtime, device))
+        self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
 
     def _locate_subjects(self, sample: Sample) -> bool:
         """Set each subject's token positions; drop subjects truncated away or not on token boundaries.

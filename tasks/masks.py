@@ -11,23 +11,19 @@ import numpy as np
 import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models import resolve_device, resolve_dtype
 from lambda_eclipse.models.sam import load_sam
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from lambda_eclipse.tasks.base import ModelStage
 
 # After lambda_eclipse.models, whose import makes torchvision (which segment_anything imports) loadable.
 from segment_anything.utils.transforms import ResizeLongestSide  # isort: skip
 
 
-class Masks(Stage):
+class Masks(ModelStage):
     name = "masks"
-    uses_model = True
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
-        self.device = resolve_device(cfg.runtime)
-        self.dtype = resolve_dtype(cfg.runtime, self.device)
         self.sam = load_sam(profile, cfg.models, self.device, self.dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
 
