@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lambda_eclipse.config import BuildConfig, check_profile, load_config
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.models.preflight import check_paper_weights
 from lambda_eclipse.storage.dataset_meta import existing_meta
 from lambda_eclipse.storage.layout import is_complete, read_json, shard_paths
 from lambda_eclipse.storage.sources import WorkUnit, plan_units
@@ -80,6 +81,8 @@ def prepare_build(
     if workers:
         cfg.runtime.workers = workers
     cfg.runtime.gpus = parse_gpus(gpus_per_stage)
+    if profile == "paper":
+        check_paper_weights(cfg.models)
     units, skipped = plan_units(inputs, cfg.input.unit_size, cfg.input.extensions)
     out = Path(output)
     _check_writable(out)

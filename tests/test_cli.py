@@ -26,6 +26,10 @@ def photos(tmp_path):
         (["--gpus-per-stage", "decode=1"], "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
         (["--gpus-per-stage", "masks"], "expected STAGE=FRACTION"),
         (["--workers", "-1"], "--workers must be 0"),
+        (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],
+         "weights missing for --profile paper: BLIP-2 models.blip2=Salesforce/blip2-flan-t5-xl; "),
+        (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],
+         "SAM models.sam_checkpoint=/nowhere/sam.pth (the official sam_vit_h_4b8939.pth)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(photos, tmp_path, capsys, args, message):
