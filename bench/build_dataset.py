@@ -111,7 +111,7 @@ def _stage_inputs(n: int, side: int):
     return samples
 
 
-def bench_paper_shapes(n: int, side: int = 1024) -> None:
+def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
     import gc
 
     import torch
@@ -119,10 +119,10 @@ def bench_paper_shapes(n: int, side: int = 1024) -> None:
     from lambda_eclipse.config import load_config
     from lambda_eclipse.tasks.pipeline import STAGES
 
-    cfg = load_config()
+    cfg = load_config(overrides=[f"runtime.dtype={dtype}"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"paper-shapes profile (random weights), {n} images of {side}x{side}, device {device}, "
-          f"dtype {'bfloat16' if device == 'cuda' else 'float32'}")
+    print(f"paper-shapes profile (random weights), {n} images of {side}x{side}, device {device}, dtype {dtype} "
+          "(auto: bfloat16 on GPU, float32 on CPU)")
     rates = {}
     for stage_cls in STAGES:
         if not stage_cls.uses_model:
@@ -162,11 +162,12 @@ def main() -> None:
     args.add_argument("--size", type=int, default=512, help="side of the generated photos (tiny)")
     args.add_argument("--workers", type=int, default=0, help="CPUs for Ray (0: all)")
     args.add_argument("--images", type=int, default=2, help="images per stage (paper-shapes)")
+    args.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="paper-shapes dtype")
     ns = args.parse_args()
     if ns.profile == "tiny":
         bench_tiny(ns.n1, ns.n2, ns.size, ns.workers)
     else:
-        bench_paper_shapes(ns.images)
+        bench_paper_shapes(ns.images, ns.dtype)
 
 
 if __name__ == "__main__":
