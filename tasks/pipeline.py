@@ -114,10 +114,12 @@ def run_ray(samples: list[Sample], cfg: BuildConfig, profile: str) -> Iterator[S
     # streaming pipeline stalls waiting for an actor that can never be scheduled.
     share = min(1.0, cpus / (len(MODEL_STAGES) + 1))
     threads = max(1, int(cpus // len(MODEL_STAGES)))
-    first = STAGES[0].batch_size_for(cfg)
+    # Blocks as small as the smallest model batch: the first actors get work at once and every stage
+    # streams, instead of one large block crossing the pipeline stage by stage.
+    smallest = min(s.batch_size_for(cfg) for s in STAGES if s.uses_model)
     ds = ray.data.from_items(
         [{"sample": pickle.dumps(s, protocol=5)} for s in samples],
-        override_num_blocks=max(1, math.ceil(len(samples) / first)),
+        override_num_blocks=max(1, math.ceil(len(samples) / smallest)),
     )
     for group in _groups():
         if group[0].uses_model:
