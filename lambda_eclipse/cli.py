@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 
+from lambda_eclipse.config import describe_keys
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.prior.cli import add_parser as add_train_prior
 
 BUILD_EPILOG = """\
 stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
@@ -22,21 +24,6 @@ examples:
 
 A rerun with the same --output skips complete shards and rebuilds incomplete ones.
 """
-
-
-def _config_keys() -> str:
-    """The key list in --help, generated from the config dataclasses so that it cannot drift from them."""
-    import dataclasses
-    import textwrap
-
-    from lambda_eclipse.config import BuildConfig
-
-    lines = []
-    for section in dataclasses.fields(BuildConfig):
-        values = dataclasses.asdict(getattr(BuildConfig(), section.name))
-        pairs = [f"{section.name}.{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in values.items()]
-        lines.append(textwrap.fill("  ".join(pairs), 100, initial_indent="  ", subsequent_indent="    "))
-    return "\n".join(lines)
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
@@ -73,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
         "build-dataset",
         help="build prior-training shards from image folders or WebDataset tars",
         description="Build λ-ECLIPSE training shards (Parquet features + WebDataset pixels) from images.",
-        epilog=BUILD_EPILOG.format(config_keys=_config_keys()),
+        epilog=BUILD_EPILOG.format(config_keys=describe_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument(
@@ -98,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "default 0 (CPU)",
     )
     build.set_defaults(run=_build_dataset)
+    add_train_prior(commands)
     return top
 
 

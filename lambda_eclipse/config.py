@@ -168,7 +168,7 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     raise UserError(f"config key {where}: {value!r} is not a valid {type(current).__name__}")
 
 
-def _apply(cfg: BuildConfig, section: str, key: str, value: Any) -> None:
+def _apply(cfg, section: str, key: str, value: Any) -> None:
     sections = {f.name: f for f in dataclasses.fields(cfg)}
     if section not in sections:
         raise UserError(f"unknown config section {section!r}; valid sections: {', '.join(sections)}")
@@ -179,9 +179,9 @@ def _apply(cfg: BuildConfig, section: str, key: str, value: Any) -> None:
     setattr(part, key, _coerce(value, getattr(part, key), f"{section}.{key}"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> BuildConfig:
-    """Defaults, then the YAML file's values, then `section.key=value` overrides, in that order."""
-    cfg = BuildConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = BuildConfig):
+    """Defaults of the config dataclass `cls`, then the YAML file's values, then `section.key=value` overrides."""
+    cfg = cls()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -202,10 +202,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         section, dot, key = name.strip().partition(".")
         if not sep or not dot:
             raise UserError(f"--set {item!r}: expected section.key=value, for example resolution.min_side=256")
-        if section == "runtime" and key == "gpus":
+        if cls is BuildConfig and section == "runtime" and key == "gpus":
             raise UserError("--set runtime.gpus: use --gpus-per-stage STAGE=FRACTION instead")
         _apply(cfg, section, key, yaml.safe_load(value) if value else value)
     return cfg
+
+
+def describe_keys(cls: type = BuildConfig) -> str:
+    """Every `section.key=default` of a config dataclass, wrapped for --help, so help cannot drift from code."""
+    import textwrap
+
+    lines = []
+    for section in dataclasses.fields(cls):
+        values = dataclasses.asdict(getattr(cls(), section.name))
+        pairs = [f"{section.name}.{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in values.items()]
+        lines.append(textwrap.fill("  ".join(pairs), 100, initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines)
 
 
 def check_profile(profile: str) -> str:

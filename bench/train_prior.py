@@ -1,0 +1,99 @@
+"""Benchmark of train-prior. Prints numbers; asserts nothing.
+
+Writes a synthetic dataset at the profile's embedding size (paper: d = 1280, ≈197 KB of fp16 text states per
+sample), then measures, after `--warmup` steps:
+  - loop:      samples/s of the full training loop (`run_training`: shards read from disk by the DataLoader workers,
+               interleaving, forward, backward, clipping, AdamW, schedule, logging);
+  - in memory: samples/s of the model's forward + backward alone, on the same batches already in memory;
+and their ratio: how close the loop comes to the model's own speed (goal ≥ 0.9 for the paper size on CPU with
+batch 32). Each as the median and the best of the per-step rates: on a shared machine the best step is the one
+least slowed by other processes, so the ratio of the bests is the steadier number there.
+
+    python bench/train_prior.py [--profile paper|tiny] [--batch-size 32] [--steps 8] [--warmup 2] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' synthetic shard writer
+from test_prior_data import write_dataset  # noqa: E402
+
+from lambda_eclipse.prior.config import load_train_config  # noqa: E402
+from lambda_eclipse.prior.data import loader  # noqa: E402
+from lambda_eclipse.prior.loss import prior_loss  # noqa: E402
+from lambda_eclipse.prior.model import EclipsePrior  # noqa: E402
+from lambda_eclipse.prior.train import prepare_training, read_metrics, run_training  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="paper", choices=("paper", "tiny"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--shards", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-prior-"))
+    d = 1280 if args.profile == "paper" else 32
+    per_shard = -(-args.steps * args.batch_size // args.shards)  # one epoch covers the run: no sample read twice
+    start = time.perf_counter()
+    data = write_dataset(tmp / "data", [(per_shard, 2)] * args.shards, d=d)
+    print(f"dataset: {args.shards} shards × {per_shard} train samples, d = {d}, "
+          f"written in {time.perf_counter() - start:.1f} s")
+
+    settings = [
+        f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"data.workers={args.workers}",
+        "log.every=1", "val.max_batches=1", f"checkpoint.every={args.steps}", "train.warmup_steps=1",
+    ]
+    cfg = load_train_config(None, settings)
+    job = prepare_training(str(data), str(tmp / "run"), args.profile, cfg, False)
+    start = time.perf_counter()
+    run_training(job)
+    print(f"training run of {args.steps} steps (with start-up, final validation and checkpoint): "
+          f"{time.perf_counter() - start:.1f} s")
+    records = read_metrics(tmp / "run")
+    loop = [r["samples_per_s"] for r in records if r["split"] == "train" and r["step"] > args.warmup]
+
+    device = torch.device(job.device)
+    batches = [
+        {k: v.to(device) for k, v in b.items()}
+        for b in islice(loader(job.data, "train", args.batch_size, 0, seed=cfg.train.seed), args.steps)
+    ]
+    torch.manual_seed(cfg.train.seed)
+    model = EclipsePrior(**job.model_config).to(device)
+    amp = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the loop's runtime.precision=auto
+    times = []
+    for batch in batches:
+        inputs = dict(batch)
+        target = inputs.pop("target")
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
+            predicted = model(**inputs, return_dict=False)
+        prior_loss(predicted, target, inputs["proj_embedding"])["total"].backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    in_memory = [args.batch_size / t for t in times[args.warmup :]]
+
+    print(f"{args.profile} prior, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads, "
+          f"{args.workers} loader workers; steps {args.warmup + 1}–{args.steps}, samples/s as median / best:")
+    for name, rates in (("full training loop, shards from disk ", loop),
+                        ("forward + backward, batches in memory", in_memory)):
+        print(f"  {name}: {statistics.median(rates):8.2f} / {max(rates):8.2f}")
+    print(f"  ratio: {statistics.median(loop) / statistics.median(in_memory):.3f} / {max(loop) / max(in_memory):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""train-prior flow: one Prefect task runs the training (this process, or Ray Train workers when data-parallel);
+the flow publishes its dashboard, a metrics table and a train/val loss curve, and emits `EVENT` when the model is
+trained, which a deployment trigger can react to (for example to run generation or evaluation on the new prior):
+
+    triggers:
+      - type: event
+        expect: ["lambda-eclipse.prior.trained"]
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from lambda_eclipse.prior.config import load_train_config
+from lambda_eclipse.prior.train import TrainJob, prepare_training, read_metrics, run_training
+
+EVENT = "lambda-eclipse.prior.trained"
+COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
+
+
+class _ToRunLogger(logging.Handler):
+    """Shows the training loop's `logging` lines (it is framework-free: it also runs in Ray workers) in this run."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logger.log(record.levelno, record.getMessage())
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(job: TrainJob) -> dict:
+    source = logging.getLogger(run_training.__module__)
+    handler, level = _ToRunLogger(get_run_logger()), source.level
+    source.addHandler(handler)
+    source.setLevel(logging.INFO)
+    try:
+        return run_training(job)
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
+
+
+@flow(name="train-prior")
+def train_prior(
+    data: str,
+    output: str,
+    profile: str = "tiny",
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train the λ-ECLIPSE prior on the dataset in `data`, writing checkpoints and the final model to `output`."""
+    logger = get_run_logger()
+    job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume)
+    logger.info(
+        "%s prior (d = %d) on %s: %d train / %d val shards, %d trainer(s) on %s%s",
+        profile, job.model_config["embedding_dim"], data, len(job.data.splits["train"].shards),
+        len(job.data.splits["val"].shards), job.trainers, job.device,
+        f", resuming from {job.resume_from}" if job.resume_from else "",
+    )
+    try:
+        summary = train(job)
+    finally:  # a failed run (a non-finite loss) shows its curve up to the failure too
+        _publish(Path(output))
+    emit_event(
+        event=EVENT,
+        resource={"prefect.resource.id": f"lambda-eclipse.prior.{Path(output).resolve()}"},
+        payload=summary,
+    )
+    logger.info("done: step %d, final model %s", summary["step"], summary["final"])
+    return summary
+
+
+def _publish(run: Path) -> None:
+    records = read_metrics(run)
+    if not records:
+        return
+    train_at = {r["step"]: r for r in records if r["split"] == "train"}
+    rows = [
+        {"step": v["step"], "train loss": _round(train_at.get(v["step"], {}).get("loss"))}
+        | {f"val {k}": _round(v[k]) for k in ("loss", "mse", "contrastive", "cosine", "top1")}
+        for v in records if v["split"] == "val"
+    ]
+    create_table_artifact(table=rows, key="train-prior-metrics", description="one row per validation")
+    png = loss_curve(records, run / "loss_curve.png")
+    create_image_artifact(
+        image_url="data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
+        key="train-prior-loss-curve",
+        description=f"train and val loss (Eq. 1) of {run}",
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
+
+
+def loss_curve(records: list[dict], path: Path, size: tuple[int, int] = (720, 420)) -> Path:
+    """Train and val loss against step, as a PNG (drawn with PIL: no plotting library needed)."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 30, 40
+    series = {split: [(r["step"], r["loss"]) for r in records if r["split"] == split] for split in COLORS}
+    points = [p for s in series.values() for p in s]
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-9)
+
+    def xy(step: float, loss: float) -> tuple[float, float]:
+        return (left + (step - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (loss - y0) / (y1 - y0) * (height - top - bottom))
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black")
+    for label, (x, y) in ((f"{y1:.4g}", (4, top - 6)), (f"{y0:.4g}", (4, height - bottom - 6)),
+                          (str(x0), (left, height - bottom + 6)), (str(x1), (width - right - 40, height - bottom + 6)),
+                          ("step", (width // 2, height - bottom + 20))):
+        draw.text((x, y), label, fill="black")
+    for i, (split, values) in enumerate(series.items()):
+        draw.text((left + 10 + 90 * i, 8), f"{split} loss", fill=COLORS[split])
+        line = [xy(*p) for p in values]
+        if len(line) > 1:
+            draw.line(line, fill=COLORS[split], width=2)
+        for x, y in line:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLORS[split])
+    image.save(path)
+    return path

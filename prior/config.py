@@ -1,0 +1,128 @@
+"""train-prior configuration: one dataclass per section; defaults are the paper's values where it gives one.
+
+Parsed like the build config (lambda_eclipse/config.py): defaults, then a YAML file, then `--set section.key=value`
+overrides; an unknown section or key is an error naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lambda_eclipse.config import load_config
+from lambda_eclipse.errors import UserError
+
+PROFILES = ("tiny", "paper")  # prior sizes: prior/model.py's configs
+SCHEDULES = ("cosine", "linear", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 512  # per data-parallel trainer (paper: 512 on each of 2 GPUs)
+    max_steps: int = 100_000  # paper: ~100k iterations
+    lr: float = 5e-5  # peak learning rate (paper)
+    warmup_steps: int = 1000  # linear warm-up from 0 to lr
+    schedule: str = "cosine"  # after warm-up, down to min_lr_ratio · lr at max_steps: cosine | linear | constant
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01  # AdamW
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    seed: int = 0
+
+
+@dataclass
+class LossSection:
+    # prior/loss.py's LAMBDA and TAU (a test keeps them equal), written out so that the CLI's parser needs no torch
+    lam: float = 0.2  # weight of the contrastive term of Eq. 1 (paper: 0.2)
+    tau: float = 0.01  # its temperature
+
+
+@dataclass
+class DataSection:
+    zero_control_prob: float = 0.01  # fraction of samples whose edge embedding becomes the zero-image one (paper: 1 %)
+    shuffle_buffer: int = 1000  # samples held per loader stream for shuffling across shards (~200 KB each at d=1280)
+    workers: int = 2  # DataLoader worker processes per trainer; 0: read in the training process
+
+
+@dataclass
+class ValSection:
+    every: int = 1000  # steps between validations; 0: only at the end
+    batch_size: int = 256  # top-1 retrieval is measured within a batch of this size
+    max_batches: int = 50  # per trainer and validation, to keep it cheap (the paper's val split is 0.4M); 0: all
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000
+    keep: int = 3  # the last K checkpoints are kept
+
+
+@dataclass
+class LogSection:
+    every: int = 50  # steps between training-metric records (TensorBoard, metrics.jsonl)
+
+
+@dataclass
+class RuntimeSection:
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # autocast dtype; auto: bf16 on cuda, fp32 on cpu
+    workers: int = 0  # data-parallel trainers (Ray Train); 0: one per visible GPU; 1: this process only
+
+
+@dataclass
+class TrainConfig:
+    train: TrainSection = field(default_factory=TrainSection)
+    loss: LossSection = field(default_factory=LossSection)
+    data: DataSection = field(default_factory=DataSection)
+    val: ValSection = field(default_factory=ValSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> TrainConfig:
+        """Reject values the training loop cannot run with, naming every bad key at once."""
+        t, d, r = self.train, self.data, self.runtime
+        rules = [
+            ("train.batch_size", t.batch_size >= 1, "must be ≥ 1"),
+            ("train.max_steps", t.max_steps >= 1, "must be ≥ 1"),
+            ("train.lr", t.lr > 0, "must be > 0"),
+            ("train.warmup_steps", t.warmup_steps >= 0, "must be ≥ 0"),
+            ("train.schedule", t.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("train.min_lr_ratio", 0 <= t.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("train.grad_clip", t.grad_clip >= 0, "must be ≥ 0"),
+            ("loss.tau", self.loss.tau > 0, "must be > 0"),
+            ("data.zero_control_prob", 0 <= d.zero_control_prob <= 1, "must be in [0, 1]"),
+            ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be ≥ 1"),
+            ("data.workers", d.workers >= 0, "must be ≥ 0"),
+            ("val.every", self.val.every >= 0, "must be ≥ 0"),
+            ("val.batch_size", self.val.batch_size >= 1, "must be ≥ 1"),
+            ("val.max_batches", self.val.max_batches >= 0, "must be ≥ 0"),
+            ("checkpoint.every", self.checkpoint.every >= 1, "must be ≥ 1"),
+            ("checkpoint.keep", self.checkpoint.keep >= 1, "must be ≥ 1"),
+            ("log.every", self.log.every >= 1, "must be ≥ 1"),
+            ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+            ("runtime.precision", r.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+            ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
+        ]
+        problems = [f"{key} {rule} (got {_value(self, key)!r})" for key, ok, rule in rules if not ok]
+        if problems:
+            raise UserError("invalid config: " + "; ".join(problems))
+        return self
+
+
+def _value(cfg: TrainConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the YAML file's values, then `section.key=value` overrides, then the range checks."""
+    return load_config(path, overrides, cls=TrainConfig).check()
