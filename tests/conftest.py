@@ -22,6 +22,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models' ops take microseconds: on a shared CPU a second intra-op thread costs more than the math
+    (10–50× slower steps under load). Modules opt in; the thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -9,15 +9,9 @@ from lambda_eclipse.models.tiny_vocab import NOUNS
 
 CPU = torch.device("cpu")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny model's ops take microseconds: on a shared CPU, handing them to a second thread costs more
-    # than the math (seconds per test under load). Restored afterwards for the rest of the session.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def synthetic_images():

@@ -5,7 +5,6 @@ import argparse
 import json
 
 import pytest
-import torch
 from PIL import Image
 from test_prior_data import write_dataset
 
@@ -14,18 +13,11 @@ from lambda_eclipse.prior.cli import add_parser
 from lambda_eclipse.prior.model import EclipsePrior
 from lambda_eclipse.prior.train import checkpoints, read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
             "log.every=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared machine spinning ones make steps 10–50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _artifact(key: str):
