@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from itertools import islice
@@ -24,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' synthetic shard writer
-from test_prior_data import write_dataset  # noqa: E402
-
-from lambda_eclipse.prior.config import load_train_config  # noqa: E402
-from lambda_eclipse.prior.data import loader  # noqa: E402
-from lambda_eclipse.prior.loss import prior_loss  # noqa: E402
-from lambda_eclipse.prior.model import EclipsePrior  # noqa: E402
-from lambda_eclipse.prior.train import prepare_training, read_metrics, run_training  # noqa: E402
+from lambda_eclipse.prior.config import load_train_config
+from lambda_eclipse.prior.data import loader
+from lambda_eclipse.prior.loss import prior_loss
+from lambda_eclipse.prior.model import EclipsePrior
+from lambda_eclipse.prior.train import prepare_training, read_metrics, run_training
+from lambda_eclipse.synthetic_features import write_feature_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     d = 1280 if args.profile == "paper" else 32
     per_shard = -(-args.steps * args.batch_size // args.shards)  # one epoch covers the run: no sample read twice
     start = time.perf_counter()
-    data = write_dataset(tmp / "data", [(per_shard, 2)] * args.shards, d=d)
+    data = write_feature_dataset(tmp / "data", [(per_shard, 2)] * args.shards, d=d)
     print(f"dataset: {args.shards} shards × {per_shard} train samples, d = {d}, "
           f"written in {time.perf_counter() - start:.1f} s")
 

@@ -5,42 +5,14 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
-from conftest import featured_sample
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset
 from lambda_eclipse.storage.layout import write_json_atomic
 from lambda_eclipse.storage.reader import iter_samples
-from lambda_eclipse.storage.schema import feature_schema
-from lambda_eclipse.storage.shard_writer import ShardWriter, split_of
+from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 
 D = 32
-
-
-def keys_for(split: str, n: int, prefix: str) -> list[str]:
-    """n keys that the shard writer assigns to `split` (splits follow the key's hash)."""
-    keys, i = [], 0
-    while len(keys) < n:
-        key = f"{prefix}-{i}"
-        if split_of(key, 0.8) == split:
-            keys.append(key)
-        i += 1
-    return keys
-
-
-def write_dataset(root, shards, d=D, shard_dims=None):
-    """A dataset of tiny shards: `shards` lists (train, val) sample counts; `shard_dims` overrides d per shard."""
-    root.mkdir(parents=True, exist_ok=True)
-    zero = np.linspace(-1, 1, d).round(3).tolist()
-    meta = {"embed_dim": d, "text_width": d, "profile": "tiny", "zero_image_embedding": zero}
-    write_json_atomic(root / "dataset.json", meta)
-    for shard, (n_train, n_val) in enumerate(shards):
-        dim = (shard_dims or {}).get(shard, d)
-        writer = ShardWriter(root, shard, feature_schema(dim, dim), 0.8, ["decode"])
-        for key in keys_for("train", n_train, f"s{shard}") + keys_for("val", n_val, f"s{shard}"):
-            writer.add(featured_sample(key, dim, dim))
-        writer.close({"description": "test"})
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_prior_data import write_dataset
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.prior import loss as loss_module
@@ -16,6 +15,7 @@ from lambda_eclipse.prior.cli import add_parser
 from lambda_eclipse.prior.config import TrainConfig, load_train_config
 from lambda_eclipse.prior.model import EclipsePrior
 from lambda_eclipse.prior.train import checkpoints, lr_factor, prepare_training, read_metrics, run_training
+from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 
 FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 

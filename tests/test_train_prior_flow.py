@@ -6,12 +6,12 @@ import json
 
 import pytest
 from PIL import Image
-from test_prior_data import write_dataset
 
 from lambda_eclipse.flows import train_prior as flow_module
 from lambda_eclipse.prior.cli import add_parser
 from lambda_eclipse.prior.model import EclipsePrior
 from lambda_eclipse.prior.train import checkpoints, read_metrics
+from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
