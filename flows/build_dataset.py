@@ -1,6 +1,9 @@
 """build-dataset flow: one Prefect task per work unit (a tar, or a chunk of a folder), each running the
 stages as a Ray Data pipeline and writing one shard. Progress, per-shard rows, the funnel and a contact
 sheet are published as Prefect artifacts (the dashboard). Complete shards are skipped on a rerun.
+
+Inputs and output are local paths or fsspec URLs (`storage/fs.py`). Shards are written by this process, the
+images read by Ray workers, so `memory://` works for the output only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.ray_session import ray_session
 from lambda_eclipse.report import contact_sheet, funnel_markdown
 from lambda_eclipse.storage.dataset_meta import write_meta
+from lambda_eclipse.storage.fs import join, name, uri, write_bytes
 from lambda_eclipse.storage.layout import read_json, shard_paths
 from lambda_eclipse.storage.sources import WorkUnit
 from lambda_eclipse.tasks.pipeline import run_ray
@@ -92,12 +96,12 @@ def build_dataset(
         finally:
             stream.close()
     all_stats = [read_json(shard_paths(plan.output, u.shard)["stats"]) for u in plan.units]
-    sheet = contact_sheet(plan.output, [u.shard for u in plan.units], plan.output / "contact_sheet.png")
+    sheet = contact_sheet(plan.output, [u.shard for u in plan.units], join(plan.output, "contact_sheet.png"))
     markdown = funnel_markdown(all_stats, sheet)
-    (plan.output / "summary.md").write_text(markdown + "\n")
+    write_bytes(join(plan.output, "summary.md"), (markdown + "\n").encode())
     create_markdown_artifact(markdown=markdown, key="build-dataset-summary", description="funnel and contact sheet")
     if sheet is not None:
-        create_link_artifact(link=sheet.resolve().as_uri(), link_text=sheet.name, key="build-dataset-contact-sheet")
+        create_link_artifact(link=uri(sheet), link_text=name(sheet), key="build-dataset-contact-sheet")
     summary = {
         "output": str(plan.output),
         "shards": len(plan.units),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lambda_eclipse.storage.fs import Location, is_file, open_file
 from lambda_eclipse.storage.layout import shard_paths
 
 COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
@@ -28,7 +28,7 @@ def merge_funnel(stats: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
-def funnel_markdown(stats: list[dict], contact_sheet: Path | None) -> str:
+def funnel_markdown(stats: list[dict], contact_sheet: Location | None) -> str:
     inputs = sum(s["inputs"] for s in stats)
     accepted = sum(s["accepted"] for s in stats)
     seconds = sum(s["seconds"] for s in stats)
@@ -69,15 +69,18 @@ def _tile(image: Image.Image, mask: np.ndarray, meta: dict, size: int) -> Image.
     return tile
 
 
-def contact_sheet(root: str | Path, shards: list[int], path: Path, limit: int = 16, size: int = 256) -> Path | None:
-    """Draw up to `limit` accepted samples from the shards' tars into one PNG; None if there are none."""
+def contact_sheet(
+    root: Location, shards: list[int], path: Location, limit: int = 16, size: int = 256
+) -> Location | None:
+    """Draw up to `limit` accepted samples from the shards' tars into one PNG at `path` (a local path or a URL);
+    None if there are none."""
     tiles = []
     for shard in shards:
         tar_path = shard_paths(root, shard)["tar"]
-        if not tar_path.is_file():
+        if not is_file(tar_path):
             continue
         groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(tar_path) as tar:
+        with open_file(tar_path) as f, tarfile.open(fileobj=f) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
@@ -97,5 +100,6 @@ def contact_sheet(root: str | Path, shards: list[int], path: Path, limit: int = 
     sheet = Image.new("RGB", (cols * size, rows * tiles[0].height), "white")
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % cols) * size, (i // cols) * tile.height))
-    sheet.save(path)
+    with open_file(path, "wb") as f:
+        sheet.save(f, format="PNG")
     return path

@@ -10,19 +10,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lambda_eclipse.storage.fs import read_bytes
+
 
 @dataclass
 class SourceRef:
-    """Where a sample's encoded bytes live: a whole file (size -1) or a byte range in a tar."""
+    """Where a sample's encoded bytes live: a whole file (size -1) or a byte range in a tar. `path` is a local path
+    or an fsspec URL: a string that the Ray worker decoding the sample resolves itself."""
 
     path: str
     offset: int = 0
     size: int = -1
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+        return read_bytes(self.path, self.offset, None if self.size < 0 else self.offset + self.size)
 
 
 @dataclass

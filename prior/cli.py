@@ -33,8 +33,11 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
         epilog=EPILOG.format(config_keys=describe_keys(TrainConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset directory written by build-dataset")
-    parser.add_argument("--output", required=True, metavar="RUN_DIR", help="run directory (created if missing)")
+    parser.add_argument(
+        "--data", required=True, metavar="DIR",
+        help="dataset written by build-dataset: a directory or an fsspec URL (s3://bucket/data, file:///data)",
+    )
+    parser.add_argument("--output", required=True, metavar="RUN_DIR", help="local run directory (created if missing)")
     parser.add_argument(
         "--profile", default="tiny", choices=PROFILES,
         help="prior size: tiny (2 layers, d = the dataset's) or paper (the released config, needs d = 1280) "

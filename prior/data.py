@@ -17,16 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count, islice
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.storage.fs import Location
 from lambda_eclipse.storage.layout import complete_shards, read_json, shard_paths
-from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta
+from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta, parquet_file
 
 COLUMNS = (
     "subjects", "attention_mask", "text_hidden_states", "text_embedding", "target_embedding",
@@ -46,13 +45,13 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    root: str
+    root: str  # a local path or an fsspec URL: every loader worker and Ray Train worker opens it itself
     embed_dim: int
     zero_image: tuple[float, ...]
     splits: dict[str, Split]
 
 
-def open_dataset(root: str | Path) -> Dataset:
+def open_dataset(root: Location) -> Dataset:
     """Read dataset.json and the shards' stats and schemas; a dataset the prior cannot train on is a UserError."""
     meta = load_dataset_meta(root)
     d, w = int(meta["embed_dim"]), int(meta["text_width"])
@@ -70,7 +69,8 @@ def open_dataset(root: str | Path) -> Dataset:
     counts = {name: [] for name in SPLITS}
     for shard in shards:
         paths = shard_paths(root, shard)
-        schema = pq.read_schema(paths["parquet"]).metadata
+        with parquet_file(paths["parquet"]) as parquet:
+            schema = parquet.schema_arrow.metadata
         dims = int(schema[b"embed_dim"]), int(schema[b"text_width"])
         if dims != (d, w):
             raise UserError(

@@ -36,6 +36,7 @@ from lambda_eclipse.prior.data import Dataset, loader, open_dataset
 from lambda_eclipse.prior.loss import prior_loss
 from lambda_eclipse.prior.model import EclipsePrior, prior_config
 from lambda_eclipse.storage.layout import read_json, write_json_atomic
+from lambda_eclipse.storage.fs import is_local
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -74,6 +75,9 @@ def prepare_training(data: str, output: str, profile: str, cfg: TrainConfig, res
             f"the {profile} prior takes {model_config['embedding_dim']}-d CLIP embeddings, but dataset {data} has "
             f"{dataset.embed_dim}-d ones; build the dataset with the paper CLIP (ViT-bigG-14), or use --profile tiny"
         )
+    if not is_local(output):
+        raise UserError(f"--output {output}: the run directory must be a local path (checkpoints and TensorBoard "
+                        "logs are written in place); --data may be a URL")
     run = Path(output)
     try:
         run.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,10 @@ dataset is started; a rerun into the same directory must use the same config and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lambda_eclipse
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.storage.fs import Location, is_file, join
 from lambda_eclipse.storage.layout import DATASET_JSON, read_json, write_json_atomic
 
 
@@ -28,10 +27,10 @@ def model_ids(cfg: BuildConfig, profile: str) -> dict[str, str]:
     }
 
 
-def existing_meta(root: str | Path, cfg: BuildConfig, profile: str) -> dict | None:
+def existing_meta(root: Location, cfg: BuildConfig, profile: str) -> dict | None:
     """The dataset.json already in `root`, after checking that this build may continue it."""
-    path = Path(root) / DATASET_JSON
-    if not path.is_file():
+    path = join(root, DATASET_JSON)
+    if not is_file(path):
         return None
     meta = read_json(path)
     if meta.get("profile") != profile or meta.get("config_hash") != cfg.content_hash():
@@ -43,7 +42,7 @@ def existing_meta(root: str | Path, cfg: BuildConfig, profile: str) -> dict | No
     return meta
 
 
-def write_meta(root: str | Path, cfg: BuildConfig, profile: str, clip: dict) -> dict:
+def write_meta(root: Location, cfg: BuildConfig, profile: str, clip: dict) -> dict:
     meta = {
         "format": "lambda-eclipse-dataset/1",
         "code_version": lambda_eclipse.__version__,
@@ -56,5 +55,5 @@ def write_meta(root: str | Path, cfg: BuildConfig, profile: str, clip: dict) -> 
         "context_length": 77,
         "zero_image_embedding": [float(x) for x in clip["zero_image_embedding"]],
     }
-    write_json_atomic(Path(root) / DATASET_JSON, meta)
+    write_json_atomic(join(root, DATASET_JSON), meta)
     return meta

@@ -1,4 +1,11 @@
-"""Paths of the dataset layout (shared/DESIGN.md, shard contract) and the completeness rule."""
+"""Paths of the dataset layout (shared/DESIGN.md, shard contract) and the completeness rule.
+
+The dataset root is a local path or an fsspec URL (`storage/fs.py`). Locally every file is written under a
+temporary name and renamed into place, so no partial file ever carries a final name. Object stores have no rename
+(s3fs's `mv` is a copy and a delete); there a file is written under its final name — an S3 or GCS object appears
+whole when its upload completes, a memory:// file is visible as it is written. On all of them `_stats.json` is
+written last and is the only thing that makes a shard count: readers trust only shards that have it.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +15,39 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lambda_eclipse.storage.fs import Location, is_file, is_local, join, location, open_file, resolve
+
 DATASET_JSON = "dataset.json"
 SHARDS = "shards"
+DATA_FILES = ("parquet", "tar", "rejects")  # the files `_stats.json` lists, written before it
 
 
-def shard_paths(root: str | Path, shard: int) -> dict[str, Path]:
-    base = Path(root) / SHARDS
+def shard_names(shard: int) -> dict[str, str]:
     return {
-        "parquet": base / f"{shard:05d}.parquet",
-        "tar": base / f"{shard:05d}.tar",
-        "rejects": base / f"{shard:05d}_rejects.parquet",
-        "stats": base / f"{shard:05d}_stats.json",
+        "parquet": f"{shard:05d}.parquet",
+        "tar": f"{shard:05d}.tar",
+        "rejects": f"{shard:05d}_rejects.parquet",
+        "stats": f"{shard:05d}_stats.json",
     }
 
 
-def is_complete(root: str | Path, shard: int) -> bool:
-    """A shard is complete if and only if its `_stats.json` exists (it is written last, atomically)."""
-    return shard_paths(root, shard)["stats"].is_file()
+def shard_paths(root: Location, shard: int) -> dict[str, Location]:
+    """The shard's files: Paths under a local root, URLs under a remote one."""
+    base = join(root, SHARDS)
+    return {kind: join(base, name) for kind, name in shard_names(shard).items()}
 
 
-def complete_shards(root: str | Path) -> list[int]:
-    base = Path(root) / SHARDS
-    if not base.is_dir():
+def is_complete(root: Location, shard: int) -> bool:
+    """A shard is complete if and only if its `_stats.json` exists (it is written last)."""
+    return is_file(shard_paths(root, shard)["stats"])
+
+
+def complete_shards(root: Location) -> list[int]:
+    fs, base = resolve(join(root, SHARDS))
+    if not fs.isdir(base):
         return []
-    return sorted(int(p.name.split("_")[0]) for p in base.glob("*_stats.json"))
+    names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(base, detail=False))
+    return sorted(int(name.split("_")[0]) for name in names if name.endswith("_stats.json"))
 
 
 def tmp_path(path: Path) -> Path:
@@ -39,23 +55,44 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = tmp_path(path)
-    with open(tmp, "w") as f:
+def staging_path(path: Location) -> Location:
+    """Where a file is written before `publish` makes it `path`: a temporary sibling locally, `path` itself on
+    stores without rename."""
+    path = location(path)
+    return tmp_path(path) if is_local(path) else path
+
+
+def publish(staged: Location, path: Location) -> None:
+    """Make the file written at `staging_path(path)` visible as `path` (an atomic rename where one exists)."""
+    if staged != path:
+        os.replace(staged, path)
+
+
+def write_json_atomic(path: Location, data: Any) -> None:
+    path = location(path)
+    staged = staging_path(path)
+    with open_file(staged, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        if is_local(path):  # on disk before the rename makes it visible
+            f.flush()
+            os.fsync(f.fileno())
+    publish(staged, path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
+def file_digest(path: Location) -> dict[str, Any]:
+    """sha256 and size of a file, in one read of what the filesystem actually holds."""
+    digest, size = hashlib.sha256(), 0
+    with open_file(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "bytes": size}
 
 
-def read_json(path: Path) -> Any:
-    with open(path) as f:
+def sha256_file(path: Location) -> str:
+    return file_digest(path)["sha256"]
+
+
+def read_json(path: Location) -> Any:
+    with open_file(path, "r") as f:
         return json.load(f)

@@ -1,30 +1,36 @@
 """Reads a built dataset: the metadata, its complete shards, and samples of a split, streaming.
 
 Only complete shards (those with `_stats.json`) are read, one Parquet row group at a time, so memory stays
-bounded by a row group whatever the dataset's size.
+bounded by a row group whatever the dataset's size. The dataset root is a local path or an fsspec URL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.storage.fs import Location, arrow, is_file, join
 from lambda_eclipse.storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths
 from lambda_eclipse.storage.schema import CONTEXT_LENGTH
 
 FIXED = ("token_ids", "attention_mask", "text_embedding", "target_embedding", "edge_embedding")
 
 
-def load_dataset_meta(root: str | Path) -> dict:
-    path = Path(root) / DATASET_JSON
-    if not path.is_file():
+def load_dataset_meta(root: Location) -> dict:
+    path = join(root, DATASET_JSON)
+    if not is_file(path):
         raise UserError(f"{root} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); build one with `lambda-eclipse build-dataset`")
     return read_json(path)
+
+
+def parquet_file(path: Location) -> pq.ParquetFile:
+    """A Parquet file on any filesystem, opened for reading (its footer read; row groups on demand)."""
+    filesystem, where = arrow(path)
+    return pq.ParquetFile(where, filesystem=filesystem)
 
 
 def _rows(batch, text_width: int) -> Iterator[dict[str, Any]]:
@@ -44,7 +50,7 @@ def _rows(batch, text_width: int) -> Iterator[dict[str, Any]]:
 
 
 def iter_samples(
-    root: str | Path,
+    root: Location,
     split: str | None = None,
     columns: Sequence[str] | None = None,
     shards: Sequence[int] | None = None,
@@ -56,8 +62,8 @@ def iter_samples(
     if wanted is not None and split is not None and "split" not in wanted:
         wanted.append("split")
     for shard in shards if shards is not None else complete_shards(root):
-        parquet = pq.ParquetFile(shard_paths(root, shard)["parquet"])
-        for batch in parquet.iter_batches(columns=wanted):
-            for row in _rows(batch, text_width):
-                if split is None or row["split"] == split:
-                    yield row
+        with parquet_file(shard_paths(root, shard)["parquet"]) as parquet:
+            for batch in parquet.iter_batches(columns=wanted):
+                for row in _rows(batch, text_width):
+                    if split is None or row["split"] == split:
+                        yield row

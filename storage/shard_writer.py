@@ -1,8 +1,9 @@
 """Writes one shard of the contract: features Parquet, WebDataset tar, rejects Parquet, then `_stats.json`.
 
-Every file is written under a temporary name and renamed into place; `_stats.json` (the completeness
-marker, with the sha256 of the other files) goes last, atomically. A crash at any point leaves no shard
-that a reader would take as complete, and a rerun rebuilds it from scratch.
+Every file is staged (locally: a temporary name, renamed into place; on object stores: its final name, see
+`storage/layout.py`); `_stats.json` (the completeness marker, with the sha256 of the other files as stored) goes
+last. A crash at any point leaves no shard that a reader would take as complete, and a rerun rebuilds it from
+scratch. The root is a local path or an fsspec URL.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +20,17 @@ import webdataset as wds
 from PIL import Image
 
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.storage.layout import sha256_file, shard_paths, tmp_path, write_json_atomic
+from lambda_eclipse.storage.fs import Location, arrow, join, makedirs, open_file, remove
+from lambda_eclipse.storage.layout import (
+    DATA_FILES,
+    SHARDS,
+    file_digest,
+    publish,
+    shard_names,
+    shard_paths,
+    staging_path,
+    write_json_atomic,
+)
 from lambda_eclipse.storage.schema import REJECTS, feature_table
 
 ROW_GROUP = 256
@@ -54,15 +63,18 @@ def _label_mask(sample: Sample) -> np.ndarray:
 
 
 class ShardWriter:
-    def __init__(self, root: str | Path, shard: int, schema: pa.Schema, train_fraction: float, stage_names: list[str]):
+    def __init__(self, root: Location, shard: int, schema: pa.Schema, train_fraction: float, stage_names: list[str]):
         self.paths = shard_paths(root, shard)
-        self.paths["parquet"].parent.mkdir(parents=True, exist_ok=True)
+        self._staged = {name: staging_path(self.paths[name]) for name in DATA_FILES}
+        makedirs(join(root, SHARDS))
         self.shard = shard
         self.schema = schema
         self.train_fraction = train_fraction
         self.stage_names = stage_names
-        self._parquet = pq.ParquetWriter(tmp_path(self.paths["parquet"]), schema)
-        self._tar = wds.TarWriter(str(tmp_path(self.paths["tar"])))
+        filesystem, path = arrow(self._staged["parquet"])
+        self._parquet = pq.ParquetWriter(path, schema, filesystem=filesystem)
+        self._tar_file = open_file(self._staged["tar"], "wb")  # TarWriter leaves closing it to us
+        self._tar = wds.TarWriter(self._tar_file)
         self._rows: list[Sample] = []
         self._rejects: list[dict] = []
         self._splits = {"train": 0, "val": 0}
@@ -116,13 +128,15 @@ class ShardWriter:
             self._rows = []
 
     def close(self, unit: dict) -> dict:
-        """Finish every file, rename into place, then write `_stats.json`; returns the stats."""
+        """Finish every file, publish it under its final name, then write `_stats.json`; returns the stats."""
         self._flush()
         self._parquet.close()
         self._tar.close()
-        pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), tmp_path(self.paths["rejects"]))
-        for name in ("parquet", "tar", "rejects"):
-            os.replace(tmp_path(self.paths[name]), self.paths[name])
+        self._tar_file.close()
+        filesystem, path = arrow(self._staged["rejects"])
+        pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), path, filesystem=filesystem)
+        for name in DATA_FILES:
+            publish(self._staged[name], self.paths[name])
         elapsed = time.perf_counter() - self._start
         rejected_by_stage = {name: 0 for name in self.stage_names}
         for r in self._rejects:
@@ -143,20 +157,17 @@ class ShardWriter:
             "seconds": round(elapsed, 3),
             "images_per_second": round(self.inputs / elapsed, 3) if elapsed > 0 else None,
             "stage_seconds": {k: round(v, 4) for k, v in self._seconds.items()},
-            "files": {
-                self.paths[name].name: {"sha256": sha256_file(self.paths[name]), "bytes": self.paths[name].stat().st_size}
-                for name in ("parquet", "tar", "rejects")
-            },
+            "files": {shard_names(self.shard)[name]: file_digest(self.paths[name]) for name in DATA_FILES},
         }
         write_json_atomic(self.paths["stats"], stats)
         return stats
 
     def abort(self) -> None:
-        """Drop the temporary files of a failed attempt (the stats marker was never written)."""
-        for closer in (self._parquet.close, self._tar.close):
+        """Drop the staged files of a failed attempt (the stats marker was never written)."""
+        for closer in (self._parquet.close, self._tar.close, self._tar_file.close):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
-        for name in ("parquet", "tar", "rejects"):
-            tmp_path(self.paths[name]).unlink(missing_ok=True)
+        for name in DATA_FILES:
+            remove(self._staged[name])

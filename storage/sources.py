@@ -2,20 +2,20 @@
 
 A work unit is what one Prefect task turns into one shard: a tar, or a fixed-size chunk of a folder's
 sorted file list. Enumeration reads only names and tar headers, never pixels, and every problem with an
-input path is raised here, before any work starts.
+input path is raised here, before any work starts. Inputs are local paths or fsspec URLs (`storage/fs.py`); a
+sample's source and `SourceRef` name it as the input was given, so any process can read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.sample import Sample, SourceRef
+from lambda_eclipse.storage.fs import Location, join, location, name, resolve
 
 CAPTION_EXTENSIONS = (".txt", ".json")
 
@@ -39,28 +39,29 @@ def sample_key(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
-def _folder_samples(root: Path, extensions: tuple[str, ...]) -> tuple[list[Sample], int]:
+def _folder_samples(root: Location, extensions: tuple[str, ...]) -> tuple[list[Sample], int]:
+    """Every image under `root`, recursively, sorted as paths (component by component); one listing, no reads."""
+    fs, base = resolve(root)
     files, skipped = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            path = Path(dirpath) / name
-            if name.lower().endswith(extensions):
-                files.append(path)
-            else:
-                skipped += 1
+    for path, info in fs.find(base, detail=True).items():
+        relative = path[len(base.rstrip("/")) + 1 :]
+        if relative.lower().endswith(extensions):
+            files.append((relative.split("/"), info["size"]))
+        else:
+            skipped += 1
     files.sort()
     samples = []
-    for path in files:
-        source = str(path)
-        samples.append(Sample(key=sample_key(source), source=source, ref=SourceRef(source, 0, path.stat().st_size)))
+    for parts, size in files:
+        source = str(join(root, *parts))
+        samples.append(Sample(key=sample_key(source), source=source, ref=SourceRef(source, 0, size)))
     return samples, skipped
 
 
-def _tar_samples(path: Path, extensions: tuple[str, ...]) -> list[Sample]:
+def _tar_samples(path: Location, extensions: tuple[str, ...]) -> list[Sample]:
     """Index the members by WebDataset key (basename up to its first dot); bytes are read later by offset."""
+    fs, fs_path = resolve(path)
     try:
-        with tarfile.open(path) as tar:
+        with fs.open(fs_path, "rb") as f, tarfile.open(fileobj=f) as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
             groups: dict[str, dict[str, tarfile.TarInfo]] = {}
             for m in members:
@@ -105,12 +106,14 @@ def plan_units(inputs: list[str], unit_size: int, extensions: tuple[str, ...]) -
     units: list[WorkUnit] = []
     skipped = 0
     for item in inputs:
-        path = Path(item)
-        if not path.exists():
+        path = location(item)
+        fs, fs_path = resolve(path)
+        if not fs.exists(fs_path):
             raise UserError(f"input {item} does not exist; pass an existing folder or .tar file")
-        if path.is_dir():
-            tars = sorted(p for p in path.iterdir() if p.suffix == ".tar")
-            if tars and not any(p.is_file() and p.name.lower().endswith(extensions) for p in path.iterdir()):
+        if fs.isdir(fs_path):
+            entries = {name(e["name"]): e["type"] for e in fs.ls(fs_path, detail=True)}
+            tars = [join(path, n) for n in sorted(entries) if n.endswith(".tar")]
+            if tars and not any(t == "file" and n.lower().endswith(extensions) for n, t in entries.items()):
                 sources = [(f"tar {t}", _tar_samples(t, extensions)) for t in tars]
             else:
                 samples, n = _folder_samples(path, extensions)
@@ -119,7 +122,7 @@ def plan_units(inputs: list[str], unit_size: int, extensions: tuple[str, ...]) -
                     (f"folder {path} [{i}:{i + len(samples[i:i + unit_size])}]", samples[i : i + unit_size])
                     for i in range(0, len(samples), unit_size)
                 ]
-        elif path.suffix == ".tar":
+        elif str(path).endswith(".tar"):
             sources = [(f"tar {path}", _tar_samples(path, extensions))]
         else:
             raise UserError(f"input {item} is neither a folder nor a .tar file")

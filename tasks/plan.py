@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from lambda_eclipse.config import BuildConfig, check_profile, load_config
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.preflight import check_paper_weights
 from lambda_eclipse.storage.dataset_meta import existing_meta
+from lambda_eclipse.storage.fs import Location, location, process_local, resolve
 from lambda_eclipse.storage.layout import is_complete, read_json, shard_paths
 from lambda_eclipse.storage.sources import WorkUnit, plan_units
 from lambda_eclipse.tasks.pipeline import MODEL_STAGES
@@ -18,7 +18,7 @@ from lambda_eclipse.tasks.pipeline import MODEL_STAGES
 class BuildPlan:
     cfg: BuildConfig
     profile: str
-    output: Path
+    output: Location  # a Path for a local dataset, else its URL
     units: list[WorkUnit]
     skipped_files: int
     meta: dict | None  # dataset.json of an earlier run into the same output, if any
@@ -55,14 +55,26 @@ def parse_gpus(items: list[str] | dict[str, float] | None) -> dict[str, float]:
     return gpus
 
 
-def _check_writable(output: Path) -> None:
+def _check_writable(output: Location) -> None:
+    fs, path = resolve(output)
+    probe = f"{path.rstrip('/')}/.write-test"
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output directory {output} is not writable ({exc.strerror}); choose another --output") from None
+        fs.makedirs(path, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:  # noqa: BLE001 - object-store clients raise their own types (botocore's are no OSError)
+        reason = getattr(exc, "strerror", None) or exc
+        raise UserError(f"output directory {output} is not writable ({reason}); choose another --output") from None
+
+
+def _check_shared(inputs: list[str]) -> None:
+    """Images are decoded in Ray worker processes, which cannot see this process's memory:// files."""
+    for item in inputs:
+        if process_local(item):
+            raise UserError(
+                f"input {item} is in this process's memory, which the Ray workers that decode images cannot read; "
+                "use a local path, a file:// URL or object storage (s3://…) for --input"
+            )
 
 
 def prepare_build(
@@ -83,8 +95,9 @@ def prepare_build(
     cfg.runtime.gpus = parse_gpus(gpus_per_stage)
     if profile == "paper":
         check_paper_weights(cfg.models)
+    _check_shared(inputs)
+    out = location(output)  # an unknown protocol or a missing backend fails before the inputs are listed
     units, skipped = plan_units(inputs, cfg.input.unit_size, cfg.input.extensions)
-    out = Path(output)
     _check_writable(out)
     meta = existing_meta(out, cfg, profile)
     for unit in units:

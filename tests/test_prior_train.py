@@ -124,6 +124,8 @@ def test_run_errors_are_clear(dataset, tmp_path):
     with pytest.raises(UserError, match="3 shards with training samples; 4 data-parallel trainers"):
         cfg = load_train_config(None, ["runtime.workers=4"])
         prepare_training(str(dataset), str(tmp_path / "c"), "tiny", cfg, False)
+    with pytest.raises(UserError, match="--output memory://runs/d: the run directory must be a local path"):
+        prepare_training(str(dataset), "memory://runs/d", "tiny", TrainConfig(), False)
     train(dataset, tmp_path / "run", FAST + ["train.max_steps=2", "val.max_batches=1"])
     with pytest.raises(UserError, match="already holds checkpoints .*step-00000002.*pass --resume"):
         prepare_training(str(dataset), str(tmp_path / "run"), "tiny", TrainConfig(), False)
