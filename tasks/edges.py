@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import cv2
+import numpy as np
 
 from lambda_eclipse.sample import Sample
 from lambda_eclipse.tasks.base import Stage
+
+
+def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → its Canny edge map as (H, W, 3) uint8 RGB; also the generate command's --canny input."""
+    edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low_threshold, high_threshold)
+    return cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)
 
 
 class CannyEdge(Stage):
@@ -15,6 +22,4 @@ class CannyEdge(Stage):
     def process(self, samples: list[Sample]) -> None:
         cfg = self.cfg.edge
         for sample in samples:
-            gray = cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY)
-            edges = cv2.Canny(gray, cfg.low_threshold, cfg.high_threshold)
-            sample.edge = cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)
+            sample.edge = canny_rgb(sample.image, cfg.low_threshold, cfg.high_threshold)

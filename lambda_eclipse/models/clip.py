@@ -109,28 +109,35 @@ class ClipBundle:
         return hidden, pooled, ids.numpy(), mask.numpy()
 
     def token_positions(self, text: str, start: int, end: int) -> list[int]:
-        """Indices in the token sequence of the word at characters [start, end) of `text`.
+        """`token_positions` with this model's tokenizer."""
+        return token_positions(self.tokenizer, text, start, end)
 
-        Position = start-of-text token + the tokens of the text before the word; the tokenizer splits text
-        into pieces at letter/non-letter boundaries before BPE, so a prefix that ends at a word boundary
-        tokenizes as in the full text. The ids there are checked against the word's own: a span inside a
-        larger word ("dog" in "hotdog") raises ValueError. Positions at or beyond 76 (truncated: the last
-        slot holds EOT) are returned as they are; the caller decides.
-        """
-        if not 0 <= start < end <= len(text):
-            raise ValueError(f"span [{start}, {end}) is not inside a text of {len(text)} characters")
-        word = self.tokenizer.encode(text[start:end])
-        if not word:
-            raise ValueError(f"{text[start:end]!r} at [{start}, {end}) has no tokens")
-        first = 1 + len(self.tokenizer.encode(text[:start]))
-        # Untruncated, so that positions past the context are verified too.
-        full = [self.tokenizer.sot_token_id, *self.tokenizer.encode(text)]
-        if full[first : first + len(word)] != word:
-            raise ValueError(
-                f"{text[start:end]!r} at [{start}, {end}) of {text!r} is not a whole-token sequence "
-                "of the CLIP tokenization"
-            )
-        return list(range(first, first + len(word)))
+
+def token_positions(tokenizer, text: str, start: int, end: int) -> list[int]:
+    """Indices in the token sequence of the word at characters [start, end) of `text`, for open_clip's tokenizer.
+
+    A function of the tokenizer alone, so that prompts are checked before any model is loaded (generate).
+
+    Position = start-of-text token + the tokens of the text before the word; the tokenizer splits text
+    into pieces at letter/non-letter boundaries before BPE, so a prefix that ends at a word boundary
+    tokenizes as in the full text. The ids there are checked against the word's own: a span inside a
+    larger word ("dog" in "hotdog") raises ValueError. Positions at or beyond 76 (truncated: the last
+    slot holds EOT) are returned as they are; the caller decides.
+    """
+    if not 0 <= start < end <= len(text):
+        raise ValueError(f"span [{start}, {end}) is not inside a text of {len(text)} characters")
+    word = tokenizer.encode(text[start:end])
+    if not word:
+        raise ValueError(f"{text[start:end]!r} at [{start}, {end}) has no tokens")
+    first = 1 + len(tokenizer.encode(text[:start]))
+    # Untruncated, so that positions past the context are verified too.
+    full = [tokenizer.sot_token_id, *tokenizer.encode(text)]
+    if full[first : first + len(word)] != word:
+        raise ValueError(
+            f"{text[start:end]!r} at [{start}, {end}) of {text!r} is not a whole-token sequence "
+            "of the CLIP tokenization"
+        )
+    return list(range(first, first + len(word)))
 
 
 def _paper_model(models: ModelsConfig) -> open_clip.CLIP:

@@ -1,0 +1,1 @@
+"""DreamBench / Multibench evaluation: DINO, CLIP-I and CLIP-T as DreamBooth defined them."""

@@ -1,0 +1,89 @@
+"""The evaluation's results on disk: one CSV row per finished prompt (what a resumed run skips) and the summary.
+
+A row is appended, flushed and fsynced only after the prompt's images are written and scored, so a killed run loses
+at most the prompt in progress; a torn last line (killed mid-write) is dropped when the file is read back.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from lambda_eclipse.storage.layout import tmp_path
+
+COLUMNS = ("id", "group", "prompt", "subjects", "seed", "images", "dino", "clip_i", "clip_t")
+METRICS = ("dino", "clip_i", "clip_t")
+# The paper's λ-ECLIPSE rows (Table 2: DreamBench; Table 4: Multibench), for comparison in the summary.
+PAPER = {
+    "single subject": {"dino": 0.613, "clip_i": 0.783, "clip_t": 0.307},
+    "two subjects": {"dino": 0.4478, "clip_i": 0.7409, "clip_t": 0.3327},
+    "three subjects": {"dino": 0.3420, "clip_i": 0.6463, "clip_t": 0.3469},
+}
+
+
+def _complete(row: dict) -> bool:
+    try:
+        return all(row.get(c) not in (None, "") for c in COLUMNS) and all(float(row[m]) == float(row[m])
+                                                                          for m in METRICS)
+    except ValueError:
+        return False
+
+
+class Results:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        """The complete rows; a file with a torn row is rewritten without it (atomically)."""
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        complete = [r for r in rows if _complete(r)]
+        if len(complete) != len(rows):
+            self._write(complete)
+        return complete
+
+    def _write(self, rows: list[dict]) -> None:
+        tmp = tmp_path(self.path)
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        if not self.path.is_file():
+            self._write([])
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def summarize(rows: list[dict], groups: tuple[str, ...]) -> list[dict]:
+    """One row per group that has results: prompts, images and the mean of each metric over its prompts."""
+    summary = []
+    for group in groups:
+        done = [r for r in rows if r["group"] == group]
+        if done:
+            summary.append({"group": group, "prompts": len(done), "images": sum(int(r["images"]) for r in done)}
+                           | {m: round(sum(float(r[m]) for r in done) / len(done), 4) for m in METRICS})
+    return summary
+
+
+def summary_markdown(title: str, summary: list[dict], total: int, note: str) -> str:
+    done = sum(row["prompts"] for row in summary)
+    lines = [f"# {title}", "", f"{done} of {total} prompts evaluated. {note}", "",
+             "| | prompts | images | DINO ↑ | CLIP-I ↑ | CLIP-T ↑ |", "|---|---:|---:|---:|---:|---:|"]
+    for row in summary:
+        lines.append(f"| λ-ECLIPSE, this run: {row['group']} | {row['prompts']} | {row['images']} | "
+                     f"{row['dino']:.4f} | {row['clip_i']:.4f} | {row['clip_t']:.4f} |")
+    for row in summary:
+        paper = PAPER[row["group"]]
+        lines.append(f"| λ-ECLIPSE, paper: {row['group']} | | | {paper['dino']} | {paper['clip_i']} | "
+                     f"{paper['clip_t']} |")
+    return "\n".join(lines)

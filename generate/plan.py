@@ -1,0 +1,126 @@
+"""Everything checked before generation starts, so that bad input fails in one line, before any model loads.
+
+Shared by the CLI (which checks, then runs the flow) and the flows (which check again: they can be run directly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambda_eclipse.config import PROFILES
+from lambda_eclipse.errors import UserError
+from lambda_eclipse.generate.config import GenerateConfig, ModelsSection, load_generate_config
+from lambda_eclipse.generate.outputs import check_output
+from lambda_eclipse.generate.prior_checkpoint import PriorCheckpoint, open_prior
+from lambda_eclipse.generate.requests import GenerateRequest, Job, RenderSettings, check_requests
+from lambda_eclipse.models import kandinsky
+from lambda_eclipse.models.clip import TINY_EMBED_DIM, TOKENIZER
+
+
+@dataclass
+class GeneratePlan:
+    profile: str
+    cfg: GenerateConfig
+    prior: PriorCheckpoint
+    jobs: list[Job]
+    settings: RenderSettings
+    output: Path
+    segment: bool
+    warnings: list[str]  # for the user: a truncated prompt
+
+
+def tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer(TOKENIZER)
+
+
+def clip_embed_dim(profile: str, models: ModelsSection) -> tuple[int, str]:
+    """The CLIP image embedding size of the profile, and a description of that CLIP for messages."""
+    if profile == "tiny":
+        return TINY_EMBED_DIM, "the tiny profile's CLIP"
+    import open_clip
+
+    name = models.clip_model if profile == "paper" else "ViT-bigG-14"
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise UserError(f"models.clip_model={name!r} is not an OpenCLIP model; choose one of open_clip.list_models()")
+    return int(config["embed_dim"]), f"OpenCLIP {name}"
+
+
+def available(source: str, filename: str) -> bool:
+    """A local directory, or a hub id whose `filename` is in the Hugging Face cache."""
+    from lambda_eclipse.models.preflight import _in_hf_cache
+
+    return Path(source).is_dir() or (source.count("/") == 1 and _in_hf_cache(source, filename))
+
+
+def missing_paper_weights(models: ModelsSection, prior: str, segment: bool) -> list[str]:
+    """Every model of a `paper` run that is neither a local path nor in the Hugging Face cache."""
+    from lambda_eclipse.models.preflight import _clip
+
+    missing = []
+    if not _clip(models.build_models()):
+        missing.append(f"OpenCLIP models.clip_model={models.clip_model} "
+                       f"models.clip_pretrained={models.clip_pretrained}")
+    if not available(models.decoder, "model_index.json"):
+        missing.append(f"Kandinsky 2.2 decoder models.decoder={models.decoder}")
+    if not available(prior, "config.json"):
+        missing.append(f"prior --prior {prior}")
+    if segment:
+        if not available(models.grounding_dino, "config.json"):
+            missing.append(f"Grounding DINO models.grounding_dino={models.grounding_dino}")
+        if not Path(models.sam_checkpoint).is_file():
+            missing.append(f"SAM models.sam_checkpoint={models.sam_checkpoint} (the official sam_vit_h_4b8939.pth)")
+    return missing
+
+
+def require(missing: list[str]) -> None:
+    if missing:
+        raise UserError(
+            "weights missing for --profile paper: " + "; ".join(missing) + ". Copy a Hugging Face cache that holds "
+            "them (downloaded on a machine with hub access) to ~/.cache/huggingface, or point each at a local "
+            "directory or file (--prior, --set models.…=PATH)"
+        )
+
+
+def size_multiple(profile: str, models: ModelsSection, embed_dim: int) -> int:
+    if profile == "paper":
+        unet, movq = kandinsky.paper_configs(models.decoder)
+    else:
+        unet, movq = kandinsky.unet_config(profile, embed_dim), kandinsky.movq_config(profile)
+    return kandinsky.size_multiple(unet, movq)
+
+
+def prepare(
+    requests: list[GenerateRequest],
+    prior: str,
+    output: str,
+    profile: str = "tiny",
+    cfg: GenerateConfig | None = None,
+    steps: int = 50,
+    guidance: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    segment: bool = False,
+    extra_missing: list[str] | None = None,
+) -> GeneratePlan:
+    """Check the profile, weights, prior, image size, every request and the output directory.
+
+    `cfg` is a loaded config with `models` and `runtime` sections (GenerateConfig, or evaluate's EvalConfig); the
+    defaults when None. `extra_missing` lists further missing `paper` weights, reported in the same error.
+    """
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    cfg = cfg or load_generate_config()
+    if profile == "paper":
+        require(missing_paper_weights(cfg.models, prior, segment) + (extra_missing or []))
+    embed_dim, what = clip_embed_dim(profile, cfg.models)
+    checkpoint = open_prior(prior, embed_dim, what)
+    size = kandinsky.DEFAULT_SIZE[profile]
+    settings = RenderSettings(steps, guidance, height or size, width or size).check()
+    kandinsky.check_size(settings.height, settings.width, size_multiple(profile, cfg.models, embed_dim),
+                         f"{profile} Kandinsky 2.2 decoder")
+    jobs, warnings = check_requests(requests, tokenizer())
+    return GeneratePlan(profile, cfg, checkpoint, jobs, settings, check_output(output), segment, warnings)

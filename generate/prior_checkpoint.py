@@ -1,0 +1,85 @@
+"""Find and check a prior checkpoint before any model loads; load it.
+
+`--prior` takes a checkpoint directory (config.json + diffusion_pytorch_model.safetensors, what train-prior writes to
+RUN_DIR/final and RUN_DIR/checkpoints/step-N), a train-prior run directory (its final/ is used), or a hub id in the
+local Hugging Face cache (the released `ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambda_eclipse.errors import ModelNotFoundError, UserError
+from lambda_eclipse.models.clip import CONTEXT_LENGTH
+from lambda_eclipse.storage.layout import read_json, sha256_file
+
+CONFIG, WEIGHTS, FINAL = "config.json", "diffusion_pytorch_model.safetensors", "final"  # prior/train.py's layout
+RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
+
+
+@dataclass(frozen=True)
+class PriorCheckpoint:
+    source: str  # as given
+    path: str  # the directory holding config.json and the weights
+    config: dict
+    sha256: str  # of the weights file, recorded with every generated image
+
+
+def _directory(source: str) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        if (path / CONFIG).is_file():
+            return path
+        if (path / FINAL / CONFIG).is_file():  # a train-prior run directory
+            return path / FINAL
+        raise UserError(f"prior {source} has no {CONFIG} (nor {FINAL}/{CONFIG}); pass a checkpoint directory written "
+                        "by train-prior (RUN_DIR/final or RUN_DIR/checkpoints/step-N)")
+    if source.count("/") == 1 and not path.exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, CONFIG)
+        if isinstance(cached, str):
+            return Path(cached).parent
+        raise ModelNotFoundError(
+            f"the prior {source}", "not in the local Hugging Face cache",
+            f"download it on a machine with hub access (huggingface-cli download {source}) and copy the cache "
+            "(HF_HOME) here, or pass --prior /path/to/checkpoint_dir",
+        )
+    raise UserError(f"prior {source} does not exist; pass a checkpoint directory written by train-prior or the hub id "
+                    f"{RELEASED}")
+
+
+def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
+    """Check that the checkpoint fits the CLIP in use (`embed_dim`, described by `what`) without loading weights."""
+    path = _directory(source)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"prior {path} has {CONFIG} but no {WEIGHTS}")
+    try:
+        config = read_json(path / CONFIG)
+    except ValueError as exc:
+        raise UserError(f"prior {path}/{CONFIG} is not valid JSON: {exc}") from None
+    dims = {key: config.get(key) or config.get("embedding_dim")
+            for key in ("embedding_dim", "clip_embed_dim", "embedding_proj_dim")}
+    wrong = {key: dim for key, dim in dims.items() if dim != embed_dim}
+    if wrong:
+        raise UserError(
+            f"prior {path} works on {', '.join(f'{k}={v}' for k, v in wrong.items())}, but {what} gives "
+            f"{embed_dim}-d embeddings; use a prior trained with this profile's CLIP (train-prior --profile tiny on a "
+            "tiny dataset for --profile tiny; the paper's 1280-d prior for --profile paper)"
+        )
+    if config.get("num_embeddings") != CONTEXT_LENGTH:
+        raise UserError(f"prior {path} takes {config.get('num_embeddings')} text tokens; CLIP gives {CONTEXT_LENGTH}")
+    return PriorCheckpoint(source, str(path), config, sha256_file(weights))
+
+
+def load_prior(checkpoint: PriorCheckpoint, device):
+    """The EclipsePrior in float32 on `device` (34M parameters: precision costs nothing here)."""
+    from lambda_eclipse.prior.model import EclipsePrior
+
+    try:
+        model = EclipsePrior.from_pretrained(checkpoint.path)
+    except ValueError as exc:  # a state dict that does not match its config, an unsupported config
+        raise UserError(f"prior {checkpoint.path} cannot be loaded: {exc}") from None
+    return model.to(device).eval()

@@ -1,0 +1,88 @@
+"""The generate and interpolate commands end to end: CLI → Prefect flow → files and artifacts."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_generate import subject_photos, tiny_prior
+
+from lambda_eclipse.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness")]
+
+
+def artifact(key: str):
+    """The data of the latest artifact `key`, through the REST API (prefect 3.8.8's `read_artifacts` sends null
+    filters that its server rejects with 422)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        body = {"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1}
+        (found,) = client.request("POST", "/artifacts/filter", json=body).json()
+    return json.loads(found["data"]) if found["type"] == "table" else found["data"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate-flow")
+    photos = subject_photos(root / "photos", 3, size=64)
+    return {"root": root, "prior": tiny_prior(root / "prior"), "photos": photos}
+
+
+def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypatch):
+    from lambda_eclipse.generate import pipeline
+
+    loads = []
+    real_init = pipeline.Generator.__init__
+    monkeypatch.setattr(pipeline.Generator, "__init__", lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
+    dog, hat, cat = assets["photos"]
+    batch = assets["root"] / "prompts.jsonl"
+    lines = [
+        {"prompt": "a dog wearing a hat", "subjects": {"dog": dog, "hat": hat}},
+        {"prompt": "a cat and a dog", "subjects": [{"word": "cat", "image": "photos/photo_00002.jpg"}], "seed": 9,
+         "num_images": 1},
+    ]
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    output = assets["root"] / "out"
+    argv = ["generate", "--batch", str(batch), "--prior", assets["prior"], "--steps", "2", "--num-images", "2",
+            "--seed", "3", "--output", str(output)]
+    assert main(argv) == 0
+    assert "3 image(s) → " in capsys.readouterr().out
+    assert loads == [1]
+    pngs = sorted(p.name for p in output.glob("*.png"))
+    assert pngs == ["0000-a-dog-wearing-a-hat-0.png", "0000-a-dog-wearing-a-hat-1.png", "0001-a-cat-and-a-dog-0.png",
+                    "contact_sheet.png"]
+    meta = json.loads((output / "0001-a-cat-and-a-dog-0.json").read_text())
+    assert meta["seed"] == 9 and meta["subjects"][0]["image"] == str(assets["root"] / "photos/photo_00002.jpg")
+    assert [json.loads((output / f"0000-a-dog-wearing-a-hat-{k}.json").read_text())["seed"] for k in (0, 1)] == [3, 4]
+    assert Image.open(output / "contact_sheet.png").size == (3 * 192, 192 + 30)
+    assert artifact("generate-images").startswith("data:image/png;base64,")
+    summary = artifact("generate-summary")
+    assert "| a cat and a dog | cat | 9 |" in summary and "0000-a-dog-wearing-a-hat-1.png" in summary
+
+
+def test_one_prompt_with_a_mask_and_canny(assets, tmp_path):
+    dog, hat, _ = assets["photos"]
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    argv = ["generate", "--prompt", "A dog on the beach.", "--subject", f"dog={dog}:{tmp_path / 'mask.png'}",
+            "--canny", hat, "--prior", assets["prior"], "--steps", "2", "--output", str(tmp_path / "out")]
+    assert main(argv) == 0
+    (png,) = (tmp_path / "out").glob("*.png")
+    meta = json.loads(png.with_suffix(".json").read_text())
+    assert meta["subjects"][0]["embedded"] == "mask" and meta["control"] == {"canny": hat}
+    assert not (tmp_path / "out" / "contact_sheet.png").exists()
+
+
+def test_interpolate_command_writes_one_grid(assets, tmp_path, capsys):
+    dog1, dog2, hat = assets["photos"]
+    argv = ["interpolate", "--prompt", "a dog wearing a hat", "--corners", f"dog={dog1},hat={hat}",
+            f"dog={dog2},hat={hat}", "--steps", "3", "--inference-steps", "2", "--seed", "4", "--prior",
+            assets["prior"], "--output", str(tmp_path)]
+    assert main(argv) == 0
+    assert "1×3 grid → " in capsys.readouterr().out
+    assert Image.open(tmp_path / "interpolation.png").size == (3 * 64, 64)
+    assert artifact("interpolate-grid").startswith("data:image/png;base64,")
+    assert "corners (top-left, top-right" in artifact("interpolate-summary")
