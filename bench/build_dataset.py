@@ -157,8 +157,8 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
-    args.add_argument("--n1", type=int, default=16, help="images in the small run")
-    args.add_argument("--n2", type=int, default=64, help="images in the large run")
+    args.add_argument("--n1", type=int, default=32, help="images in the small run")
+    args.add_argument("--n2", type=int, default=256, help="images in the large run")
     args.add_argument("--size", type=int, default=512, help="side of the generated photos (tiny)")
     args.add_argument("--workers", type=int, default=0, help="CPUs for Ray (0: all)")
     args.add_argument("--images", type=int, default=2, help="images per stage (paper-shapes)")
