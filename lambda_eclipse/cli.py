@@ -8,7 +8,10 @@ import sys
 
 from lambda_eclipse.config import describe_keys
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.evaluate.cli import add_parser as add_evaluate
+from lambda_eclipse.generate.cli import add_parsers as add_generate_and_interpolate
 from lambda_eclipse.prior.cli import add_parser as add_train_prior
+from lambda_eclipse.storage.validate import add_parser as add_validate_dataset
 
 BUILD_EPILOG = """\
 stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
@@ -21,8 +24,11 @@ config keys (--set section.key=value), with their defaults (the paper's values, 
 examples:
   lambda-eclipse build-dataset --input photos/ --output data/ --profile tiny --set resolution.min_side=256
   lambda-eclipse build-dataset --input shards/ --output data/ --profile paper --gpus-per-stage caption=0.5,masks=0.5
+  lambda-eclipse build-dataset --input s3://bucket/laion/ --output s3://bucket/datasets/v1 --profile paper
 
 A rerun with the same --output skips complete shards and rebuilds incomplete ones.
+--input and --output take local paths or fsspec URLs (file://, s3:// with `pip install s3fs`, gs:// with gcsfs, ...);
+credentials come from the environment of every process (AWS_* variables, ~/.aws, FSSPEC_<PROTOCOL>_<OPTION>).
 """
 
 
@@ -65,9 +71,12 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--input", action="append", required=True, metavar="PATH",
-        help="a folder of images (searched recursively), a WebDataset .tar, or a folder of .tar files; repeatable",
+        help="a folder of images (searched recursively), a WebDataset .tar, or a folder of .tar files, as a path or "
+        "an fsspec URL; repeatable",
     )
-    build.add_argument("--output", required=True, metavar="DIR", help="dataset directory (created if missing)")
+    build.add_argument(
+        "--output", required=True, metavar="DIR", help="dataset directory, a path or an fsspec URL (created if missing)"
+    )
     build.add_argument(
         "--profile", default="tiny", choices=("tiny", "paper", "paper-shapes"),
         help="model profile: tiny (random tiny models, offline), paper (the paper's checkpoints), "
@@ -86,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(run=_build_dataset)
     add_train_prior(commands)
+    add_generate_and_interpolate(commands)
+    add_evaluate(commands)
+    add_validate_dataset(commands)
     return top
 
 

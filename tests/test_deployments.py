@@ -1,0 +1,179 @@
+"""The deployment files parse and say what they must: prefect.yaml (deployments, pools, schedule, triggers, GPU
+command), deploy/automations.yaml, the Ray cluster config (validated as `ray up` does), the KubeRay manifest and the
+Dockerfile; and deploy/gpu_slot.py fails a run with the reason when the `gpu` limit is missing."""
+
+import importlib.util
+import inspect
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = {"build-dataset", "train-prior", "generate", "evaluate", "validate-dataset"}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def _by_name(spec):
+    return {d["name"]: d for d in spec["deployments"]}
+
+
+def test_prefect_yaml_declares_the_deployments(spec):
+    deployments = _by_name(spec)
+    assert set(deployments) == DEPLOYMENTS
+    assert {d["entrypoint"] for d in deployments.values()} == {
+        "flows/build_dataset.py:build_dataset", "flows/train_prior.py:train_prior", "flows/generate.py:generate",
+        "flows/evaluate.py:evaluate", "flows/validate_dataset.py:validate_dataset"}
+    pools = {name: d["work_pool"]["name"] for name, d in deployments.items()}
+    assert pools == {"build-dataset": "lambda-gpu", "train-prior": "lambda-gpu", "generate": "lambda-gpu",
+                     "evaluate": "lambda-gpu", "validate-dataset": "lambda-cpu"}
+    for name, d in deployments.items():
+        job = d["work_pool"]["job_variables"]
+        assert job["working_dir"] == "{{ $LAMBDA_ECLIPSE_ROOT }}"
+        if pools[name] == "lambda-gpu":  # every GPU run goes through the global concurrency limit
+            assert job["command"] == "python deploy/gpu_slot.py" and job["env"]["LAMBDA_ECLIPSE_GPU_SLOTS"] == "1"
+        else:
+            assert "command" not in job
+    assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory":
+                             {"directory": "{{ $LAMBDA_ECLIPSE_ROOT }}"}}]
+
+
+def test_deployment_parameters_are_parameters_of_their_flows(spec):
+    """A default for a parameter the flow does not take would fail every run: checked for each flow file present."""
+    for d in spec["deployments"]:
+        path, name = d["entrypoint"].split(":")
+        if not (ROOT / path).is_file():
+            continue  # another change adds it
+        module_spec = importlib.util.spec_from_file_location(f"_deploy_check_{name}", ROOT / path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        flow = getattr(module, name)
+        assert flow.name == d["name"], f"{path}:{name} is flow {flow.name!r}, deployment {d['name']!r}"
+        accepted = set(inspect.signature(flow.fn).parameters)
+        assert set(d.get("parameters") or {}) <= accepted, f"{d['name']}: {set(d['parameters']) - accepted}"
+        required = {p for p, v in inspect.signature(flow.fn).parameters.items() if v.default is inspect.Parameter.empty}
+        if d["name"] in ("build-dataset", "train-prior", "validate-dataset"):
+            assert required <= set(d["parameters"]), f"{d['name']} runs on a schedule or trigger: defaults for {required}"
+        for trigger in d.get("triggers") or []:
+            assert set(trigger.get("parameters") or {}) <= accepted
+
+
+def test_retraining_schedule_and_trigger(spec):
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    train = _by_name(spec)["train-prior"]
+    assert train["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    assert train["parameters"]["resume"] is True
+    (trigger,) = train["triggers"]
+    parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
+    assert parsed.expect == {"prefect.flow-run.Completed"}
+    assert {(r["prefect.resource.role"], r["prefect.resource.name"]) for r in trigger["match_related"]} == {
+        ("flow", "build-dataset"), ("deployment", "build-dataset")}
+    assert trigger["parameters"]["data"] == "{{ flow_run.parameters.output }}"
+    (validate,) = _by_name(spec)["validate-dataset"]["triggers"]
+    TypeAdapter(DeploymentTriggerTypes).validate_python(validate)
+    assert validate["parameters"] == {"data": "{{ flow_run.parameters.output }}"}
+
+
+def test_trigger_templates_render_like_the_server(spec):
+    """The trigger's parameters rendered as Prefect's RunDeployment action does, for a tiny and a paper build."""
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    (trigger,) = _by_name(spec)["train-prior"]["triggers"]
+    params = dict(trigger["parameters"]) | {"output": "/runs/prior-{{ flow_run.name }}"}  # $LAMBDA_ECLIPSE_RUNS resolved
+    RunDeployment._upgrade_v1_templates(params)
+    for profile, expected in (("tiny", "tiny"), ("paper", "paper"), ("paper-shapes", "paper")):
+        context = {"flow_run": {"name": "happy-otter", "parameters": {"output": "s3://b/ds", "profile": profile}}}
+        rendered = {}
+        for key, value in params.items():
+            if isinstance(value, dict) and value.get("__prefect_kind") == "json":
+                rendered[key] = yaml.safe_load(render_user_template_sync(value["value"]["template"], context))
+            elif isinstance(value, dict):
+                rendered[key] = render_user_template_sync(value["template"], context)
+            else:
+                rendered[key] = value
+        assert rendered == {"data": "s3://b/ds", "output": "/runs/prior-happy-otter", "profile": expected,
+                            "resume": True}
+
+
+def test_automations_file_is_valid():
+    from prefect.events.schemas.automations import AutomationCore
+
+    data = yaml.safe_load((ROOT / "deploy" / "automations.yaml").read_text())
+    (automation,) = [AutomationCore.model_validate(a) for a in data["automations"]]
+    assert automation.trigger.posture == "Proactive" and automation.actions[0].type == "change-flow-run-state"
+
+
+def test_ray_cluster_config_validates_as_ray_up_does():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "deploy" / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["docker"]["image"] and any("/models" in o for o in config["docker"]["run_options"])
+    assert any("--head" in c for c in config["head_start_ray_commands"])
+
+
+def test_kuberay_manifest():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kuberay-raycluster.yaml").read_text()))
+    (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["spec"]["rayVersion"] == "2.60.0"
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    containers = {c["name"]: c for c in head["containers"]}
+    worker = containers["prefect-worker"]
+    assert {"name": "RAY_ADDRESS", "value": "auto"} in worker["env"]
+    assert worker["command"][:5] == ["prefect", "worker", "start", "--pool", "lambda-gpu"]
+    for c in containers.values():  # the worker finds the head through the shared /tmp/ray
+        assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in c["volumeMounts"]
+    (gpu,) = cluster["spec"]["workerGroupSpecs"]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1" and gpu["rayStartParams"]["num-gpus"] == "1"
+    assert [d["kind"] for d in docs] == ["RayCluster", "PersistentVolumeClaim"]
+
+
+def test_dockerfile():
+    lines, current = [], ""
+    for raw in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        if not current and (not raw.strip() or raw.lstrip().startswith("#")):
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    known = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "VOLUME", "EXPOSE", "ENTRYPOINT", "CMD"}
+    assert all(line.split()[0] in known for line in lines), [line.split()[0] for line in lines]
+    text = "\n".join(lines)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+$", text, re.M) and "FROM ${CUDA_IMAGE}" in text
+    assert "HF_HOME=/models/huggingface" in text and 'VOLUME ["/models"]' in text and "HF_HUB_OFFLINE=1" in text
+    assert "pip install -e ." in text and "LAMBDA_ECLIPSE_ROOT=/opt/lambda-eclipse" in text
+    assert lines[-1] == 'CMD ["prefect", "worker", "start", "--pool", "lambda-gpu"]'
+
+
+def test_gpu_slot_fails_the_run_with_the_reason_when_the_limit_is_missing(prefect_harness, monkeypatch):
+    from prefect import flow, get_client
+    from prefect.states import Pending
+
+    @flow(name="gpu-slot-probe")
+    def probe():
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(probe, state=Pending())
+    module_spec = importlib.util.spec_from_file_location("gpu_slot", ROOT / "deploy" / "gpu_slot.py")
+    gpu_slot = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(gpu_slot)
+    monkeypatch.setitem(os.environ, "PREFECT__FLOW_RUN_ID", str(run.id))
+    monkeypatch.setitem(os.environ, "LAMBDA_ECLIPSE_GPU_LIMIT", "gpu-missing-in-this-test")
+    assert gpu_slot.main() == 1
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert state.is_failed()
+    assert state.message.startswith("the global concurrency limit 'gpu-missing-in-this-test' does not exist: "
+                                    "create it with `prefect gcl create gpu-missing-in-this-test --limit N`")
