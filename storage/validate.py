@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lambda_eclipse.storage.layout import DATASET_JSON, SHARDS
+from lambda_eclipse.storage.fs import join, resolve
+from lambda_eclipse.storage.layout import DATASET_JSON, SHARDS, file_digest
 from lambda_eclipse.storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema
 from lambda_eclipse.storage.shard_writer import split_of
 
@@ -132,14 +133,13 @@ class Report:
 
 
 def _fs(root: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(str(root))
+    fs, path = resolve(root)
     return fs, path.rstrip("/")
 
 
 class _Checker:
     def __init__(self, root: str, split_tolerance: float | None):
+        self.root = root
         self.fs, self.base = _fs(root)
         self.report = Report(str(root))
         self.split_tolerance = split_tolerance
@@ -212,10 +212,10 @@ class _Checker:
             if not self.fs.isfile(path):
                 self.problem(shard, "missing", f"file {name} is missing (listed in {shard}_stats.json)", result)
                 continue
-            size = self.fs.size(path)
+            held = file_digest(join(self.root, SHARDS, name))  # one read gives both
+            digest, size = held["sha256"], held["bytes"]
             if info.get("bytes") is not None and size != info["bytes"]:
                 self.problem(shard, "size", f"{name} has {size} bytes, {shard}_stats.json says {info['bytes']}", result)
-            digest = _sha256(self.fs, path)
             if digest != info.get("sha256"):
                 self.problem(shard, "sha256", f"{name} sha256 mismatch: file {digest[:12]}…, "
                                               f"{shard}_stats.json {str(info.get('sha256'))[:12]}…", result)
@@ -404,16 +404,6 @@ def validate(root: str, split_tolerance: float | None = None) -> Report:
         checker.shard(shard)
     checker.proportions()
     return checker.report
-
-
-def _sha256(fs, path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dim(dtype: pa.DataType) -> int | None:
