@@ -22,9 +22,10 @@ class Stage:
         self.profile = profile
 
     @classmethod
-    def batch_size_for(cls, cfg: BuildConfig) -> int:
-        """Known before the model loads, so that Ray Data can size the stage's batches."""
-        return getattr(getattr(cfg, cls.name, None), "batch_size", 64)
+    def batch_size_for(cls, cfg: BuildConfig, default: int = 64) -> int:
+        """Known before the model loads, so that Ray Data can size the stage's batches; `default` for stages
+        without a `batch_size` key."""
+        return getattr(getattr(cfg, cls.name, None), "batch_size", default)
 
     @property
     def batch_size(self) -> int:

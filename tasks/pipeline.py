@@ -117,11 +117,8 @@ def run_ray(samples: list[Sample], cfg: BuildConfig, profile: str) -> Iterator[S
     # Blocks as small as the smallest model batch: the first actors get work at once and every stage
     # streams, instead of one large block crossing the pipeline stage by stage.
     smallest = min(s.batch_size_for(cfg) for s in STAGES if s.uses_model)
-
-    def batch_size(stage: type[Stage]) -> int:
-        # Stages without a batch-size key (CPU stages, spaCy) take blocks as they come: a larger batch there
-        # would make Ray bundle blocks into a few big ones and the stages would run one after another.
-        return getattr(getattr(cfg, stage.name, None), "batch_size", smallest)
+    # Stages without a batch-size key (CPU stages, spaCy) take blocks as they come: a larger batch there
+    # would make Ray bundle blocks into a few big ones and the stages would run one after another.
 
     ds = ray.data.from_items(
         [{"sample": pickle.dumps(s, protocol=5)} for s in samples],
@@ -133,7 +130,7 @@ def run_ray(samples: list[Sample], cfg: BuildConfig, profile: str) -> Iterator[S
             ds = ds.map_batches(
                 _ModelActor,
                 fn_constructor_kwargs={"stage": stage, "cfg": cfg, "profile": profile, "threads": threads},
-                batch_size=batch_size(stage),
+                batch_size=stage.batch_size_for(cfg, smallest),
                 compute=ray.data.ActorPoolStrategy(size=cfg.runtime.actors),
                 num_cpus=share,
                 num_gpus=cfg.runtime.gpus.get(stage.name, 0.0),
@@ -142,7 +139,7 @@ def run_ray(samples: list[Sample], cfg: BuildConfig, profile: str) -> Iterator[S
             ds = ds.map_batches(
                 _cpu_task,
                 fn_kwargs={"stages": group, "cfg": cfg, "profile": profile},
-                batch_size=min(batch_size(s) for s in group),
+                batch_size=min(s.batch_size_for(cfg, smallest) for s in group),
                 num_cpus=share,
             )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
