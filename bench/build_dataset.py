@@ -1,9 +1,10 @@
 """Benchmark of build-dataset. Prints numbers; asserts nothing.
 
-Default (`--profile tiny`): the flow's fixed start-up cost (Prefect + Ray + model load) and steady-state
-images/s, from the slope between two input sizes of whole CLI runs (each in a fresh process, so every run
-pays the real start-up); and the same for a plain in-process loop over the same stage objects writing the
-same shards; then their ratio.
+Default (`--profile tiny`, 1024² photos): planning time of `--dry-run` over 2,000 tars of 50 images; then the
+flow run in this process as a client of a separate local Ray cluster, at two input sizes: the flow process's
+own CPU per accepted sample (slope) and peak RSS, the start-up, and the steady-state images/s timed inside the
+run (between the first and the last shard's completion); the plain in-process loop over the same stage objects
+writing the same shards; and the ratio of the two steady states.
 
 `--profile paper-shapes`: the paper's architectures at full size (random weights), each model stage alone
 on a few inputs (CPU float32, or GPU bfloat16 when one is present): per-stage samples/s, the end-to-end
@@ -13,6 +14,7 @@ rate for an accepted sample, and the fraction of the FLOP bound of shared/DESIGN
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -30,51 +32,103 @@ def _slope(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
     return rate, t1 - n1 / rate
 
 
-def bench_tiny(n1: int, n2: int, size: int, workers: int) -> None:
+def _steady_rate(out: Path) -> tuple[float, int]:
+    """Images/s between the first and the last shard's completion (the stats file is written last), so the
+    fixed start-up is not in it; and the number of shards it spans."""
+    stats = sorted((out / "shards").glob("*_stats.json"), key=lambda p: p.stat().st_mtime)
+    if len(stats) < 2:
+        return float("nan"), len(stats)
+    images = sum(json.loads(p.read_text())["inputs"] for p in stats[1:])
+    return images / (stats[-1].stat().st_mtime - stats[0].stat().st_mtime), len(stats)
+
+
+def bench_planning(tars: int, per_tar: int) -> None:
+    """`build-dataset --dry-run` over `tars` tar files of `per_tar` members: listing only, a fresh CLI process."""
+    import io
+    import tarfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-plan-"))
+    member = b"\xff\xd8" + b"x" * 64
+    (tmp / "in").mkdir()
+    for t in range(tars):
+        with tarfile.open(tmp / "in" / f"{t:05d}.tar", "w") as tar:
+            for i in range(per_tar):
+                info = tarfile.TarInfo(f"{t:05d}{i:04d}.jpg")
+                info.size = len(member)
+                tar.addfile(info, io.BytesIO(member))
+    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(tmp / "in"),
+           "--output", str(tmp / "out"), "--dry-run"]
+    start = time.perf_counter()
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    print(f"planning: {tars} tars x {per_tar} images, --dry-run in a fresh process: {seconds:.2f} s (goal <= 5 s)")
+    print(f"  {run.stdout.splitlines()[0]}")
+
+
+def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
+    """The flow in this process as a client of a separate Ray cluster, so that getrusage(SELF) is exactly the flow
+    process's CPU (the Prefect API server and every Ray process are other processes)."""
+    import resource
+
+    from flows.build_dataset import build_dataset
     from lambda_eclipse.config import load_config
-    from lambda_eclipse.storage.sources import plan_units
+    from lambda_eclipse.ray_session import local_cluster
     from lambda_eclipse.synthetic import write_photos
-    from lambda_eclipse.tasks.pipeline import build_stages, run_local
-    from lambda_eclipse.tasks.plan import describe_clip
-    from lambda_eclipse.tasks.shard import build_shard
+    from storage.sources import plan_inputs
+    from tasks.pipeline import build_stages, run_local
+    from tasks.plan import describe_clip
+    from tasks.unit import write_shard
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
-    settings = [f"resolution.min_side={min(size, 1024)}", f"input.unit_size={n2}"]
+    unit = max(8, n1 // 2)
+    settings = [f"resolution.min_side={min(size, 1024)}", f"input.unit_size={unit}"]
     dirs = {}
     for n in (n1, n2):
         dirs[n] = tmp / f"photos{n}"
         write_photos(dirs[n], n, size=size)
 
-    flow_times = {}
-    for n in (n1, n2):
-        cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(dirs[n])]
-        cmd += ["--output", str(tmp / f"flow{n}"), "--workers", str(workers)]
-        cmd += [a for s in settings for a in ("--set", s)]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        flow_times[n] = time.perf_counter() - start
+    flow = {}
+    with local_cluster(nodes, cpus) as address:
+        os.environ["RAY_ADDRESS"] = address
+        for n in (n1, n2):
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            start = time.perf_counter()
+            summary = build_dataset(inputs=[str(dirs[n])], output=str(tmp / f"flow{n}"), profile="tiny",
+                                    overrides=settings)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            flow[n] = (wall, cpu, summary["accepted"], *_steady_rate(tmp / f"flow{n}"))
+        del os.environ["RAY_ADDRESS"]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
     cfg = load_config(overrides=settings)
     start = time.perf_counter()
     stages = build_stages(cfg, "tiny")
-    clip = describe_clip(cfg, "tiny")
+    clip = describe_clip(next(s for s in stages if s.name == "features").clip)  # type: ignore[attr-defined]
     load = time.perf_counter() - start
-    loop_times = {}
+    loop = {}
     for n in (n1, n2):
-        (unit,), _ = plan_units([str(dirs[n])], cfg.input.unit_size, cfg.input.extensions)
-        out = tmp / f"loop{n}"
+        units = plan_inputs([str(dirs[n])], cfg.input.unit_size, cfg.input.extensions).units
         start = time.perf_counter()
-        build_shard(unit, out, cfg, clip, lambda samples: run_local(samples, stages))
-        loop_times[n] = time.perf_counter() - start
+        for u in units:
+            samples = list(u.iter_samples(cfg.input.extensions))
+            write_shard(u, str(tmp / f"loop{n}"), cfg, clip, run_local(samples, stages))
+        loop[n] = time.perf_counter() - start
 
-    flow_rate, flow_fixed = _slope(n1, flow_times[n1], n2, flow_times[n2])
-    loop_rate, loop_fixed = _slope(n1, loop_times[n1], n2, loop_times[n2])
-    print(f"tiny profile, {size}x{size} photos, {os.cpu_count()} CPUs, Ray workers={workers or 'all'}")
-    print(f"flow  runs: {n1} images {flow_times[n1]:.1f} s, {n2} images {flow_times[n2]:.1f} s (whole CLI process)")
-    print(f"loop  runs: {n1} images {loop_times[n1]:.1f} s, {n2} images {loop_times[n2]:.1f} s (+ model load {load:.1f} s)")
-    print(f"flow  start-up (Prefect + Ray + model load): {flow_fixed:.1f} s; steady state {flow_rate:.2f} images/s")
-    print(f"loop  start-up (model load): {load + loop_fixed:.1f} s; steady state {loop_rate:.2f} images/s")
+    (w1, c1, a1, _, _), (w2, c2, a2, flow_rate, spans) = flow[n1], flow[n2]
+    loop_rate, _ = _slope(n1, loop[n1], n2, loop[n2])
+    cpu_per_sample = (c2 - c1) / (a2 - a1) * 1000 if a2 > a1 else float("nan")
+    print(f"tiny profile, {size}x{size} photos, Ray cluster of {nodes} node(s) x {cpus} CPUs, {os.cpu_count()} cores")
+    print(f"flow  runs: {n1} images {w1:.1f} s ({a1} accepted), {n2} images {w2:.1f} s ({a2} accepted)")
+    print(f"flow  start-up (first shard of the {n1}-image run aside): {w1 - n1 / flow_rate:.1f} s")
+    print(f"flow  steady state: {flow_rate:.2f} images/s (first to last of {spans} shards of {unit} images)")
+    print(f"loop  runs: {n1} images {loop[n1]:.1f} s, {n2} images {loop[n2]:.1f} s (+ model load {load:.1f} s)")
+    print(f"loop  steady state: {loop_rate:.2f} images/s")
     print(f"ratio flow / loop steady state: {flow_rate / loop_rate:.2f} (goal >= 0.8)")
+    print(f"flow process CPU: {c1:.2f} s / {c2:.2f} s; "
+          f"per accepted sample (slope): {cpu_per_sample:.2f} ms (goal <= 3)")
+    print(f"flow process peak RSS: {peak_rss:.2f} GiB (goal <= 1)")
     print(f"scratch: {tmp}")
 
 
@@ -117,7 +171,7 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
     import torch
 
     from lambda_eclipse.config import load_config
-    from lambda_eclipse.tasks.pipeline import STAGES
+    from tasks.pipeline import STAGES
 
     cfg = load_config(overrides=[f"runtime.dtype={dtype}"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,17 +209,21 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
 
 
 def main() -> None:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
-    args.add_argument("--n1", type=int, default=32, help="images in the small run")
-    args.add_argument("--n2", type=int, default=256, help="images in the large run")
-    args.add_argument("--size", type=int, default=512, help="side of the generated photos (tiny)")
-    args.add_argument("--workers", type=int, default=0, help="CPUs for Ray (0: all)")
+    args.add_argument("--n1", type=int, default=24, help="images in the small run")
+    args.add_argument("--n2", type=int, default=96, help="images in the large run")
+    args.add_argument("--size", type=int, default=1024, help="side of the generated photos (tiny)")
+    args.add_argument("--cpus", type=float, default=2, help="CPUs per Ray node (tiny)")
+    args.add_argument("--nodes", type=int, default=1, help="Ray nodes (tiny)")
+    args.add_argument("--tars", type=int, default=2000, help="tars for the planning benchmark (0: skip it)")
     args.add_argument("--images", type=int, default=2, help="images per stage (paper-shapes)")
     args.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="paper-shapes dtype")
     ns = args.parse_args()
     if ns.profile == "tiny":
-        bench_tiny(ns.n1, ns.n2, ns.size, ns.workers)
+        if ns.tars:
+            bench_planning(ns.tars, 50)
+        bench_tiny(ns.n1, ns.n2, ns.size, ns.cpus, ns.nodes)
     else:
         bench_paper_shapes(ns.images, ns.dtype)
 

@@ -18,16 +18,17 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.plan import prepare
-from lambda_eclipse.generate.requests import GenerateRequest
-from lambda_eclipse.generate.subjects import SubjectSpec
-from lambda_eclipse.prior.model import EclipsePrior, prior_config
+from generate.pipeline import Generator
+from generate.plan import prepare
+from generate.requests import GenerateRequest
+from generate.subjects import SubjectSpec
 from lambda_eclipse.synthetic import write_photos
+from prior.model import EclipsePrior, prior_config
 
 PLACES = ("on the beach", "in the snow", "in the jungle", "on a cobblestone street", "with a city in the background",
           "on top of a wooden floor", "on top of pink fabric", "with a mountain in the background")
@@ -82,12 +83,12 @@ def main(argv: list[str] | None = None) -> None:
 
     predict, forward, per_prompt = [], [], []
     for i, job in enumerate(plan.jobs):
-        seconds, _ = _timed(lambda: generator.predict(job, [job.seed]), device)
+        seconds, _ = _timed(partial(generator.predict, job, [job.seed]), device)
         inputs = generator.prior_inputs(job)
         noise = torch.randn(1, inputs["proj_embedding"].shape[1], device=device)
         with torch.inference_mode():
-            prior_seconds, _ = _timed(lambda: generator.prior(hidden_states=noise, **inputs), device)
-        total, _ = _timed(lambda: generator.generate(job, plan.settings), device)
+            prior_seconds, _ = _timed(partial(generator.prior, hidden_states=noise, **inputs), device)
+        total, _ = _timed(partial(generator.generate, job, plan.settings), device)
         if i >= args.warmup:
             predict.append(seconds)
             forward.append(prior_seconds)

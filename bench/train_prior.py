@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from lambda_eclipse.prior.config import load_train_config
-from lambda_eclipse.prior.data import loader
-from lambda_eclipse.prior.loss import prior_loss
-from lambda_eclipse.prior.model import EclipsePrior
-from lambda_eclipse.prior.train import prepare_training, read_metrics, run_training
 from lambda_eclipse.synthetic_features import write_feature_dataset
+from prior.config import load_train_config
+from prior.data import loader
+from prior.loss import prior_loss
+from prior.model import EclipsePrior
+from prior.train import prepare_training, read_metrics, run_training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         for b in islice(loader(job.data, "train", args.batch_size, 0, seed=cfg.train.seed), args.steps)
     ]
     torch.manual_seed(cfg.train.seed)
-    model = EclipsePrior(**job.model_config).to(device)
+    model = EclipsePrior(**job.model_config).to(device)  # pyright: ignore[reportArgumentType]  (diffusers' @wraps(Module.to))
     amp = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the loop's runtime.precision=auto
     times = []
     for batch in batches:

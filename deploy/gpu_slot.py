@@ -55,8 +55,8 @@ def main() -> int:
         if lease < 60:  # the server's minimum
             raise ValueError
     except ValueError:
-        return _fail(flow_run_id, f"LAMBDA_ECLIPSE_GPU_LEASE_SECONDS={os.environ['LAMBDA_ECLIPSE_GPU_LEASE_SECONDS']!r}: "
-                                  "expected seconds, at least 60")
+        return _fail(flow_run_id, "LAMBDA_ECLIPSE_GPU_LEASE_SECONDS="
+                                  f"{os.environ['LAMBDA_ECLIPSE_GPU_LEASE_SECONDS']!r}: expected seconds, at least 60")
     sys.argv = [sys.argv[0]]  # prefect.engine reads the flow run id from PREFECT__FLOW_RUN_ID
     if slots == 0:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
@@ -79,7 +79,8 @@ def main() -> int:
     if slots > found.limit:
         return _fail(flow_run_id, f"this run needs {slots} GPU slot(s) but the limit {limit!r} has only {found.limit}: "
                                   f"lower LAMBDA_ECLIPSE_GPU_SLOTS or `prefect gcl update {limit} --limit {slots}`")
-    print(f"gpu_slot: waiting for {slots} slot(s) of the global concurrency limit {limit!r}", file=sys.stderr, flush=True)
+    print(f"gpu_slot: waiting for {slots} slot(s) of the global concurrency limit {limit!r}", file=sys.stderr,
+          flush=True)
     try:
         with concurrency(limit, occupy=slots, strict=True, holder=holder, lease_duration=lease,
                          raise_on_lease_renewal_failure=False):

@@ -1,4 +1,4 @@
-"""evaluate flow: DreamBench / Multibench prompts → images → DINO, CLIP-I, CLIP-T (evaluate/run.py).
+"""evaluate flow: DreamBench / Multibench prompts → images → DINO, CLIP-I, CLIP-T (evaluation/run.py).
 
 The models load once; one Prefect task per group of prompts (a DreamBench subject's 25 prompts, or one Multibench
 template's subject combinations). Finished prompts are skipped, so a rerun — or a task retry — continues where the
@@ -19,9 +19,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from lambda_eclipse.evaluate.benchmarks import BenchPrompt
-from lambda_eclipse.evaluate.run import EvalPlan, Evaluator, evaluate_prompts, finish, prepare_evaluation, start
-from lambda_eclipse.generate.requests import Job
+from evaluation.benchmarks import BenchPrompt
+from evaluation.run import EvalPlan, Evaluator, evaluate_prompts, finish, prepare_evaluation, start
+from generate.requests import Job
 
 
 def group_of(prompt: BenchPrompt) -> str:
@@ -69,7 +69,8 @@ def evaluate(
             rows += evaluate_group(evaluator, list(items))
             done = len(plan.prompts) - len(todo) + len(rows)
             logger.info("%s done (%d/%d prompts)", group, done, len(plan.prompts))
-            update_progress_artifact(progress, 100.0 * done / len(plan.prompts))
+            # prefect's async_dispatch types the sync call's result as UUID | Coroutine; in a sync flow it is the UUID
+            update_progress_artifact(progress, 100.0 * done / len(plan.prompts))  # pyright: ignore[reportArgumentType]
             create_table_artifact(table=rows, key=f"evaluate-{benchmark}-prompts",
                                   description="DINO, CLIP-I, CLIP-T per prompt evaluated by this run")
     result = finish(plan)

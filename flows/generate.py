@@ -12,12 +12,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lambda_eclipse.generate.config import load_generate_config
-from lambda_eclipse.generate.interpolate import GRID, check_grid, render_grid
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.plan import GeneratePlan, prepare
-from lambda_eclipse.generate.requests import Job, corner_requests, requests_from_args
-from lambda_eclipse.generate.run import generate_job, write_contact_sheet
+from generate.config import load_generate_config
+from generate.interpolate import GRID, check_grid, render_grid
+from generate.pipeline import Generator
+from generate.plan import GeneratePlan, prepare
+from generate.requests import Job, corner_requests, requests_from_args
+from generate.run import generate_job, write_contact_sheet
 
 
 @task(name="load-models", cache_policy=NO_CACHE)

@@ -19,8 +19,8 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from lambda_eclipse.prior.config import load_train_config
-from lambda_eclipse.prior.train import TrainJob, prepare_training, read_metrics, run_training
+from prior.config import load_train_config
+from prior.train import TrainJob, prepare_training, read_metrics, run_training
 
 EVENT = "lambda-eclipse.prior.trained"
 COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}

@@ -1,5 +1,5 @@
 """validate-dataset flow: read back every shard of a built dataset and check it against its `_stats.json` and
-`dataset.json` (`lambda_eclipse.storage.validate`). The report is published as a markdown artifact (problems and
+`dataset.json` (`storage.validate`). The report is published as a markdown artifact (problems and
 one row per shard) and a table artifact; an invalid dataset fails the flow run, with the problems as the state
 message, so that a deployment run (or an automation chained on it) stops there.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lambda_eclipse.storage.validate import DatasetInvalid, validate
+from storage.validate import DatasetInvalid, validate
 
 
 @flow(name="validate-dataset")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TypedDict
 
+from generate.config import GenerateConfig
 from lambda_eclipse.config import PROFILES, describe_keys
-from lambda_eclipse.generate.config import GenerateConfig
 
 GENERATE_EPILOG = """\
 Each --subject binds its WORD in the prompt (whole word, any case; the k-th --subject for a word binds its k-th
@@ -98,15 +99,25 @@ def add_parsers(subcommands) -> None:
     interp.set_defaults(run=_interpolate)
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    return dict(profile=args.profile, guidance=args.guidance, height=args.height, width=args.width,
-                segment=args.segment)
+class _Settings(TypedDict):
+    """The flags that `prepare` and both flows take alike."""
+
+    profile: str
+    guidance: float
+    height: int | None
+    width: int | None
+    segment: bool
+
+
+def _settings(args: argparse.Namespace) -> _Settings:
+    return _Settings(profile=args.profile, guidance=args.guidance, height=args.height, width=args.width,
+                     segment=args.segment)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lambda_eclipse.generate.config import load_generate_config
-    from lambda_eclipse.generate.plan import prepare
-    from lambda_eclipse.generate.requests import requests_from_args
+    from generate.config import load_generate_config
+    from generate.plan import prepare
+    from generate.requests import requests_from_args
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
     cfg = load_generate_config(args.config, args.set)
@@ -115,7 +126,7 @@ def _generate(args: argparse.Namespace) -> int:
     plan = prepare(requests, args.prior, args.output, cfg=cfg, steps=args.steps, **settings)
     for warning in plan.warnings:
         print(f"lambda-eclipse generate: warning: {warning}", file=sys.stderr)
-    from lambda_eclipse.flows.generate import generate
+    from flows.generate import generate
 
     summary = generate(prior=args.prior, output=args.output, prompt=args.prompt, subjects=args.subject,
                        canny=args.canny, batch=args.batch, num_images=args.num_images, seed=args.seed,
@@ -126,10 +137,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    from lambda_eclipse.generate.config import load_generate_config
-    from lambda_eclipse.generate.interpolate import check_grid
-    from lambda_eclipse.generate.plan import prepare
-    from lambda_eclipse.generate.requests import corner_requests
+    from generate.config import load_generate_config
+    from generate.interpolate import check_grid
+    from generate.plan import prepare
+    from generate.requests import corner_requests
 
     check_grid(len(args.corners), args.steps)
     cfg = load_generate_config(args.config, args.set)
@@ -138,7 +149,7 @@ def _interpolate(args: argparse.Namespace) -> int:
                    steps=args.inference_steps, **settings)
     for warning in plan.warnings:
         print(f"lambda-eclipse interpolate: warning: {warning}", file=sys.stderr)
-    from lambda_eclipse.flows.generate import interpolate
+    from flows.generate import interpolate
 
     summary = interpolate(prior=args.prior, output=args.output, prompts=args.prompt, corners=args.corners,
                           steps=args.steps, seed=args.seed, inference_steps=args.inference_steps,

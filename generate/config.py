@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from lambda_eclipse.config import ModelsConfig, load_config
 from lambda_eclipse.errors import UserError
@@ -66,6 +67,16 @@ class GenerateConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class ModelsAndRuntime(Protocol):
+    """What generation reads of a config: GenerateConfig's sections, which evaluate's EvalConfig has too."""
+
+    @property
+    def models(self) -> ModelsSection: ...
+
+    @property
+    def runtime(self) -> RuntimeSection: ...
 
 
 def load_generate_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GenerateConfig:

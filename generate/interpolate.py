@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from generate.outputs import grid, job_metadata
+from generate.pipeline import Generator
+from generate.requests import Job, RenderSettings
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.outputs import grid, job_metadata
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.requests import Job, RenderSettings
 
 CORNERS = (2, 4)
 GRID, METADATA, EMBEDDINGS = "interpolation.png", "interpolation.json", "embeddings.npy"

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
+from generate.requests import Job, RenderSettings
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.requests import Job, RenderSettings
 
 if TYPE_CHECKING:  # the pipeline imports diffusers: not needed to check an output directory
-    from lambda_eclipse.generate.pipeline import Generator
+    from generate.pipeline import Generator
 
 CAPTION_HEIGHT = 30
 

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from generate.config import ModelsAndRuntime
+from generate.prior_checkpoint import PriorCheckpoint, load_prior
+from generate.requests import Job, RenderSettings
+from generate.subjects import Segmenter, SubjectSpec, as_given, mask_crop, read_image, read_mask
 from lambda_eclipse.config import EdgeConfig
-from lambda_eclipse.generate.config import GenerateConfig
-from lambda_eclipse.generate.prior_checkpoint import PriorCheckpoint, load_prior
-from lambda_eclipse.generate.requests import Job, RenderSettings
-from lambda_eclipse.generate.subjects import Segmenter, SubjectSpec, as_given, mask_crop, read_image, read_mask
 from lambda_eclipse.models.clip import load_clip
 from lambda_eclipse.models.kandinsky import load_decoder
-from lambda_eclipse.prior.data import interleave
-from lambda_eclipse.tasks.edges import canny_rgb
+from prior.data import interleave
+from tasks.edges import canny_rgb
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 class Generator:
-    def __init__(self, profile: str, cfg: GenerateConfig, prior: PriorCheckpoint, segment: bool = False):
+    def __init__(self, profile: str, cfg: ModelsAndRuntime, prior: PriorCheckpoint, segment: bool = False):
         self.profile, self.cfg, self.checkpoint = profile, cfg, prior
         self.device, self.dtype = cfg.runtime.resolve()
         models = cfg.models.build_models()
@@ -103,6 +103,8 @@ class Generator:
     @torch.inference_mode()
     def render(self, embeddings: torch.Tensor, seeds: list[int], settings: RenderSettings) -> list[np.ndarray]:
         """(H, W, 3) uint8 images of the embeddings, runtime.batch_size per decoder call."""
+        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
         images = []
         step = self.cfg.runtime.batch_size
         for i in range(0, len(seeds), step):
@@ -112,8 +114,10 @@ class Generator:
                 negative_image_embeds=torch.from_numpy(self.zero_image).to(self.device, self.dtype).expand_as(chunk),
                 height=settings.height, width=settings.width, num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance, generator=seeded_generators(seeds[i : i + step]), output_type="np",
-            ).images
-            images += [np.round(image * 255).astype(np.uint8) for image in out]
+            )
+            # return_dict and output_type="np": an ImagePipelineOutput of (N, H, W, 3) floats in [0, 1]
+            assert isinstance(out, ImagePipelineOutput) and isinstance(out.images, np.ndarray)
+            images += [np.round(image * 255).astype(np.uint8) for image in out.images]
         return images
 
     def generate(self, job: Job, settings: RenderSettings) -> list[np.ndarray]:

@@ -7,21 +7,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from generate.config import ModelsAndRuntime, ModelsSection, load_generate_config
+from generate.outputs import check_output
+from generate.prior_checkpoint import PriorCheckpoint, open_prior
+from generate.requests import GenerateRequest, Job, RenderSettings, check_requests
 from lambda_eclipse.config import PROFILES
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.config import GenerateConfig, ModelsSection, load_generate_config
-from lambda_eclipse.generate.outputs import check_output
-from lambda_eclipse.generate.prior_checkpoint import PriorCheckpoint, open_prior
-from lambda_eclipse.generate.requests import GenerateRequest, Job, RenderSettings, check_requests
 from lambda_eclipse.models import kandinsky
-from lambda_eclipse.models.clip import TINY_EMBED_DIM, TOKENIZER
+from lambda_eclipse.models.clip import TINY_EMBED_DIM, clip_tokenizer
+
+if TYPE_CHECKING:
+    from open_clip.tokenizer import SimpleTokenizer
 
 
 @dataclass
 class GeneratePlan:
     profile: str
-    cfg: GenerateConfig
+    cfg: ModelsAndRuntime
     prior: PriorCheckpoint
     jobs: list[Job]
     settings: RenderSettings
@@ -30,10 +34,8 @@ class GeneratePlan:
     warnings: list[str]  # for the user: a truncated prompt
 
 
-def tokenizer():
-    import open_clip
-
-    return open_clip.get_tokenizer(TOKENIZER)
+def tokenizer() -> SimpleTokenizer:
+    return clip_tokenizer()
 
 
 def clip_embed_dim(profile: str, models: ModelsSection) -> tuple[int, str]:
@@ -98,7 +100,7 @@ def prepare(
     prior: str,
     output: str,
     profile: str = "tiny",
-    cfg: GenerateConfig | None = None,
+    cfg: ModelsAndRuntime | None = None,
     steps: int = 50,
     guidance: float = 7.5,
     height: int | None = None,

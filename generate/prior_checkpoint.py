@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH
-from lambda_eclipse.storage.layout import read_json, sha256_file
+from storage.layout import read_json, sha256_file
 
 CONFIG, WEIGHTS, FINAL = "config.json", "diffusion_pytorch_model.safetensors", "final"  # prior/train.py's layout
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
@@ -76,7 +76,7 @@ def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
 
 def load_prior(checkpoint: PriorCheckpoint, device):
     """The EclipsePrior in float32 on `device` (34M parameters: precision costs nothing here)."""
-    from lambda_eclipse.prior.model import EclipsePrior
+    from prior.model import EclipsePrior
 
     try:
         model = EclipsePrior.from_pretrained(checkpoint.path)

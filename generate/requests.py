@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from generate.subjects import SubjectSpec, parse_subject, read_image, read_mask
+from generate.token_spans import bind_words, locate, truncation_warning
 from lambda_eclipse.config import SubjectsConfig
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.subjects import SubjectSpec, parse_subject, read_image, read_mask
-from lambda_eclipse.generate.token_spans import bind_words, locate, truncation_warning
 
 # The prior was trained on images with 1–4 subjects (paper Appendix B, subjects.max_subjects).
 MAX_SUBJECTS = SubjectsConfig().max_subjects
@@ -110,9 +110,11 @@ def check_request(request: GenerateRequest, index: int, tokenizer) -> tuple[Job,
     return job, [f"{at}{warning}"] if warning else []
 
 
-def _path(value, base: Path, where: str, key: str) -> str | None:
-    if value is None:
-        return None
+def _optional_path(value, base: Path, where: str, key: str) -> str | None:
+    return None if value is None else _path(value, base, where, key)
+
+
+def _path(value, base: Path, where: str, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise UserError(f"{where}: {key} must be a path string, got {value!r}")
     return str(base / value) if not Path(value).is_absolute() else value
@@ -131,7 +133,7 @@ def _subjects(value, base: Path, where: str) -> list[SubjectSpec]:
                 raise UserError(f"{where}: each subject must be {{\"word\": …, \"image\": …, \"mask\": … "
                                 f"(optional)}}, got {item!r}")
             specs.append(SubjectSpec(str(item["word"]), _path(item["image"], base, where, "image"),
-                                     _path(item.get("mask"), base, where, "mask")))
+                                     _optional_path(item.get("mask"), base, where, "mask")))
         return specs
     raise UserError(f"{where}: subjects must be a {{word: image}} object or a list of {{word, image, mask}} objects")
 
@@ -160,7 +162,7 @@ def read_batch(path: str | Path, seed: int, num_images: int) -> list[GenerateReq
                 raise UserError(f"{where}: {key} must be an integer, got {item[key]!r}")
         requests.append(GenerateRequest(
             prompt=item["prompt"], subjects=_subjects(item.get("subjects"), path.parent, where),
-            canny=_path(item.get("canny"), path.parent, where, "canny"), seed=item.get("seed", seed),
+            canny=_optional_path(item.get("canny"), path.parent, where, "canny"), seed=item.get("seed", seed),
             num_images=item.get("num_images", num_images), where=where,
         ))
     if not requests:
@@ -186,13 +188,14 @@ def requests_from_args(prompt: str | None, subjects: list[str] | None, canny: st
         if subjects or canny:
             raise UserError("--subject and --canny go with --prompt; in a --batch file each line names its own")
         return read_batch(batch, seed, num_images)
+    assert prompt is not None  # exactly one of prompt and batch, checked above
     return [GenerateRequest(prompt, [parse_subject(s) for s in subjects or []], canny, seed, num_images)]
 
 
 def corner_requests(prompts: list[str], corners: list[str], seed: int) -> list[GenerateRequest]:
     """interpolate's corners: each a comma-separated list of WORD=IMAGE[:MASK] (may be empty: the prompt alone), with
     one prompt shared by all corners or one prompt per corner."""
-    from lambda_eclipse.generate.interpolate import check_corners
+    from generate.interpolate import check_corners
 
     check_corners(len(corners))
     if len(prompts) not in (1, len(corners)):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lambda_eclipse.generate.outputs import contact_sheet, job_metadata, slug, write_image
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.requests import Job, RenderSettings
+from generate.outputs import contact_sheet, job_metadata, slug, write_image
+from generate.pipeline import Generator
+from generate.requests import Job, RenderSettings
 
 CONTACT_SHEET = "contact_sheet.png"
 

@@ -21,8 +21,8 @@ from PIL import Image
 from lambda_eclipse.config import BuildConfig, DecodeConfig, ModelsConfig, RuntimeConfig, SubjectsConfig
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
-from lambda_eclipse.tasks.crops import subject_crop
-from lambda_eclipse.tasks.decode import BadImage, decode_rgb
+from tasks.crops import subject_crop
+from tasks.decode import BadImage, decode_rgb
 
 CROP_SIZE = SubjectsConfig().crop_size
 
@@ -87,8 +87,8 @@ class Segmenter:
     """The subject word's best Grounding DINO box in the image, masked by SAM: the build's own stages."""
 
     def __init__(self, profile: str, models: ModelsConfig, device_type: str):
-        from lambda_eclipse.tasks.boxes import Boxes
-        from lambda_eclipse.tasks.masks import Masks
+        from tasks.boxes import Boxes
+        from tasks.masks import Masks
 
         # The stages' defaults: box and text thresholds 0.2 (Appendix B), bfloat16 on cuda, float32 on cpu.
         cfg = BuildConfig(models=models, runtime=RuntimeConfig(device=device_type))

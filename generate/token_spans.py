@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, token_positions
-from lambda_eclipse.tasks.features import LAST_WORD_SLOT
+from tasks.features import LAST_WORD_SLOT
 
 WORD_TOKENS = CONTEXT_LENGTH - 2  # start-of-text and end-of-text take the other two slots
 

@@ -6,12 +6,14 @@ import argparse
 import os
 import sys
 
+from evaluation.cli import add_parser as add_evaluate
+from generate.cli import add_parsers as add_generate_and_interpolate
 from lambda_eclipse.config import describe_keys
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.evaluate.cli import add_parser as add_evaluate
-from lambda_eclipse.generate.cli import add_parsers as add_generate_and_interpolate
-from lambda_eclipse.prior.cli import add_parser as add_train_prior
-from lambda_eclipse.storage.validate import add_parser as add_validate_dataset
+from prior.cli import add_parser as add_train_prior
+from storage.validate import add_parser as add_validate_dataset
+
+STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
 BUILD_EPILOG = """\
 stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
@@ -26,28 +28,38 @@ examples:
   lambda-eclipse build-dataset --input shards/ --output data/ --profile paper --gpus-per-stage caption=0.5,masks=0.5
   lambda-eclipse build-dataset --input s3://bucket/laion/ --output s3://bucket/datasets/v1 --profile paper
 
-A rerun with the same --output skips complete shards and rebuilds incomplete ones.
+A rerun with the same --output skips complete shards and rebuilds incomplete ones; inputs added since (new files in
+a folder, new tars) become new shards (DIR/manifest.parquet keeps every unit's inputs). --dry-run shows the plan.
+Runtime placement (does not change the dataset): --set runtime.actors.masks=2, runtime.gpus.masks=0.5,
+runtime.units_in_flight=8, and the stages' batch_size keys.
 --input and --output take local paths or fsspec URLs (file://, s3:// with `pip install s3fs`, gs:// with gcsfs, ...);
 credentials come from the environment of every process (AWS_* variables, ~/.aws, FSSPEC_<PROTOCOL>_<OPTION>).
 """
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
-    from lambda_eclipse.tasks.plan import parse_gpus, prepare_build
+    from tasks.plan import parse_gpus, prepare_build
 
     gpus = parse_gpus(args.gpus_per_stage)
-    # Validate everything before Prefect and Ray start: bad input fails in one line, in a second.
-    prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus)
-    from lambda_eclipse.flows.build_dataset import build_dataset
+    # Validate and plan before Prefect and Ray start: bad input fails in one line, in a second.
+    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus)
+    if args.dry_run:
+        print(f"{plan.output}: {plan.summary()}")
+        for unit in plan.todo[:20]:
+            size = f"{unit.images} images" if unit.images is not None else f"{unit.bytes} bytes"
+            print(f"  shard {unit.shard:05d}  {unit.description}  ({size})")
+        if len(plan.todo) > 20:
+            print(f"  … and {len(plan.todo) - 20} more")
+        return 0
+    from flows.build_dataset import build_dataset
 
+    # The flow gets the config as resolved here (file + --set), not the raw strings to parse again.
     summary = build_dataset(
         inputs=args.input,
         output=args.output,
         profile=args.profile,
-        config_file=args.config,
-        overrides=args.set,
         workers=args.workers,
-        gpus_per_stage=gpus,
+        config=plan.cfg.to_dict(),
     )
     print(
         f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
@@ -87,11 +99,18 @@ def parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one config key (after --config); repeatable, see the list below",
     )
-    build.add_argument("--workers", type=int, default=0, metavar="N", help="CPUs for the local Ray cluster [default: all]")
+    build.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="CPUs for the local Ray cluster [default: all]"
+    )
     build.add_argument(
         "--gpus-per-stage", action="append", metavar="STAGE=FRACTION",
         help="GPU fraction per model stage (caption, nouns, boxes, masks, features), e.g. caption=0.5,masks=0.5; "
         "default 0 (CPU)",
+    )
+    build.add_argument(
+        "--dry-run", action="store_true",
+        help="plan only: print the work units, images and shards to build / already complete, and exit "
+        "(starts neither Prefect nor Ray)",
     )
     build.set_defaults(run=_build_dataset)
     add_train_prior(commands)
@@ -104,11 +123,24 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights implicitly
+    # Prefect's embedded API server gets 20 s to start by default, which a busy machine (or a fresh database's
+    # migrations) can exceed; a first command must not fail for that.
+    os.environ.setdefault(STARTUP_TIMEOUT, "300")
     try:
         return args.run(args)
     except UserError as exc:
         print(f"lambda-eclipse {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        print(
+            f"lambda-eclipse {args.command}: error: Prefect's embedded API server did not start within "
+            f"{os.environ[STARTUP_TIMEOUT]} s ({str(exc).splitlines()[0][:200]}); raise {STARTUP_TIMEOUT}, or set "
+            "PREFECT_API_URL to a running server (prefect server start)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

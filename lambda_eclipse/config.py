@@ -112,8 +112,9 @@ class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
     workers: int = 0  # CPUs given to Ray; 0: all of this machine's
-    gpus: dict[str, float] = field(default_factory=dict)  # GPU fraction per model stage, 0 on CPU
-    actors: int = 1  # actors per model stage
+    gpus: dict[str, float] = field(default_factory=dict)  # GPU fraction per model stage (runtime.gpus.masks=0.5)
+    actors: dict[str, int] = field(default_factory=dict)  # actors per model stage (runtime.actors.masks=2)
+    units_in_flight: int = 0  # work units (shards) building at once; 0: twice the largest actor pool, at least 2
 
 
 @dataclass
@@ -139,6 +140,8 @@ class BuildConfig:
         """Hash of everything that changes the dataset's content (not runtime placement)."""
         data = self.to_dict()
         data.pop("runtime")
+        for section in data.values():  # batch sizes place work, they do not change it
+            section.pop("batch_size", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -164,19 +167,30 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     elif isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
         return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
     elif isinstance(current, dict) and isinstance(value, dict):
-        return {str(k): float(v) for k, v in value.items()}
+        try:
+            return {str(k): float(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            pass
     raise UserError(f"config key {where}: {value!r} is not a valid {type(current).__name__}")
 
 
 def _apply(cfg, section: str, key: str, value: Any) -> None:
+    """Set `section.key`, or one entry `section.key.name` of a mapping key (runtime.gpus.masks=0.5)."""
     sections = {f.name: f for f in dataclasses.fields(cfg)}
     if section not in sections:
         raise UserError(f"unknown config section {section!r}; valid sections: {', '.join(sections)}")
     part = getattr(cfg, section)
+    key, dot, entry = key.partition(".")
     keys = [f.name for f in dataclasses.fields(part)]
     if key not in keys:
         raise UserError(f"unknown config key '{section}.{key}'; valid keys in {section}: {', '.join(keys)}")
-    setattr(part, key, _coerce(value, getattr(part, key), f"{section}.{key}"))
+    current = getattr(part, key)
+    if dot and isinstance(current, dict):
+        setattr(part, key, current | _coerce({entry: value}, current, f"{section}.{key}.{entry}"))
+    elif dot:
+        raise UserError(f"config key '{section}.{key}' is not a mapping; set it as {section}.{key}=VALUE")
+    else:
+        setattr(part, key, _coerce(value, current, f"{section}.{key}"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = BuildConfig):
@@ -202,9 +216,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         section, dot, key = name.strip().partition(".")
         if not sep or not dot:
             raise UserError(f"--set {item!r}: expected section.key=value, for example resolution.min_side=256")
-        if cls is BuildConfig and section == "runtime" and key == "gpus":
-            raise UserError("--set runtime.gpus: use --gpus-per-stage STAGE=FRACTION instead")
         _apply(cfg, section, key, yaml.safe_load(value) if value else value)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], cls: type = BuildConfig):
+    """A config resolved earlier (`cfg.to_dict()`, as the CLI hands it to the flow) back as its dataclass."""
+    cfg = cls()
+    for section, values in data.items():
+        for key, value in values.items():
+            _apply(cfg, section, key, value)
     return cfg
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lambda_eclipse.storage.fs import Location, is_file, open_file
-from lambda_eclipse.storage.layout import shard_paths
+from storage.fs import Location, is_file, open_file
+from storage.layout import shard_paths
 
 COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 
@@ -69,6 +71,35 @@ def _tile(image: Image.Image, mask: np.ndarray, meta: dict, size: int) -> Image.
     return tile
 
 
+def _samples(tar_path: Location) -> Iterator[dict[str, bytes]]:
+    """A shard tar's samples one at a time (consecutive members share a key): only what is drawn is read."""
+    key, parts = None, {}
+    with open_file(tar_path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            name, _, ext = member.name.partition(".")
+            if name != key and parts:
+                yield parts
+                parts = {}
+            key = name
+            reader = tar.extractfile(member)
+            parts[ext] = reader.read() if reader is not None else b""
+    if parts:
+        yield parts
+
+
+def thumbnail_markdown(sheet: Location | None, width: int = 640) -> str:
+    """The contact sheet as an image inside the markdown artifact (a small JPEG data URI), so that the Prefect UI
+    shows it in a browser on any machine; the full-size PNG stays in the dataset."""
+    if sheet is None:
+        return ""
+    with open_file(sheet, "rb") as f:
+        image = Image.open(f).convert("RGB")
+    image.thumbnail((width, width * 4))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=80)
+    return f"\n\n![contact sheet](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})\n"
+
+
 def contact_sheet(
     root: Location, shards: list[int], path: Location, limit: int = 16, size: int = 256
 ) -> Location | None:
@@ -79,12 +110,7 @@ def contact_sheet(
         tar_path = shard_paths(root, shard)["tar"]
         if not is_file(tar_path):
             continue
-        groups: dict[str, dict[str, bytes]] = {}
-        with open_file(tar_path) as f, tarfile.open(fileobj=f) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for parts in groups.values():
+        for parts in _samples(tar_path):
             meta = json.loads(parts["json"])
             image = Image.open(io.BytesIO(parts["jpg"]))
             mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"])))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lambda_eclipse.storage.fs import read_bytes
+from storage.fs import read_bytes
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Sample:
     source: str  # human-readable origin: a file path, or "archive.tar#member"
     ref: SourceRef
     source_caption: str | None = None  # the input's own caption (.txt/.json), kept as metadata
+    data: bytes | None = None  # encoded bytes already read (a tar member streamed on the worker); else ref.read()
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, EXIF orientation applied
     caption: str | None = None
     nouns: list[Noun] = field(default_factory=list)
@@ -72,7 +73,13 @@ class Sample:
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, this sample's share
 
     def reject_at(self, stage: str, reason: str) -> None:
+        """Reject, and drop the pixels at once: a rejected sample travels on as a few hundred bytes."""
         self.reject = Reject(stage, reason)
+        self.data = self.image = self.edge = None
+        self.detections, self.subjects, self.features = [], [], {}
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.ref.read()
 
     @property
     def accepted(self) -> bool:

@@ -42,7 +42,7 @@ def write_photos(directory: str | Path, count: int, size: int = 1024, start: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     args.add_argument("directory")
     args.add_argument("--count", type=int, default=24)
     args.add_argument("--size", type=int, default=1024)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
-from lambda_eclipse.storage.layout import write_json_atomic
-from lambda_eclipse.storage.schema import feature_schema
-from lambda_eclipse.storage.shard_writer import ShardWriter, split_of
+from storage.layout import write_json_atomic
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter, split_of
 
 
 def featured_sample(key: str, d: int = 8, w: int = 8, n_subjects: int = 2, size: int = 48) -> Sample:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lambda_eclipse.config import describe_keys
-from lambda_eclipse.prior.config import PROFILES, TrainConfig, load_train_config
+from prior.config import PROFILES, TrainConfig, load_train_config
 
 EPILOG = """\
 Trains the prior on Eq. 1 (MSE + loss.lam · contrastive) with AdamW, warm-up and a schedule, on the train split of a
@@ -54,11 +54,11 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _train_prior(args: argparse.Namespace) -> int:
-    from lambda_eclipse.prior.train import prepare_training
+    from prior.train import prepare_training
 
     # Validate everything before Prefect starts: bad input fails in one line, in a second.
     prepare_training(args.data, args.output, args.profile, load_train_config(args.config, args.set), args.resume)
-    from lambda_eclipse.flows.train_prior import train_prior
+    from flows.train_prior import train_prior
 
     summary = train_prior(
         data=args.data, output=args.output, profile=args.profile, config_file=args.config, overrides=args.set,

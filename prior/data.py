@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.storage.fs import Location
-from lambda_eclipse.storage.layout import complete_shards, read_json, shard_paths
-from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta, parquet_file
+from storage.fs import Location
+from storage.layout import complete_shards, read_json, shard_paths
+from storage.reader import iter_samples, load_dataset_meta, parquet_file
 
 COLUMNS = (
     "subjects", "attention_mask", "text_hidden_states", "text_embedding", "target_embedding",
@@ -194,7 +194,8 @@ class PriorBatches(IterableDataset):
         control = np.stack([r["edge_embedding"] for r in rows])
         control[rng.random(len(rows)) < self.zero_control_prob] = self.zero_image
         # float32, so that the subject embeddings keep their precision; filled row by row: one copy of the largest part
-        text = np.empty((len(rows), *rows[0]["text_hidden_states"].shape), np.float32)
+        # (annotated: numpy's stubs type an array of shape (n, *shape) as 1-D)
+        text: np.ndarray = np.empty((len(rows), *rows[0]["text_hidden_states"].shape), np.float32)
         for out, r in zip(text, rows):
             out[:] = r["text_hidden_states"]
             interleave(out, r["subject_embeddings"], r["subjects"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils.outputs import BaseOutput
 from torch import nn
 
 from lambda_eclipse.compat import ensure_torchvision_ops
@@ -129,8 +129,9 @@ class EclipsePrior(ModelMixin, ConfigMixin):
         control_embedding (B, d): CLIP embedding of the edge map (the zero-image embedding when there is none).
         """
         batch, n_text = encoder_hidden_states.shape[:2]
-        if n_text != self.config.num_embeddings:
-            raise ValueError(f"encoder_hidden_states has {n_text} tokens; the prior takes {self.config.num_embeddings}")
+        expected = self.config["num_embeddings"]
+        if n_text != expected:
+            raise ValueError(f"encoder_hidden_states has {n_text} tokens; the prior takes {expected}")
         if self.embedding_proj_norm is not None:
             proj_embedding = self.embedding_proj_norm(proj_embedding)
         text = self.encoder_hidden_states_proj(encoder_hidden_states)
@@ -161,11 +162,11 @@ class EclipsePrior(ModelMixin, ConfigMixin):
         (1 − mask)·MASK_VALUE for the text tokens, 0 for the 4 extra tokens, which are never padding. Repeated per
         head (batch-major) as the released model does; diffusers' attention reshapes it to (B, heads, L, L).
         """
-        length = self.config.num_embeddings + EXTRA_TOKENS
+        length = self.config["num_embeddings"] + EXTRA_TOKENS
         padding = F.pad((1 - attention_mask.to(dtype)) * MASK_VALUE, (0, EXTRA_TOKENS), value=0.0)
         causal = torch.full((length, length), MASK_VALUE, dtype=dtype, device=padding.device).triu(1)
         bias = padding[:, None, :] + causal
-        return bias.repeat_interleave(self.config.num_attention_heads, dim=0)
+        return bias.repeat_interleave(self.config["num_attention_heads"], dim=0)
 
     @classmethod
     def _load_pretrained_model(

@@ -25,18 +25,19 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.prior.config import PROFILES, TrainConfig
-from lambda_eclipse.prior.data import Dataset, loader, open_dataset
-from lambda_eclipse.prior.loss import prior_loss
-from lambda_eclipse.prior.model import EclipsePrior, prior_config
-from lambda_eclipse.storage.layout import read_json, write_json_atomic
-from lambda_eclipse.storage.fs import is_local
+from prior.config import PROFILES, TrainConfig
+from prior.data import Dataset, loader, open_dataset
+from prior.loss import prior_loss
+from prior.model import EclipsePrior, prior_config
+from storage.fs import is_local
+from storage.layout import read_json, write_json_atomic
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -155,7 +156,7 @@ def train_loop(job: TrainJob) -> None:
     model = EclipsePrior(**job.model_config)
     if job.resume_from:
         model.load_state_dict(load_file(Path(job.resume_from) / WEIGHTS))
-    model.to(device)
+    model.to(device)  # pyright: ignore[reportArgumentType]  (diffusers' @wraps(Module.to) hides self)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over all parameters, on CPU too, where it is ~4× faster than the default per-parameter loop
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, fused=True)
@@ -171,7 +172,7 @@ def train_loop(job: TrainJob) -> None:
         import ray.train.torch
 
         net = ray.train.torch.prepare_model(model)  # DistributedDataParallel
-    common = dict(rank=rank, world=world, seed=t.seed, pin_memory=device.type == "cuda")
+    common: dict[str, Any] = dict(rank=rank, world=world, seed=t.seed, pin_memory=device.type == "cuda")
     batches = iter(loader(job.data, "train", t.batch_size, workers, start=step, buffer=cfg.data.shuffle_buffer,
                           zero_control_prob=cfg.data.zero_control_prob, **common))
     val_batches = loader(job.data, "val", cfg.val.batch_size, cfg.data.workers, **common)
@@ -296,7 +297,7 @@ def validate(model: EclipsePrior, batches, device: torch.device, amp: torch.dtyp
 
 
 def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -304,7 +305,7 @@ def _rng_state() -> dict:
 
 def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, scaler, rank: int, world: int, workers: int,
                     cfg: TrainConfig) -> None:
-    rng = [None] * world
+    rng: list[dict | None] = [None] * world
     if world > 1:
         torch.distributed.all_gather_object(rng, _rng_state())
     else:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import lambda_eclipse
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.storage.fs import Location, is_file, join
-from lambda_eclipse.storage.layout import DATASET_JSON, read_json, write_json_atomic
+from storage.fs import Location, is_file, join
+from storage.layout import DATASET_JSON, read_json, write_json_atomic
 
 
 def model_ids(cfg: BuildConfig, profile: str) -> dict[str, str]:
@@ -22,7 +22,7 @@ def model_ids(cfg: BuildConfig, profile: str) -> dict[str, str]:
             "masks": f"{m.sam_type}:{m.sam_checkpoint}",
             "features": f"{m.clip_model}:{m.clip_pretrained}",
         }
-    return {name: f"{profile} (random weights)" for name in ("caption", "boxes", "masks", "features")} | {
+    return dict.fromkeys(("caption", "boxes", "masks", "features"), f"{profile} (random weights)") | {
         "nouns": cfg.models.spacy
     }
 

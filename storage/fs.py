@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
+from typing import IO, Any, cast
 
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
@@ -100,9 +101,11 @@ def arrow(loc: Location) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def open_file(loc: Location, mode: str = "rb"):
+def open_file(loc: Location, mode: str = "rb") -> IO[Any]:
+    """A file object of `loc` (text in UTF-8 unless `mode` has "b"); fsspec's files are file-like, typed here as
+    the standard `IO` that tarfile, PIL and pyarrow accept."""
     fs, path = resolve(loc)
-    return fs.open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    return cast(IO[Any], fs.open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})))
 
 
 def is_file(loc: Location) -> bool:
@@ -113,7 +116,8 @@ def is_file(loc: Location) -> bool:
 def read_bytes(loc: Location, start: int = 0, end: int | None = None) -> bytes:
     """Bytes `start` to `end` (exclusive; None: to the end) of a file: one ranged read on object stores."""
     fs, path = resolve(loc)
-    return fs.cat_file(path, start=start, end=end)
+    # fsspec's unannotated open() makes cat_file's result str | bytes; it reads in "rb", so bytes
+    return fs.cat_file(path, start=start, end=end)  # pyright: ignore[reportReturnType]
 
 
 def write_bytes(loc: Location, data: bytes) -> None:

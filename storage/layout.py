@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lambda_eclipse.storage.fs import Location, is_file, is_local, join, location, open_file, resolve
+from storage.fs import Location, is_file, is_local, join, location, open_file, resolve
 
 DATASET_JSON = "dataset.json"
 SHARDS = "shards"
@@ -59,7 +59,7 @@ def staging_path(path: Location) -> Location:
     """Where a file is written before `publish` makes it `path`: a temporary sibling locally, `path` itself on
     stores without rename."""
     path = location(path)
-    return tmp_path(path) if is_local(path) else path
+    return tmp_path(path) if isinstance(path, Path) else path
 
 
 def publish(staged: Location, path: Location) -> None:

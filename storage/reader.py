@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.storage.fs import Location, arrow, is_file, join
-from lambda_eclipse.storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths
-from lambda_eclipse.storage.schema import CONTEXT_LENGTH
+from storage.fs import Location, arrow, is_file, join
+from storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths
+from storage.schema import CONTEXT_LENGTH
 
 FIXED = ("token_ids", "attention_mask", "text_embedding", "target_embedding", "edge_embedding")
 
@@ -23,7 +23,8 @@ FIXED = ("token_ids", "attention_mask", "text_embedding", "target_embedding", "e
 def load_dataset_meta(root: Location) -> dict:
     path = join(root, DATASET_JSON)
     if not is_file(path):
-        raise UserError(f"{root} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); build one with `lambda-eclipse build-dataset`")
+        raise UserError(f"{root} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); "
+                        "build one with `lambda-eclipse build-dataset`")
     return read_json(path)
 
 
@@ -42,7 +43,8 @@ def _rows(batch, text_width: int) -> Iterator[dict[str, Any]]:
         elif name == "text_hidden_states":
             columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), CONTEXT_LENGTH, text_width)
         elif name == "subject_embeddings":
-            columns[name] = [np.asarray(v.values.flatten().to_numpy(zero_copy_only=False)).reshape(len(v), -1) for v in col]
+            columns[name] = [np.asarray(v.values.flatten().to_numpy(zero_copy_only=False)).reshape(len(v), -1)
+                             for v in col]
         else:
             columns[name] = col.to_pylist()
     for i in range(len(batch)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
 
 CONTEXT_LENGTH = 77
@@ -78,15 +79,15 @@ def feature_table(samples: list[Sample], splits: list[str], schema: pa.Schema) -
     ]
     subject_emb = pa.ListArray.from_arrays(
         pa.array(np.cumsum([0] + [len(s.subjects) for s in samples]), type=pa.int32()),
-        _fixed([t.embedding for s in samples for t in s.subjects], pa.float32(), d),
+        _fixed([required(t.embedding, "subject embedding") for s in samples for t in s.subjects], pa.float32(), d),
     )
     columns = {
         "key": pa.array([s.key for s in samples], pa.string()),
         "source": pa.array([s.source for s in samples], pa.string()),
         "split": pa.array(splits, pa.string()),
         "caption": pa.array([s.caption for s in samples], pa.string()),
-        "width": pa.array([s.image.shape[1] for s in samples], pa.int32()),
-        "height": pa.array([s.image.shape[0] for s in samples], pa.int32()),
+        "width": pa.array([required(s.image, "sample.image").shape[1] for s in samples], pa.int32()),
+        "height": pa.array([required(s.image, "sample.image").shape[0] for s in samples], pa.int32()),
         "subjects": pa.array(subjects, pa.list_(SUBJECT)),
         "token_ids": _fixed([x["token_ids"] for x in f], pa.int32(), CONTEXT_LENGTH),
         "attention_mask": _fixed([x["attention_mask"] for x in f], pa.int8(), CONTEXT_LENGTH),

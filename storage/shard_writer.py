@@ -12,26 +12,26 @@ import hashlib
 import io
 import json
 import time
+from typing import BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.storage.fs import Location, arrow, join, makedirs, open_file, remove
-from lambda_eclipse.storage.layout import (
+from storage.fs import Location, join, makedirs, open_file, remove
+from storage.layout import (
     DATA_FILES,
     SHARDS,
-    file_digest,
     publish,
     shard_names,
     shard_paths,
     staging_path,
     write_json_atomic,
 )
-from lambda_eclipse.storage.schema import REJECTS, feature_table
+from storage.schema import REJECTS, feature_table
 
 ROW_GROUP = 256
 
@@ -54,12 +54,43 @@ def _jpg(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _label_mask(sample: Sample) -> np.ndarray:
+def _label_mask(sample: Sample, image: np.ndarray) -> np.ndarray:
     """0 = background, i + 1 = subject i; a higher-logit subject wins where masks overlap."""
-    labels = np.zeros(sample.image.shape[:2], np.uint8)
+    labels = np.zeros(image.shape[:2], np.uint8)
     for i in reversed(range(len(sample.subjects))):
         labels[sample.subjects[i].mask] = i + 1
     return labels
+
+
+class HashingFile(io.RawIOBase):
+    """A write-only file that hashes what passes through it, so a shard's sha256 costs no second read."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._digest.update(view)
+        self._raw.write(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def digest(self) -> dict:
+        return {"sha256": self._digest.hexdigest(), "bytes": self.size}
 
 
 class ShardWriter:
@@ -71,10 +102,11 @@ class ShardWriter:
         self.schema = schema
         self.train_fraction = train_fraction
         self.stage_names = stage_names
-        filesystem, path = arrow(self._staged["parquet"])
-        self._parquet = pq.ParquetWriter(path, schema, filesystem=filesystem)
-        self._tar_file = open_file(self._staged["tar"], "wb")  # TarWriter leaves closing it to us
-        self._tar = wds.TarWriter(self._tar_file)
+        self._files = {name: HashingFile(open_file(self._staged[name], "wb")) for name in DATA_FILES}
+        self._parquet = pq.ParquetWriter(self._files["parquet"], schema)
+        from webdataset.writer import TarWriter  # webdataset imports torch: only where shards are written
+
+        self._tar = TarWriter(cast(BinaryIO, self._files["tar"]))  # TarWriter leaves closing the file to us
         self._rows: list[Sample] = []
         self._rejects: list[dict] = []
         self._splits = {"train": 0, "val": 0}
@@ -87,17 +119,19 @@ class ShardWriter:
         self.inputs += 1
         for stage, seconds in sample.seconds.items():
             self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
-        if not sample.accepted:
+        if sample.reject is not None:
+            reject = sample.reject
             self._rejects.append(
-                {"key": sample.key, "source": sample.source, "stage": sample.reject.stage, "reason": sample.reject.reason}
+                {"key": sample.key, "source": sample.source, "stage": reject.stage, "reason": reject.reason}
             )
             return
         self.accepted += 1
+        image = required(sample.image, "image")
         split = split_of(sample.key, self.train_fraction)
         self._splits[split] += 1
         member = {
             "__key__": sample.key,
-            "jpg": _jpg(sample.image),
+            "jpg": _jpg(image),
             "json": json.dumps(
                 {
                     "key": sample.key,
@@ -112,10 +146,10 @@ class ShardWriter:
                     ],
                 }
             ).encode(),
-            "mask.png": _png(_label_mask(sample)),
+            "mask.png": _png(_label_mask(sample, image)),
         }
         for i, subject in enumerate(sample.subjects):
-            member[f"subj{i}.png"] = _png(subject.crop)
+            member[f"subj{i}.png"] = _png(required(subject.crop, "subject crop"))
         self._tar.write(member)
         self._rows.append(sample)
         if len(self._rows) >= ROW_GROUP:
@@ -132,13 +166,12 @@ class ShardWriter:
         self._flush()
         self._parquet.close()
         self._tar.close()
-        self._tar_file.close()
-        filesystem, path = arrow(self._staged["rejects"])
-        pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), path, filesystem=filesystem)
+        pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), self._files["rejects"])
         for name in DATA_FILES:
+            self._files[name].close()
             publish(self._staged[name], self.paths[name])
         elapsed = time.perf_counter() - self._start
-        rejected_by_stage = {name: 0 for name in self.stage_names}
+        rejected_by_stage = dict.fromkeys(self.stage_names, 0)
         for r in self._rejects:
             rejected_by_stage[r["stage"]] = rejected_by_stage.get(r["stage"], 0) + 1
         funnel, remaining = [], self.inputs
@@ -157,14 +190,14 @@ class ShardWriter:
             "seconds": round(elapsed, 3),
             "images_per_second": round(self.inputs / elapsed, 3) if elapsed > 0 else None,
             "stage_seconds": {k: round(v, 4) for k, v in self._seconds.items()},
-            "files": {shard_names(self.shard)[name]: file_digest(self.paths[name]) for name in DATA_FILES},
+            "files": {shard_names(self.shard)[name]: self._files[name].digest() for name in DATA_FILES},
         }
         write_json_atomic(self.paths["stats"], stats)
         return stats
 
     def abort(self) -> None:
         """Drop the staged files of a failed attempt (the stats marker was never written)."""
-        for closer in (self._parquet.close, self._tar.close, self._tar_file.close):
+        for closer in (self._parquet.close, self._tar.close, *(f.close for f in self._files.values())):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - best effort on an already failing path

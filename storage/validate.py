@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lambda_eclipse.storage.fs import join, resolve
-from lambda_eclipse.storage.layout import DATASET_JSON, SHARDS, file_digest
-from lambda_eclipse.storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema
-from lambda_eclipse.storage.shard_writer import split_of
+from storage.fs import join, resolve
+from storage.layout import DATASET_JSON, SHARDS, file_digest
+from storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema
+from storage.shard_writer import split_of
 
 FLOAT_COLUMNS = ("text_hidden_states", "text_embedding", "target_embedding", "edge_embedding", "subject_embeddings")
 EMBEDDINGS = ("text_embedding", "target_embedding", "edge_embedding")
@@ -88,8 +88,9 @@ class Report:
                 f"{expected}), {t['rejected']} rejected inputs")
         if self.ok:
             return f"{self.root}: valid: {head}"
-        return f"{self.root}: INVALID, {len(self.problems)} problem(s): " + "; ".join(str(p) for p in self.problems[:5]) + (
-            f"; … {len(self.problems) - 5} more" if len(self.problems) > 5 else "")
+        return (f"{self.root}: INVALID, {len(self.problems)} problem(s): "
+                + "; ".join(str(p) for p in self.problems[:5])
+                + (f"; … {len(self.problems) - 5} more" if len(self.problems) > 5 else ""))
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per shard, for a table artifact."""
@@ -103,7 +104,8 @@ class Report:
         lines = [f"validate-dataset {self.root}: {'OK' if self.ok else 'FAILED'}", self.summary(), ""]
         lines.append(f"{'shard':>6} {'samples':>8} {'train':>6} {'val':>5} {'rejected':>9}  status")
         for r in self.rows():
-            lines.append(f"{r['shard']:>6} {r['samples']:>8} {r['train']:>6} {r['val']:>5} {r['rejected']:>9}  {r['status']}")
+            lines.append(f"{r['shard']:>6} {r['samples']:>8} {r['train']:>6} {r['val']:>5} {r['rejected']:>9}  "
+                         f"{r['status']}")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         if self.problems:
@@ -169,7 +171,8 @@ class _Checker:
         zero = meta.get("zero_image_embedding")
         if zero is not None:
             if len(zero) != d:
-                self.problem(None, "dims", f"{DATASET_JSON}: zero_image_embedding has {len(zero)} values, embed_dim is {d}")
+                self.problem(None, "dims",
+                             f"{DATASET_JSON}: zero_image_embedding has {len(zero)} values, embed_dim is {d}")
             elif not all(math.isfinite(x) for x in zero):
                 self.problem(None, "nan", f"{DATASET_JSON}: zero_image_embedding has NaN or infinite values")
         fraction = ((meta.get("config") or {}).get("split") or {}).get("train_fraction")
@@ -222,7 +225,8 @@ class _Checker:
             present.add(name)
         inputs, accepted, rejected = stats.get("inputs"), stats.get("accepted"), stats.get("rejected")
         if None not in (inputs, accepted, rejected) and inputs != accepted + rejected:
-            self.problem(shard, "stats", f"_stats.json: inputs {inputs} ≠ accepted {accepted} + rejected {rejected}", result)
+            self.problem(shard, "stats", f"_stats.json: inputs {inputs} ≠ accepted {accepted} + rejected {rejected}",
+                         result)
         features = self.features(shard, stats, result) if f"{shard}.parquet" in present else None
         if f"{shard}_rejects.parquet" in present:
             self.rejects(shard, stats, result)
@@ -236,7 +240,7 @@ class _Checker:
             with self.fs.open(path, "rb") as f:
                 parquet = pq.ParquetFile(f)
                 schema = parquet.schema_arrow
-                if d is not None and not self.schema_ok(shard, schema, feature_schema(d, w), result):
+                if d is not None and w is not None and not self.schema_ok(shard, schema, feature_schema(d, w), result):
                     if "key" in schema.names:  # keys are still counted and checked for uniqueness
                         keys = parquet.read(columns=["key"]).column("key").to_pylist()
                         self.unique(shard, keys, result)
@@ -257,7 +261,8 @@ class _Checker:
                     n_embeddings = [len(v) for v in batch.column("subject_embeddings").to_pylist()]
                     for key, a, b in zip(batch_keys, n_subjects, n_embeddings):
                         if a != b:
-                            self.problem(shard, "dims", f"sample {key}: {a} subjects but {b} subject embeddings", result)
+                            self.problem(shard, "dims", f"sample {key}: {a} subjects but {b} subject embeddings",
+                                         result)
                     for name in FLOAT_COLUMNS:
                         values = _flat_floats(batch.column(name))
                         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -269,6 +274,7 @@ class _Checker:
         for name, count in nonfinite.items():
             self.problem(shard, "nan", f"column {name} has {count} NaN or infinite value(s)", result)
         for key, split in bad_split[:3]:
+            assert fraction is not None  # splits are only checked against a train_fraction
             self.problem(shard, "splits", f"sample {key} is in split {split!r} but its key hashes to "
                                           f"{split_of(key, fraction)!r} (train_fraction {fraction})", result)
         if len(bad_split) > 3:
@@ -278,7 +284,8 @@ class _Checker:
         if other:
             self.problem(shard, "splits", f"unknown split value(s) {sorted(other)}", result)
         if stats.get("accepted") is not None and len(keys) != stats["accepted"]:
-            self.problem(shard, "rows", f"{shard}.parquet has {len(keys)} rows, _stats.json says {stats['accepted']} accepted", result)
+            self.problem(shard, "rows",
+                         f"{shard}.parquet has {len(keys)} rows, _stats.json says {stats['accepted']} accepted", result)
         recorded = stats.get("splits")
         if recorded is not None and {k: v for k, v in recorded.items() if v} != {k: v for k, v in splits.items() if v}:
             self.problem(shard, "splits", f"split counts {dict(splits)} differ from _stats.json's {recorded}", result)
@@ -307,7 +314,8 @@ class _Checker:
                     what = f"dim {size}, dataset.json embed_dim is {d}"
                 self.problem(shard, "dims", f"column {name} has {what}", result)
             else:
-                self.problem(shard, "schema", f"column {name} has type {got.field(name).type}, expected {want.field(name).type}", result)
+                self.problem(shard, "schema",
+                             f"column {name} has type {got.field(name).type}, expected {want.field(name).type}", result)
         return False
 
     def rejects(self, shard: str, stats: dict, result: ShardResult) -> None:
@@ -319,7 +327,8 @@ class _Checker:
             self.problem(shard, "rejects", f"{shard}_rejects.parquet cannot be read ({exc})", result)
             return
         if not table.schema.remove_metadata().equals(REJECTS):
-            self.problem(shard, "schema", f"{shard}_rejects.parquet schema {table.schema.names} is not the rejects schema", result)
+            self.problem(shard, "schema",
+                         f"{shard}_rejects.parquet schema {table.schema.names} is not the rejects schema", result)
             return
         result.rejected = table.num_rows
         if stats.get("rejected") is not None and table.num_rows != stats["rejected"]:
@@ -328,7 +337,8 @@ class _Checker:
         counts = Counter(table.column("stage").to_pylist())
         recorded = {k: v for k, v in (stats.get("rejected_by_stage") or {}).items() if v}
         if stats.get("rejected_by_stage") is not None and dict(counts) != recorded:
-            self.problem(shard, "rejects", f"rejects by stage {dict(counts)} differ from _stats.json's {recorded}", result)
+            self.problem(shard, "rejects", f"rejects by stage {dict(counts)} differ from _stats.json's {recorded}",
+                         result)
         self.unique(shard, table.column("key").to_pylist(), result)
 
     def tar(self, shard: str, keys: list[str], subjects: list[int], result: ShardResult) -> None:
@@ -336,7 +346,8 @@ class _Checker:
         members: dict[str, set[str]] = {}
         order: list[str] = []
         try:
-            with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            # fsspec's unannotated open() is typed as text or binary; "rb" is binary
+            with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:  # pyright: ignore[reportCallIssue, reportArgumentType]
                 for info in tar:
                     key, _, ext = info.name.partition(".")
                     if key not in members:
@@ -348,14 +359,18 @@ class _Checker:
             return
         if order != keys:
             missing, extra = set(keys) - set(order), set(order) - set(keys)
-            detail = (f"{len(missing)} Parquet key(s) missing from the tar (e.g. {sorted(missing)[:3]})" if missing else "")
-            detail += ("; " if missing and extra else "") + (f"{len(extra)} extra key(s) (e.g. {sorted(extra)[:3]})" if extra else "")
-            self.problem(shard, "tar", f"{shard}.tar keys differ from {shard}.parquet's: {detail or 'different order'}", result)
+            detail = (f"{len(missing)} Parquet key(s) missing from the tar (e.g. {sorted(missing)[:3]})"
+                      if missing else "")
+            detail += ("; " if missing and extra else "") + (
+                f"{len(extra)} extra key(s) (e.g. {sorted(extra)[:3]})" if extra else "")
+            self.problem(shard, "tar",
+                         f"{shard}.tar keys differ from {shard}.parquet's: {detail or 'different order'}", result)
         for key, n in zip(keys, subjects):
             want = {"jpg", "json", "mask.png"} | {f"subj{i}.png" for i in range(n)}
             got = members.get(key)
             if got is not None and got != want:
-                self.problem(shard, "tar", f"{shard}.tar sample {key} has members {sorted(got)}, expected {sorted(want)}", result)
+                self.problem(shard, "tar",
+                             f"{shard}.tar sample {key} has members {sorted(got)}, expected {sorted(want)}", result)
                 break
 
     def unique(self, shard: str, keys: list[str], result: ShardResult) -> None:
@@ -417,7 +432,8 @@ def _flat_floats(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Every float value of a (nested) list column, flattened."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    while pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type):
+    while (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+           or pa.types.is_fixed_size_list(column.type)):
         column = column.flatten()
     return column.to_numpy(zero_copy_only=False)
 
@@ -466,7 +482,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_flow:
         report = validate(args.data, args.split_tolerance).to_dict()
     else:
-        from lambda_eclipse.flows.validate_dataset import validate_dataset
+        from flows.validate_dataset import validate_dataset
 
         try:
             report = validate_dataset(data=args.data, split_tolerance=args.split_tolerance)

@@ -16,6 +16,11 @@ from lambda_eclipse.sample import Sample
 class Stage:
     name: ClassVar[str]
     uses_model: ClassVar[bool] = False  # model stages get their own Ray actor pool
+    # What one actor of a model stage asks for (NeMo Curator's pattern); `runtime.actors.<stage>` and
+    # `runtime.gpus.<stage>` override them, and the GPU fraction applies only where the cluster has GPUs.
+    cpus: ClassVar[float] = 1.0
+    gpus: ClassVar[float] = 0.0
+    actors: ClassVar[int] = 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         self.cfg = cfg

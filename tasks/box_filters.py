@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import Counter
 
 from lambda_eclipse.config import BoxesConfig
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import Stage
-from lambda_eclipse.tasks.geometry import box_size
+from tasks.base import Stage
+from tasks.geometry import box_size
 
 
 def box_problem(det: Detection, image_area: int, cfg: BoxesConfig) -> str | None:
@@ -46,10 +47,10 @@ class BoxFilters(Stage):
                 noun, same = most[0]
                 sample.reject_at(self.name, f"{same} boxes of {noun!r} > boxes.max_identical={cfg.max_identical}")
                 continue
-            height, width = sample.image.shape[:2]
+            height, width = required(sample.image, "sample.image").shape[:2]
             problems = [box_problem(d, height * width, cfg) for d in sample.detections]
             kept = [d for d, problem in zip(sample.detections, problems) if problem is None]
             if not kept:
-                sample.reject_at(self.name, "no box passes the per-box filters: " + "; ".join(problems))
+                sample.reject_at(self.name, "no box passes the per-box filters: " + "; ".join(p for p in problems if p))
                 continue
             sample.detections = kept

@@ -8,13 +8,17 @@ box-count, area and aspect filters belong to the next stage.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.grounding_dino import load_grounding_dino
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import ModelStage
+from tasks.base import ModelStage
+
+if TYPE_CHECKING:
+    import torch
 
 
 def prompt(sample: Sample) -> str:
@@ -38,9 +42,12 @@ def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> lis
 
 class Boxes(ModelStage):
     name = "boxes"
+    gpus = 0.1  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
+        from lambda_eclipse.models.grounding_dino import load_grounding_dino  # heavy imports in the actor only
+
         self.detector = load_grounding_dino(profile, cfg.models, self.device, self.dtype)
 
     def process(self, samples: list[Sample]) -> None:
@@ -48,9 +55,13 @@ class Boxes(ModelStage):
             self._detect(samples[i : i + self.batch_size])
 
     def _detect(self, batch: list[Sample]) -> None:
+        import torch
+
         processor = self.detector.processor
+        # transformers types a processor's **kwargs as the nested text_kwargs/images_kwargs form only; the flat
+        # tokenizer keywords it documents and merges are left out
         inputs = processor(
-            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt"
+            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt"  # pyright: ignore[reportCallIssue]
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         # Autocast covers the float32 tensors the model creates internally when its weights are bfloat16.
@@ -69,13 +80,15 @@ class Boxes(ModelStage):
     def _detections(
         self, sample: Sample, probs: torch.Tensor, pred_boxes: np.ndarray, positions: list[list[int]]
     ) -> list[Detection]:
+        import torch
+
         if not sample.nouns:
             return []
         # (queries, nouns): a noun's score is its best token's; 0 for a noun missing from the prompt.
         missing = probs.new_zeros(len(probs))
         scores = torch.stack([probs[:, pos].max(dim=1).values if pos else missing for pos in positions], dim=1)
         best_score, best = scores.max(dim=1)
-        height, width = sample.image.shape[:2]
+        height, width = required(sample.image, "sample.image").shape[:2]
         size = np.array([width, height, width, height], np.float32)
         detections = []
         for query, (score, noun_index) in enumerate(zip(best_score.tolist(), best.tolist())):

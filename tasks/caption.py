@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.blip2 import load_blip2
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import ModelStage
+from tasks.base import ModelStage
 
 
 class Caption(ModelStage):
     name = "caption"
+    gpus = 0.2  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
+        from lambda_eclipse.models.blip2 import load_blip2  # torch and transformers load in the actor, not at import
+
         bundle = load_blip2(profile, cfg.models, self.device, self.dtype)
         self.model, self.processor, self.model_id = bundle.model, bundle.processor, bundle.model_id
 
@@ -23,10 +23,13 @@ class Caption(ModelStage):
         # placeholders before the tokenized "" itself. With images alone, generate would build the prompt from
         # text_config.bos_token_id, which T5 configs leave unset. The prompt is all special tokens, so a
         # decoder-only (OPT) BLIP-2's echo of it decodes to nothing.
+        # (transformers types a processor's **kwargs as the nested form only: return_tensors is left out)
         inputs = self.processor(
-            images=[s.image for s in samples], text=[""] * len(samples), return_tensors="pt"
+            images=[s.image for s in samples], text=[""] * len(samples), return_tensors="pt"  # pyright: ignore[reportCallIssue]
         ).to(self.device)
         pixel_values = inputs["pixel_values"].to(self.model.dtype)
+        import torch
+
         with torch.inference_mode():
             ids = self.model.generate(
                 pixel_values=pixel_values,

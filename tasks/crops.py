@@ -5,9 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import Stage
-from lambda_eclipse.tasks.geometry import pixel_bounds
+from tasks.base import Stage
+from tasks.geometry import pixel_bounds
 
 WHITE = 255
 
@@ -18,7 +19,7 @@ def subject_crop(image: np.ndarray, det: Detection, size: int) -> np.ndarray:
     Padding before resizing keeps the subject's aspect ratio.
     """
     x0, y0, x1, y1 = pixel_bounds(det.box, *image.shape[:2])
-    crop = np.where(det.mask[y0:y1, x0:x1, None], image[y0:y1, x0:x1], WHITE).astype(np.uint8)
+    crop = np.where(required(det.mask, "det.mask")[y0:y1, x0:x1, None], image[y0:y1, x0:x1], WHITE).astype(np.uint8)
     height, width = crop.shape[:2]
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
@@ -37,4 +38,4 @@ class SubjectCrops(Stage):
         size = self.cfg.subjects.crop_size
         for sample in samples:
             for det in sample.subjects:
-                det.crop = subject_crop(sample.image, det, size)
+                det.crop = subject_crop(required(sample.image, "sample.image"), det, size)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -62,7 +62,7 @@ def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadImage(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise BadImage("not an image (cannot identify the image format)") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged data raises many types; one bad input must not stop a unit
         # PIL's decoders raise many types for damaged data (OSError "image file is truncated", SyntaxError,
         # ValueError, struct.error, ...); one bad input must not stop a work unit of thousands.
         raise BadImage(f"cannot decode image: {exc}") from None
@@ -75,10 +75,11 @@ class Decode(Stage):
     def process(self, samples: list[Sample]) -> None:
         for sample in samples:
             try:
-                data = sample.ref.read()
-            except OSError as exc:
+                data = sample.read()
+            except OSError as exc:  # FileNotFoundError too: an input deleted after planning
                 sample.reject_at(self.name, f"unreadable file: {exc}")
                 continue
+            sample.data = None  # the decoded pixels replace the encoded bytes
             try:
                 sample.image = decode_rgb(data, self.cfg.decode.max_pixels)
             except BadImage as exc:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
 
 
 def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int) -> np.ndarray:
@@ -22,4 +23,4 @@ class CannyEdge(Stage):
     def process(self, samples: list[Sample]) -> None:
         cfg = self.cfg.edge
         for sample in samples:
-            sample.edge = canny_rgb(sample.image, cfg.low_threshold, cfg.high_threshold)
+            sample.edge = canny_rgb(required(sample.image, "sample.image"), cfg.low_threshold, cfg.high_threshold)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.clip import CONTEXT_LENGTH, load_clip
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import ModelStage
+from storage.schema import CONTEXT_LENGTH
+from tasks.base import ModelStage
 
 # The last of the 77 slots holds EOT after truncation: a word there or beyond is not in the text states.
 LAST_WORD_SLOT = CONTEXT_LENGTH - 1
@@ -20,9 +21,12 @@ LAST_WORD_SLOT = CONTEXT_LENGTH - 1
 
 class ClipFeatures(ModelStage):
     name = "features"
+    gpus = 0.3  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
+        from lambda_eclipse.models.clip import load_clip  # torch and open_clip load in the actor only
+
         self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
 
     def _locate_subjects(self, sample: Sample) -> bool:
@@ -33,7 +37,8 @@ class ClipFeatures(ModelStage):
         kept, dropped = [], []
         for det in sample.subjects:
             try:
-                det.token_positions = self.clip.token_positions(sample.caption, det.start, det.end)
+                caption = required(sample.caption, "sample.caption")
+                det.token_positions = self.clip.token_positions(caption, det.start, det.end)
             except ValueError:
                 dropped.append(f"{det.noun!r} (not whole CLIP tokens)")
                 continue
@@ -57,12 +62,14 @@ class ClipFeatures(ModelStage):
         live = [s for s in samples if self._locate_subjects(s)]
         if not live:
             return
-        crops = [det.crop for s in live for det in s.subjects]
+        crops = [required(det.crop, "det.crop") for s in live for det in s.subjects]
+        images = [required(s.image, "sample.image") for s in live]
+        edge_maps = [required(s.edge, "sample.edge") for s in live]
         # One forward over targets, subject crops and edge maps together.
-        embeddings = self.clip.encode_images([s.image for s in live] + crops + [s.edge for s in live])
+        embeddings = self.clip.encode_images(images + crops + edge_maps)
         n, k = len(live), len(crops)
         targets, subjects, edges = embeddings[:n], iter(embeddings[n : n + k]), embeddings[n + k :]
-        hidden, pooled, token_ids, mask = self.clip.encode_text([s.caption for s in live])
+        hidden, pooled, token_ids, mask = self.clip.encode_text([required(s.caption, "sample.caption") for s in live])
         for i, sample in enumerate(live):
             for det in sample.subjects:
                 det.embedding = next(subjects)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import Stage
-from lambda_eclipse.tasks.geometry import containment, pixel_bounds
+from tasks.base import Stage
+from tasks.geometry import containment, pixel_bounds
 
 
 def mask_ratio(det: Detection) -> float:
     """Mask pixels inside the box / the box's pixels: low when SAM found no object filling the box."""
-    x0, y0, x1, y1 = pixel_bounds(det.box, *det.mask.shape)
-    return float(det.mask[y0:y1, x0:x1].mean())
+    mask = required(det.mask, "det.mask")
+    x0, y0, x1, y1 = pixel_bounds(det.box, *mask.shape)
+    return float(mask[y0:y1, x0:x1].mean())
 
 
 class MaskFilters(Stage):
@@ -22,7 +24,7 @@ class MaskFilters(Stage):
         for sample in samples:
             for det in sample.detections:
                 det.mask_ratio = mask_ratio(det)
-            filled = [d for d in sample.detections if d.mask_ratio >= cfg.min_mask_ratio]
+            filled = [d for d in sample.detections if required(d.mask_ratio, "det.mask_ratio") >= cfg.min_mask_ratio]
             # Best first, so that of two boxes around the same object the higher-logit one survives.
             kept: list[Detection] = []
             for det in sorted(filled, key=lambda d: d.logit, reverse=True):

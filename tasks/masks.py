@@ -8,22 +8,25 @@ mask/box and containment filters belong to the next stage.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.sam import load_sam
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import ModelStage
-
-# After lambda_eclipse.models, whose import makes torchvision (which segment_anything imports) loadable.
-from segment_anything.utils.transforms import ResizeLongestSide  # isort: skip
+from tasks.base import ModelStage
 
 
 class Masks(ModelStage):
     name = "masks"
+    gpus = 0.4  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
+        # Imported here, in the actor: torch and SAM load where the model runs, not when the stage list is read.
+        # segment_anything after lambda_eclipse.models, whose import makes torchvision (which it imports) loadable.
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        from lambda_eclipse.models.sam import load_sam
+
         self.sam = load_sam(profile, cfg.models, self.device, self.dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
 
@@ -33,17 +36,20 @@ class Masks(ModelStage):
             self._segment(with_boxes[i : i + self.batch_size])
 
     def _segment(self, batch: list[Sample]) -> None:
+        import torch
+
         sam = self.sam
         # Autocast covers the float32 tensors SAM creates internally when its weights are bfloat16.
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             resized = [
-                torch.as_tensor(self.transform.apply_image(s.image), device=self.device).permute(2, 0, 1)
+                torch.as_tensor(self.transform.apply_image(required(s.image, "sample.image")), device=self.device)
+                .permute(2, 0, 1)
                 for s in batch
             ]
             pixels = torch.cat([sam.preprocess(image[None].float()) for image in resized])
             embeddings = sam.image_encoder(pixels.to(self.dtype))
             for sample, image, embedding in zip(batch, resized, embeddings):
-                original_size = sample.image.shape[:2]
+                original_size = required(sample.image, "sample.image").shape[:2]
                 boxes = torch.as_tensor(np.stack([d.box for d in sample.detections]), device=self.device)
                 sparse, dense = sam.prompt_encoder(
                     points=None, boxes=self.transform.apply_boxes_torch(boxes, original_size), masks=None

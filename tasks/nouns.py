@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from spacy.tokens import Doc
+from typing import TYPE_CHECKING
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.spacy_nlp import load_spacy
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Noun, Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc
 
 
 def caption_nouns(doc: Doc) -> list[Noun]:
@@ -30,10 +33,12 @@ class Nouns(Stage):
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
+        from lambda_eclipse.models.spacy_nlp import load_spacy  # spaCy loads in the actor only
+
         self.nlp = load_spacy(cfg.models)
 
     def process(self, samples: list[Sample]) -> None:
-        for sample, doc in zip(samples, self.nlp.pipe(s.caption for s in samples)):
+        for sample, doc in zip(samples, self.nlp.pipe(required(s.caption, "sample.caption") for s in samples)):
             sample.nouns = caption_nouns(doc)
             if not sample.nouns:
                 sample.reject_at(self.name, "no nouns in caption")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lambda_eclipse.config import BuildConfig, check_profile, load_config
+from lambda_eclipse.config import BuildConfig, check_profile, config_from_dict, load_config
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.models.preflight import check_paper_weights
-from lambda_eclipse.storage.dataset_meta import existing_meta
-from lambda_eclipse.storage.fs import Location, location, process_local, resolve
-from lambda_eclipse.storage.layout import is_complete, read_json, shard_paths
-from lambda_eclipse.storage.sources import WorkUnit, plan_units
-from lambda_eclipse.tasks.pipeline import MODEL_STAGES
+from storage.dataset_meta import existing_meta
+from storage.fs import Location, location, process_local, resolve
+from storage.layout import complete_shards
+from storage.manifest import MANIFEST, read_manifest
+from storage.sources import WorkUnit, list_inputs, plan_units
+from tasks.actors import check_runtime
+from tasks.pipeline import MODEL_STAGES
 
 
 @dataclass
@@ -19,13 +20,23 @@ class BuildPlan:
     cfg: BuildConfig
     profile: str
     output: Location  # a Path for a local dataset, else its URL
-    units: list[WorkUnit]
+    units: list[WorkUnit]  # every unit of the dataset (the manifest), by shard
+    todo: list[WorkUnit]  # units of this run's inputs whose shard is not complete
+    complete: set[int]  # shards complete before this run
+    new: int  # units this plan added to the manifest
     skipped_files: int
     meta: dict | None  # dataset.json of an earlier run into the same output, if any
 
-    @property
-    def todo(self) -> list[WorkUnit]:
-        return [u for u in self.units if not is_complete(self.output, u.shard)]
+    def summary(self) -> str:
+        images = [u.images for u in self.todo]
+        counted = sum(n for n in images if n is not None)
+        tars = sum(1 for n in images if n is None)
+        what = f"{counted} images" + (f" + {tars} tars (images counted on the workers)" if tars else "")
+        return (
+            f"{len(self.units)} work units ({self.new} new), {len(self.complete)} shards complete, "
+            f"{len(self.todo)} to build: {what}"
+            + (f"; {self.skipped_files} non-image files skipped" if self.skipped_files else "")
+        )
 
 
 def parse_gpus(items: list[str] | dict[str, float] | None) -> dict[str, float]:
@@ -67,14 +78,19 @@ def _check_writable(output: Location) -> None:
         raise UserError(f"output directory {output} is not writable ({reason}); choose another --output") from None
 
 
-def _check_shared(inputs: list[str]) -> None:
-    """Images are decoded in Ray worker processes, which cannot see this process's memory:// files."""
+def _check_shared(inputs: list[str], output: str) -> None:
+    """Ray workers read the inputs and write the shards; they cannot see this process's memory:// files."""
     for item in inputs:
         if process_local(item):
             raise UserError(
                 f"input {item} is in this process's memory, which the Ray workers that decode images cannot read; "
                 "use a local path, a file:// URL or object storage (s3://…) for --input"
             )
+    if process_local(output):
+        raise UserError(
+            f"output {output} is in this process's memory, where the Ray workers that write the shards cannot "
+            "write; use a local path, a file:// URL or object storage (s3://…) for --output"
+        )
 
 
 def prepare_build(
@@ -85,43 +101,59 @@ def prepare_build(
     overrides: list[str] | None = None,
     workers: int = 0,
     gpus_per_stage: list[str] | dict[str, float] | None = None,
+    config: dict | None = None,
 ) -> BuildPlan:
+    """Check everything and plan the units from listings only. `config`: a config resolved earlier (the CLI's),
+    used as it is instead of `config_file` + `overrides`."""
     check_profile(profile)
-    cfg = load_config(config_file, overrides or [])
+    cfg = config_from_dict(config) if config is not None else load_config(config_file, overrides or [])
     if workers < 0:
         raise UserError(f"--workers must be 0 (all CPUs) or more, got {workers}")
     if workers:
         cfg.runtime.workers = workers
-    cfg.runtime.gpus = parse_gpus(gpus_per_stage)
+    cfg.runtime.gpus = cfg.runtime.gpus | parse_gpus(gpus_per_stage)
+    check_runtime(cfg)
     if profile == "paper":
+        from lambda_eclipse.models.preflight import check_paper_weights  # imports torch: only when needed
+
         check_paper_weights(cfg.models)
-    _check_shared(inputs)
+    _check_shared(inputs, output)
     out = location(output)  # an unknown protocol or a missing backend fails before the inputs are listed
-    units, skipped = plan_units(inputs, cfg.input.unit_size, cfg.input.extensions)
+    listing = list_inputs(inputs, cfg.input.extensions)
     _check_writable(out)
     meta = existing_meta(out, cfg, profile)
-    for unit in units:
-        if is_complete(out, unit.shard):
-            done = read_json(shard_paths(out, unit.shard)["stats"])["unit"]
-            if done.get("fingerprint") != unit.fingerprint():
-                raise UserError(
-                    f"shard {unit.shard:05d} in {out} was built from other inputs ({done.get('description')}) "
-                    f"than this run's ({unit.description}); use a new --output directory for changed inputs"
-                )
-    return BuildPlan(cfg, profile, out, units, skipped, meta)
+    complete = set(complete_shards(out))
+    previous = read_manifest(out)
+    if previous is None and complete:
+        raise UserError(
+            f"{out} holds complete shards but no {MANIFEST}, so its work units are unknown; "
+            "use a new --output directory"
+        )
+    plan = plan_units(listing, cfg.input.unit_size, previous)
+    for unit in plan.units:
+        changes = plan.changed.get(unit.shard)
+        if changes and unit.shard in complete:
+            shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+            raise UserError(
+                f"shard {unit.shard:05d} in {out} is complete, but its inputs ({unit.description}) changed since it "
+                f"was built: {shown}; restore them, or use a new --output directory for changed inputs"
+            )
+    current = {root: dict(files) for root, files in listing.folders} | {
+        t: {"": size} for _, tars in listing.tars for t, size in tars
+    }
+    for unit in plan.units:  # an incomplete unit is built from its inputs as they are now
+        if unit.shard in plan.changed and unit.root in current:
+            now = current[unit.root]
+            unit.files = [(f, now.get(f, size)) for f, size in unit.files]
+    todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
+    return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta)
 
 
-def describe_clip(cfg: BuildConfig, profile: str) -> dict:
-    """Embedding dims, model id and the all-zero-image embedding, for dataset.json."""
-    from lambda_eclipse.models import resolve_device, resolve_dtype
-    from lambda_eclipse.models.clip import load_clip
-
-    device = resolve_device(cfg.runtime)
-    clip = load_clip(profile, cfg.models, device, resolve_dtype(cfg.runtime, device))
+def describe_clip(clip) -> dict:
+    """Embedding dims, model id and the all-zero-image embedding of a loaded CLIP bundle, for dataset.json."""
     return {
         "embed_dim": clip.embed_dim,
         "text_width": clip.text_width,
         "model_id": clip.model_id,
         "zero_image_embedding": [float(x) for x in clip.zero_image_embedding()],
     }
-

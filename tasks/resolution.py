@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
 
 
 class ResolutionFilter(Stage):
@@ -13,7 +14,7 @@ class ResolutionFilter(Stage):
     def process(self, samples: list[Sample]) -> None:
         min_side = self.cfg.resolution.min_side
         for sample in samples:
-            height, width = sample.image.shape[:2]
+            height, width = required(sample.image, "sample.image").shape[:2]
             shorter = min(height, width)
             if shorter < min_side:
                 reason = f"{width}×{height} px: shorter side {shorter} < resolution.min_side={min_side}"

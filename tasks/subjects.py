@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lambda_eclipse.sample import Detection, Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
 
 
 class SelectSubjects(Stage):

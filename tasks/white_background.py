@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
-from lambda_eclipse.tasks.base import Stage
+from tasks.base import Stage
 
 
 def white_fraction(image: np.ndarray, threshold: float) -> float:
@@ -20,7 +21,7 @@ class WhiteBackgroundFilter(Stage):
     def process(self, samples: list[Sample]) -> None:
         cfg = self.cfg.white_background
         for sample in samples:
-            fraction = white_fraction(sample.image, cfg.threshold)
+            fraction = white_fraction(required(sample.image, "sample.image"), cfg.threshold)
             if fraction > cfg.max_fraction:
                 sample.reject_at(
                     self.name,

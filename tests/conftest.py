@@ -7,9 +7,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import pytest  # noqa: E402
+import pytest
 
-from lambda_eclipse.synthetic_features import featured_sample  # noqa: E402,F401  (tests import it from here)
+from lambda_eclipse.synthetic_features import featured_sample  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,7 @@ def ray_local():
 
     from lambda_eclipse.ray_session import RUNTIME_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=RUNTIME_ENV, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=RUNTIME_ENV,
+             log_to_driver=False)
     yield
     ray.shutdown()

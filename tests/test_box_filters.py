@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
-from lambda_eclipse.tasks.box_filters import BoxFilters
+from tasks.box_filters import BoxFilters
 
 GOOD = (10, 10, 40, 40)  # area ratio 0.09, width/height 1 in the 100 × 100 image
 
@@ -31,7 +31,7 @@ def test_image_box_count(count, kept):
 def test_box_count_is_taken_before_the_per_box_filters():
     # 9 boxes of which 8 fail the per-box rules: the image still has too many boxes.
     sample = run(det("a"), *[det(f"n{i}", logit=0.1) for i in range(8)])
-    assert sample.reject.reason.startswith("9 boxes")
+    assert sample.reject is not None and sample.reject.reason.startswith("9 boxes")
 
 
 @pytest.mark.parametrize(("same", "kept"), [(6, True), (7, False)])

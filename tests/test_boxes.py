@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.required import required
 from lambda_eclipse.sample import Noun, Reject, Sample, SourceRef
-from lambda_eclipse.tasks.box_filters import box_problem
-from lambda_eclipse.tasks.boxes import Boxes, noun_token_positions, prompt
+from tasks.box_filters import box_problem
+from tasks.boxes import Boxes, noun_token_positions, prompt
 
 
 def image(height, width, seed):
@@ -58,7 +59,7 @@ def test_batch_of_differently_sized_images(stage):
     stage(samples)
     threshold = stage.cfg.boxes.box_threshold
     for s in samples:
-        assert s.accepted and s.detections, s.key
+        assert s.accepted and s.detections and s.image is not None, s.key
         height, width = s.image.shape[:2]
         spans = {(n.text, n.start, n.end) for n in s.nouns}
         for d in s.detections:
@@ -113,7 +114,8 @@ def test_tiny_boxes_commonly_pass_the_per_box_filters(stage):
         for i in range(8)
     ]
     stage(samples)
-    problems = [box_problem(d, s.image.size // 3, stage.cfg.boxes) for s in samples for d in s.detections]
+    problems = [box_problem(d, required(s.image, "image").size // 3, stage.cfg.boxes)
+                for s in samples for d in s.detections]
     assert all(1 <= len(s.detections) <= 6 for s in samples)
     assert sum(p is None for p in problems) / len(problems) > 0.7
 

@@ -1,6 +1,5 @@
 """The build-dataset flow end to end on the tiny profile: Prefect + Ray + every stage + the shard contract."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from lambda_eclipse.config import load_config
-from lambda_eclipse.storage.layout import complete_shards, read_json, sha256_file, shard_paths
-from lambda_eclipse.storage.reader import iter_samples, load_dataset_meta
-from lambda_eclipse.storage.sources import plan_units
+from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
+from storage.layout import complete_shards, read_json, sha256_file, shard_names, shard_paths
+from storage.manifest import read_manifest
+from storage.reader import iter_samples, load_dataset_meta
+from storage.sources import plan_inputs
 
 pytestmark = pytest.mark.slow
 SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
@@ -46,7 +47,7 @@ def _all_keys(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, prefect_harness, ray_local):
-    from lambda_eclipse.flows.build_dataset import build_dataset
+    from flows.build_dataset import build_dataset
 
     root = tmp_path_factory.mktemp("flow")
     photos = _inputs(root)
@@ -62,7 +63,11 @@ def test_every_input_is_accounted_for(built):
     assert summary["accepted"] > 0, "the tiny profile must yield accepted samples on ordinary photos"
     keys = _all_keys(out)
     assert len(keys) == 16 and len(set(keys)) == 16
-    rejects = {r["source"].split("/")[-1]: r for s in complete_shards(out) for r in pq.read_table(shard_paths(out, s)["rejects"]).to_pylist()}
+    rejects = {
+        r["source"].split("/")[-1]: r
+        for s in complete_shards(out)
+        for r in pq.read_table(shard_paths(out, s)["rejects"]).to_pylist()
+    }
     assert rejects["empty.jpg"]["stage"] == "decode"
     assert rejects["text.png"]["stage"] == "decode"
     assert rejects["truncated.jpg"]["stage"] == "decode"
@@ -75,7 +80,7 @@ def test_stats_describe_the_files_and_the_funnel(built):
         paths = shard_paths(out, shard)
         stats = read_json(paths["stats"])
         for name in ("parquet", "tar", "rejects"):
-            assert stats["files"][paths[name].name]["sha256"] == sha256_file(paths[name])
+            assert stats["files"][shard_names(shard)[name]]["sha256"] == sha256_file(paths[name])
         assert stats["inputs"] == stats["accepted"] + stats["rejected"]
         assert stats["funnel"][0]["in"] == stats["inputs"]
         assert stats["funnel"][-1]["in"] - stats["funnel"][-1]["rejected"] == stats["accepted"]
@@ -111,36 +116,91 @@ def test_dashboard_outputs(built):
     with get_client(sync_client=True) as client:
         response = client._client.post(
             "/artifacts/filter",
-            json={"artifacts": {"key": {"any_": ["build-dataset-progress", "build-dataset-shards", "build-dataset-summary"]}},
+            json={"artifacts": {"key": {"any_": [f"build-dataset-{k}" for k in ("progress", "shards", "summary")]}},
                   "sort": "CREATED_DESC", "limit": 50},
         )
     latest = {}
     for artifact in response.json():
         latest.setdefault(artifact["key"], artifact)  # newest first
     assert latest["build-dataset-progress"]["type"] == "progress" and latest["build-dataset-progress"]["data"] == 100.0
-    assert latest["build-dataset-shards"]["type"] == "table" and "rejected: decode" in latest["build-dataset-shards"]["data"]
-    assert latest["build-dataset-summary"]["type"] == "markdown" and "| features |" in latest["build-dataset-summary"]["data"]
+    shards, summary = latest["build-dataset-shards"], latest["build-dataset-summary"]
+    assert shards["type"] == "table" and "rejected: decode" in shards["data"] and "masks /s" in shards["data"]
+    assert summary["type"] == "markdown" and "| features |" in summary["data"]
+    assert "![contact sheet](data:image/jpeg;base64," in summary["data"]  # shown by the UI on any machine
 
 
 def test_rerun_skips_complete_shards(built):
-    from lambda_eclipse.flows.build_dataset import build_dataset
+    from flows.build_dataset import build_dataset
 
     photos, out, summary = built
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
     again = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=SETTINGS)
-    assert again == summary
+    assert again == summary | {"nodes": 0}  # nothing to build: no Ray node was used
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
 
 
 def test_flow_matches_the_plain_in_process_loop(built):
-    from lambda_eclipse.tasks.pipeline import build_stages, run_local
+    from tasks.pipeline import build_stages, run_local
 
     photos, out, _ = built
     cfg = load_config(overrides=SETTINGS)
-    units, _ = plan_units([str(photos)], cfg.input.unit_size, cfg.input.extensions)
+    units = plan_inputs([str(photos)], cfg.input.unit_size, cfg.input.extensions).units
     stages = build_stages(cfg, "tiny")
-    accepted = {s.key for u in units for s in run_local(u.samples, stages) if s.accepted}
+    samples = [s for u in units for s in u.iter_samples(cfg.input.extensions)]
+    accepted = {s.key for s in run_local(samples, stages) if s.accepted}
     assert accepted == _accepted_keys(out)
+
+
+def test_added_inputs_become_new_shards_and_complete_ones_are_untouched(built, tmp_path):
+    """img2dataset's incremental mode: a growing folder is built shard by shard; old shards are never rewritten."""
+    from flows.build_dataset import build_dataset
+
+    photos, reference, _ = built
+    grown = tmp_path / "grown"
+    write_photos(grown, 6, size=128)
+    out = tmp_path / "dataset"
+    first = build_dataset(inputs=[str(grown)], output=str(out), profile="tiny", overrides=SETTINGS)
+    assert first["shards"] == 2 and first["inputs"] == 6
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    write_photos(grown / "more", 3, size=128)
+    (grown / "more" / "photo_00001.jpg").rename(grown / "a_first.jpg")  # sorts before every old file
+    second = build_dataset(inputs=[str(grown)], output=str(out), profile="tiny", overrides=SETTINGS)
+    assert second["shards"] == 3 and second["inputs"] == 9
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir() if p.name in before} == before
+    stats = read_json(shard_paths(out, 2)["stats"])
+    assert stats["unit"]["description"] == f"folder {grown} [6:9]" and stats["inputs"] == 3
+    keys = _all_keys(out)
+    assert len(keys) == 9 and len(set(keys)) == 9
+
+    (grown / "photo_00000.jpg").write_bytes((grown / "photo_00001.jpg").read_bytes()[:500])
+    from tasks.plan import prepare_build
+
+    with pytest.raises(UserError) as caught:
+        prepare_build([str(grown)], str(out), overrides=SETTINGS)
+    assert str(caught.value).startswith(
+        f"shard 00000 in {out} is complete, but its inputs (folder {grown} [0:5]) changed since it was built: "
+    )
+    assert f"{grown}/photo_00000.jpg: " in str(caught.value) and "→ 500 bytes" in str(caught.value)
+
+
+def test_dry_run_plans_without_starting_anything(built):
+    photos, out, _ = built
+    (photos / "later.jpg").write_bytes((photos / "photo_00002.jpg").read_bytes())
+    try:
+        cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos)]
+        cmd += ["--output", str(out)]
+        run = subprocess.run([*cmd, *(a for s in SETTINGS for a in ("--set", s)), "--dry-run"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        (photos / "later.jpg").unlink()
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        f"{out}: 5 work units (1 new), 4 shards complete, 1 to build: 1 images",
+        f"  shard 00004  folder {photos} [16:17]  (1 images)",
+    ]
+    assert not (out / "shards" / "00004_stats.json").exists()
+    manifest = read_manifest(out)
+    assert manifest is not None and len(manifest) == 4  # a dry run writes nothing
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path):
@@ -172,9 +232,9 @@ def _check_visible_shards(root: Path) -> None:
     seen: set[str] = set()
     for shard in complete_shards(root):
         paths = shard_paths(root, shard)
-        stats = json.loads(paths["stats"].read_text())
+        stats = read_json(paths["stats"])
         for name in ("parquet", "tar", "rejects"):
-            assert stats["files"][paths[name].name]["sha256"] == sha256_file(paths[name])
+            assert stats["files"][shard_names(shard)[name]]["sha256"] == sha256_file(paths[name])
         keys = pq.read_table(paths["parquet"], columns=["key"]).column("key").to_pylist()
         assert not seen & set(keys)
         seen |= set(keys)

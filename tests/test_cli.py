@@ -23,9 +23,12 @@ def photos(tmp_path):
         (["--set", "resolution.size=3"], "unknown config key 'resolution.size'"),
         (["--set", "boxes.min_logit=high"], "boxes.min_logit: 'high' is not a valid float"),
         (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
-        (["--gpus-per-stage", "decode=1"], "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
+        (["--gpus-per-stage", "decode=1"],
+         "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
         (["--gpus-per-stage", "masks"], "expected STAGE=FRACTION"),
         (["--workers", "-1"], "--workers must be 0"),
+        (["--set", "runtime.actors.sam=2"], "runtime.actors: unknown stage sam"),
+        (["--set", "runtime.units_in_flight=-1"], "runtime.units_in_flight must be 0 (automatic) or more, got -1"),
         (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],
          "weights missing for --profile paper: BLIP-2 models.blip2=Salesforce/blip2-flan-t5-xl; "),
         (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],
@@ -63,7 +66,29 @@ def test_unknown_profile_is_rejected_by_the_parser(photos, tmp_path, capsys):
 
 def test_help_lists_every_config_key_with_its_default():
     result = subprocess.run(
-        [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--help"],
+        capture_output=True, text=True, check=True,
     )
-    for key in ("resolution.min_side=1024", "boxes.box_threshold=0.2", "masks.min_mask_ratio=0.4", "subjects.max_subjects=4"):
+    for key in ("resolution.min_side=1024", "boxes.box_threshold=0.2", "masks.min_mask_ratio=0.4",
+                "subjects.max_subjects=4"):
         assert key in result.stdout
+
+
+HEAVY = ("torch", "ray", "prefect", "transformers", "webdataset")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["build-dataset", "--help"], ["build-dataset", "--input", "/nonexistent", "--output", "/tmp/x"],
+     ["build-dataset", "--input", "{photos}", "--output", "{out}", "--dry-run"]],
+)
+def test_help_errors_and_dry_run_import_nothing_heavy(argv, photos, tmp_path):
+    """They answer at once: torch, Ray and Prefect are imported only by the commands that run work."""
+    argv = [a.format(photos=photos, out=tmp_path / "out") for a in argv]
+    code = (
+        "import sys\nfrom lambda_eclipse.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr

@@ -29,7 +29,9 @@ def test_yaml_then_set_overrides_in_order(tmp_path):
 
 def test_content_hash_tracks_content_not_runtime():
     base = load_config()
-    assert load_config(overrides=["runtime.actors=3"]).content_hash() == base.content_hash()
+    placed = load_config(overrides=["runtime.actors.masks=3", "runtime.gpus.masks=0.5", "masks.batch_size=2"])
+    assert placed.runtime.actors == {"masks": 3} and placed.runtime.gpus == {"masks": 0.5}
+    assert placed.content_hash() == base.content_hash()  # placement and batch sizes do not change the dataset
     assert load_config(overrides=["boxes.min_logit=0.31"]).content_hash() != base.content_hash()
 
 
@@ -42,6 +44,9 @@ def test_content_hash_tracks_content_not_runtime():
         ("resolution.min_side=2.5", "resolution.min_side: 2.5 is not a valid int"),
         ("nodot=1", "expected section.key=value"),
         ("resolution.min_side", "expected section.key=value"),
+        ("runtime.actors=3", "runtime.actors: 3 is not a valid dict"),
+        ("runtime.actors.masks=two", "runtime.actors.masks: {'masks': 'two'} is not a valid dict"),
+        ("resolution.min_side.x=2", "config key 'resolution.min_side' is not a mapping"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
@@ -65,3 +70,11 @@ def test_unknown_profile():
     assert check_profile("tiny") == "tiny"
     with pytest.raises(UserError, match="unknown profile 'huge'; choose one of: tiny, paper, paper-shapes"):
         check_profile("huge")
+
+
+def test_a_resolved_config_round_trips_through_a_dict():
+    from lambda_eclipse.config import config_from_dict
+
+    cfg = load_config(overrides=["input.extensions=.png", "runtime.actors.masks=2", "boxes.min_logit=0.4"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.content_hash() == cfg.content_hash()

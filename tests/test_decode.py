@@ -9,14 +9,19 @@ from PIL import Image
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Reject, Sample, SourceRef
-from lambda_eclipse.tasks.decode import Decode
-from lambda_eclipse.tasks.resolution import ResolutionFilter
+from tasks.decode import Decode
+from tasks.resolution import ResolutionFilter
 
 
 def decode(path, cfg=None, **ref):
     sample = Sample(key="k", source="s", ref=SourceRef(str(path), **ref))
     Decode(cfg or BuildConfig())([sample])
     return sample
+
+
+def rejected(sample: Sample) -> Reject:
+    assert sample.reject is not None
+    return sample.reject
 
 
 def write(tmp_path, name, image, **save):
@@ -63,31 +68,31 @@ def test_truncated_jpeg_is_rejected(tmp_path):
     data = jpeg_bytes(Image.fromarray(noise))
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
-    sample = decode(path)
-    assert sample.reject.stage == "decode"
-    assert sample.reject.reason.startswith("cannot decode image: image file is truncated")
+    reject = rejected(decode(path))
+    assert reject.stage == "decode"
+    assert reject.reason.startswith("cannot decode image: image file is truncated")
 
 
 def test_unreadable_file_is_rejected(tmp_path):
-    sample = decode(tmp_path / "missing.jpg")
-    assert sample.reject.stage == "decode" and sample.reject.reason.startswith("unreadable file:")
+    reject = rejected(decode(tmp_path / "missing.jpg"))
+    assert reject.stage == "decode" and reject.reason.startswith("unreadable file:")
 
 
 def test_one_pixel_png_decodes_and_resolution_rejects_it(tmp_path):
     sample = decode(write(tmp_path, "one.png", Image.new("RGB", (1, 1), (10, 20, 30))))
-    assert sample.accepted
+    assert sample.accepted and sample.image is not None
     assert sample.image.shape == (1, 1, 3) and sample.image.dtype == np.uint8
     assert sample.image.flags.writeable
     assert sample.image[0, 0].tolist() == [10, 20, 30]
     ResolutionFilter(BuildConfig())([sample])
-    assert sample.reject.stage == "resolution"
+    assert rejected(sample).stage == "resolution"
 
 
 def test_decompression_bomb_is_rejected_from_the_header(tmp_path):
     # Above 2 × PIL's MAX_IMAGE_PIXELS, PIL itself refuses while reading the header.
     huge = tmp_path / "huge.png"
     huge.write_bytes(png_header(50_000, 50_000))
-    assert decode(huge).reject.reason.startswith("decompression bomb:")
+    assert rejected(decode(huge)).reason.startswith("decompression bomb:")
 
     # Above decode.max_pixels (100 M) but below PIL's refusal: our check, before any pixel is decoded.
     # PIL's DecompressionBombWarning (at its own 89 M limit) must neither escape nor decide.
@@ -104,13 +109,14 @@ def test_max_pixels_comes_from_the_config(tmp_path):
     path = write(tmp_path, "a.png", Image.new("RGB", (40, 25)))
     cfg = BuildConfig()
     cfg.decode.max_pixels = 999
-    assert decode(path, cfg).reject.reason == "decompression bomb: 40×25 pixels exceeds decode.max_pixels=999"
+    assert rejected(decode(path, cfg)).reason == "decompression bomb: 40×25 pixels exceeds decode.max_pixels=999"
     cfg.decode.max_pixels = 1000  # exactly 40 × 25: allowed
     assert decode(path, cfg).accepted
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     sample = decode(write(tmp_path, "c.jpg", Image.new("CMYK", (16, 16), (0, 255, 255, 0)), quality=95))
+    assert sample.image is not None
     assert sample.image.shape == (16, 16, 3)
     assert np.abs(sample.image.astype(int) - [255, 0, 0]).max() <= 3
 
@@ -118,12 +124,14 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
 def test_grayscale_becomes_three_equal_channels(tmp_path):
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     sample = decode(write(tmp_path, "g.png", Image.fromarray(gray)))
+    assert sample.image is not None
     assert (sample.image == gray[:, :, None]).all()
 
 
 def test_bilevel_becomes_black_and_white(tmp_path):
     bits = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("1")
     sample = decode(write(tmp_path, "b.png", bits))
+    assert sample.image is not None
     assert sample.image[:, :, 0].tolist() == [[0, 255], [255, 0]]
 
 
@@ -134,36 +142,44 @@ def test_palette_transparency_becomes_white(tmp_path):
     image.putpixel((1, 0), 1)
     image.info["transparency"] = 0
     sample = decode(write(tmp_path, "p.png", image, transparency=0))
+    assert sample.image is not None
     assert sample.image[0].tolist() == [[255, 255, 255], [200, 10, 20]]
 
 
 def test_palette_without_transparency(tmp_path):
     image = Image.new("RGB", (2, 1), (30, 60, 90)).quantize(colors=2)
     sample = decode(write(tmp_path, "p.png", image))
+    assert sample.image is not None
     assert sample.image[0].tolist() == [[30, 60, 90], [30, 60, 90]]
 
 
 def test_alpha_is_composited_on_white(tmp_path):
     rgba = np.array([[[0, 0, 0, 0], [0, 0, 0, 128], [10, 20, 30, 255]]], np.uint8)
     sample = decode(write(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")))
+    assert sample.image is not None
     assert sample.image[0, 0].tolist() == [255, 255, 255]
     assert np.abs(sample.image[0, 1].astype(int) - 127).max() <= 1
     assert sample.image[0, 2].tolist() == [10, 20, 30]
     la = Image.fromarray(np.array([[[100, 0], [100, 255]]], np.uint8), "LA")
-    assert decode(write(tmp_path, "la.png", la)).image[0, :, 0].tolist() == [255, 100]
+    sample = decode(write(tmp_path, "la.png", la))
+    assert sample.image is not None
+    assert sample.image[0, :, 0].tolist() == [255, 100]
 
 
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     values = np.array([[0, 257 * 100, 65535]], np.uint16)
     sample = decode(write(tmp_path, "16.png", Image.fromarray(values)))  # opens as mode I;16
+    assert sample.image is not None
     assert sample.image[0, :, 0].tolist() == [0, 100, 255]
     sample = decode(write(tmp_path, "32.tif", Image.fromarray(values.astype(np.int32))))  # mode I
+    assert sample.image is not None
     assert sample.image[0, :, 0].tolist() == [0, 100, 255]
 
 
 def test_float_image_is_read_as_zero_to_one(tmp_path):
     values = np.array([[0.0, 0.5, 1.0, 2.0]], np.float32)
     sample = decode(write(tmp_path, "f.tif", Image.fromarray(values)))
+    assert sample.image is not None
     assert sample.image[0, :, 0].tolist() == [0, 128, 255, 255]
 
 
@@ -176,6 +192,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     path = write(tmp_path, "r.jpg", Image.fromarray(stored), exif=exif.tobytes(), quality=95)
     sample = decode(path)
+    assert sample.image is not None
     assert sample.image.shape == (32, 16, 3)
     with Image.open(path) as raw:  # the stored pixels, orientation not applied
         assert (sample.image == np.rot90(np.asarray(raw.convert("RGB")), k=-1)).all()
@@ -190,9 +207,10 @@ def test_byte_range_inside_a_file(tmp_path):
     path = tmp_path / "archive.bin"
     path.write_bytes(b"x" * 100 + png + b"y" * 50)
     sample = decode(path, offset=100, size=len(png))
+    assert sample.image is not None
     assert sample.accepted and sample.image.shape == (2, 3, 3)
     assert (sample.image == [1, 2, 3]).all()
-    assert decode(path, offset=101, size=len(png)).reject.reason.startswith("not an image")
+    assert rejected(decode(path, offset=101, size=len(png))).reason.startswith("not an image")
 
 
 def test_rejected_sample_is_untouched(tmp_path):

@@ -51,6 +51,7 @@ def test_deployment_parameters_are_parameters_of_their_flows(spec):
         if not (ROOT / path).is_file():
             continue  # another change adds it
         module_spec = importlib.util.spec_from_file_location(f"_deploy_check_{name}", ROOT / path)
+        assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         flow = getattr(module, name)
@@ -59,13 +60,14 @@ def test_deployment_parameters_are_parameters_of_their_flows(spec):
         assert set(d.get("parameters") or {}) <= accepted, f"{d['name']}: {set(d['parameters']) - accepted}"
         required = {p for p, v in inspect.signature(flow.fn).parameters.items() if v.default is inspect.Parameter.empty}
         if d["name"] in ("build-dataset", "train-prior", "validate-dataset"):
-            assert required <= set(d["parameters"]), f"{d['name']} runs on a schedule or trigger: defaults for {required}"
+            assert required <= set(d["parameters"]), (
+                f"{d['name']} runs on a schedule or trigger: defaults for {required}")
         for trigger in d.get("triggers") or []:
             assert set(trigger.get("parameters") or {}) <= accepted
 
 
 def test_retraining_schedule_and_trigger(spec):
-    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger, DeploymentTriggerTypes
     from pydantic import TypeAdapter
 
     train = _by_name(spec)["train-prior"]
@@ -73,6 +75,7 @@ def test_retraining_schedule_and_trigger(spec):
     assert train["parameters"]["resume"] is True
     (trigger,) = train["triggers"]
     parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
+    assert isinstance(parsed, DeploymentEventTrigger)
     assert parsed.expect == {"prefect.flow-run.Completed"}
     assert {(r["prefect.resource.role"], r["prefect.resource.name"]) for r in trigger["match_related"]} == {
         ("flow", "build-dataset"), ("deployment", "build-dataset")}
@@ -88,7 +91,8 @@ def test_trigger_templates_render_like_the_server(spec):
     from prefect.server.utilities.user_templates import render_user_template_sync
 
     (trigger,) = _by_name(spec)["train-prior"]["triggers"]
-    params = dict(trigger["parameters"]) | {"output": "/runs/prior-{{ flow_run.name }}"}  # $LAMBDA_ECLIPSE_RUNS resolved
+    # $LAMBDA_ECLIPSE_RUNS resolved
+    params = dict(trigger["parameters"]) | {"output": "/runs/prior-{{ flow_run.name }}"}
     RunDeployment._upgrade_v1_templates(params)
     for profile, expected in (("tiny", "tiny"), ("paper", "paper"), ("paper-shapes", "paper")):
         context = {"flow_run": {"name": "happy-otter", "parameters": {"output": "s3://b/ds", "profile": profile}}}
@@ -105,10 +109,11 @@ def test_trigger_templates_render_like_the_server(spec):
 
 
 def test_automations_file_is_valid():
-    from prefect.events.schemas.automations import AutomationCore
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
     data = yaml.safe_load((ROOT / "deploy" / "automations.yaml").read_text())
     (automation,) = [AutomationCore.model_validate(a) for a in data["automations"]]
+    assert isinstance(automation.trigger, EventTrigger)
     assert automation.trigger.posture == "Proactive" and automation.actions[0].type == "change-flow-run-state"
 
 
@@ -167,6 +172,7 @@ def test_gpu_slot_fails_the_run_with_the_reason_when_the_limit_is_missing(prefec
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(probe, state=Pending())
     module_spec = importlib.util.spec_from_file_location("gpu_slot", ROOT / "deploy" / "gpu_slot.py")
+    assert module_spec is not None and module_spec.loader is not None
     gpu_slot = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(gpu_slot)
     monkeypatch.setitem(os.environ, "PREFECT__FLOW_RUN_ID", str(run.id))
@@ -174,6 +180,6 @@ def test_gpu_slot_fails_the_run_with_the_reason_when_the_limit_is_missing(prefec
     assert gpu_slot.main() == 1
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run.id).state
-    assert state.is_failed()
+    assert state is not None and state.is_failed() and state.message is not None
     assert state.message.startswith("the global concurrency limit 'gpu-missing-in-this-test' does not exist: "
                                     "create it with `prefect gcl create gpu-missing-in-this-test --limit N`")

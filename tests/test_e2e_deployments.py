@@ -1,8 +1,8 @@
 """End to end, as an operator runs it (README "Deploy and operate"): `prefect server start` on 127.0.0.1 with a private
 PREFECT_HOME, the work pools and the `gpu` global concurrency limit made with the CLI, `prefect deploy --all`, a
 process worker, a tiny build-dataset run through the deployment; then its artifacts opened in the Prefect UI in headless
-Chromium; the automations it triggers (validation, retraining); a bad parameter failing fast; and a worker killed mid-run
-whose run, retried after a restart, continues without redoing complete shards (build-dataset) or from its last
+Chromium; the automations it triggers (validation, retraining); a bad parameter failing fast; and a worker killed
+mid-run whose run, retried after a restart, continues without redoing complete shards (build-dataset) or from its last
 checkpoint (train-prior). Every process started here (server, workers, flow runs, Ray, browser) is ended, also on
 failure.
 """
@@ -25,9 +25,9 @@ import psutil
 import pytest
 import yaml
 
-from lambda_eclipse.storage.layout import complete_shards, shard_paths
-from lambda_eclipse.storage.validate import validate
 from lambda_eclipse.synthetic import write_photos
+from storage.layout import complete_shards, shard_paths
+from storage.validate import validate
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,8 @@ class Stack:
             if run["state"]["type"] in states:
                 return run
             time.sleep(1)
-        raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout} s; logs:\n{self.run_logs(run_id)[-4000:]}")
+        raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout} s; "
+                             f"logs:\n{self.run_logs(run_id)[-4000:]}")
 
     def runs_of(self, deployment: str, **parameters) -> list[dict]:
         """Runs of a deployment whose parameters include `parameters` (the cron schedule adds runs of its own)."""
@@ -185,7 +186,8 @@ class Stack:
         """Slots of `gpu` in use once the last run's process has exited: it releases them after its final state is
         set, so right after Completed they may still be held for a moment."""
         deadline = time.monotonic() + timeout
-        while (used := self.api.get("/v2/concurrency_limits/gpu").json()["active_slots"]) and time.monotonic() < deadline:
+        while ((used := self.api.get("/v2/concurrency_limits/gpu").json()["active_slots"])
+               and time.monotonic() < deadline):
             time.sleep(1)
         return used
 
@@ -318,6 +320,10 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
                                                         "boxes", "box_filters", "masks", "mask_filters", "subjects",
                                                         "crops", "edge", "features"]
             assert rows[1] == "decode 6 0 6", rows
+            # the contact sheet is in the artifact itself, so a browser on any machine shows it
+            sheet = page.locator('img[alt="contact sheet"]')
+            sheet.wait_for()
+            assert sheet.evaluate("img => img.complete ? img.naturalWidth : 0") > 100
             page.screenshot(path=str(shots / "funnel.png"), full_page=True)
 
             artifacts_tab()
@@ -425,7 +431,7 @@ def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(s
     done = complete_shards(output)
     assert 1 <= len(done) < 8, f"the kill must land mid-run: {len(done)} of 8 shards complete"
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
-            for s in done for p in shard_paths(output, s).values()}
+            for s in done for p in map(Path, shard_paths(output, s).values())}
     assert stack.flow_run(run_id)["state"]["type"] == "RUNNING"  # nothing is left to report the end
 
     # Restart the worker; the dead run is marked Crashed (deploy/automations.yaml does it from missing heartbeats)
@@ -440,7 +446,7 @@ def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(s
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.run_logs(run_id)[-4000:]}"
     assert complete_shards(output) == list(range(8))
     for s in done:
-        for p in shard_paths(output, s).values():
+        for p in map(Path, shard_paths(output, s).values()):
             assert (p.stat().st_ino, p.stat().st_mtime_ns) == kept[p.name], f"{p.name} was rewritten"
     assert f"8 work units, {len(done)} already complete" in stack.run_logs(run_id)
     report = validate(str(output))

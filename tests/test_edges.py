@@ -2,7 +2,7 @@ import numpy as np
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Reject, Sample, SourceRef
-from lambda_eclipse.tasks.edges import CannyEdge
+from tasks.edges import CannyEdge
 
 
 def edges(gray, low=100, high=200):
@@ -11,6 +11,7 @@ def edges(gray, low=100, high=200):
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.image = np.repeat(np.asarray(gray, np.uint8)[:, :, None], 3, axis=2)
     CannyEdge(cfg)([sample])
+    assert sample.edge is not None
     assert sample.edge.shape == sample.image.shape and sample.edge.dtype == np.uint8
     assert (sample.edge == sample.edge[:, :, :1]).all()  # RGB: three equal channels
     return sample.edge[:, :, 0] > 0

@@ -7,11 +7,11 @@ import pytest
 from test_generate import tiny_prior
 from test_generate_flow import artifact
 
+from evaluation import run as run_module
+from evaluation.run import prepare_evaluation
+from flows.evaluate import evaluate
 from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.evaluate import run as run_module
-from lambda_eclipse.evaluate.run import prepare_evaluation
-from lambda_eclipse.flows.evaluate import evaluate
 from lambda_eclipse.synthetic import write_photos
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -54,8 +54,8 @@ def test_dreambench_run_writes_images_scores_and_the_summary(bench, capsys):
     assert "| λ-ECLIPSE, this run: single subject | 2 | 4 |" in summary
     assert "| λ-ECLIPSE, paper: single subject | | | 0.613 | 0.783 | 0.307 |" in summary
     (table,) = artifact("evaluate-dreambench-summary")
-    assert table["prompts"] == 2 and table["dino"] == pytest.approx((float(found[0]["dino"]) + float(found[1]["dino"])) / 2,
-                                                                     abs=1e-4)
+    assert table["prompts"] == 2
+    assert table["dino"] == pytest.approx((float(found[0]["dino"]) + float(found[1]["dino"])) / 2, abs=1e-4)
     assert [r["id"] for r in artifact("evaluate-dreambench-prompts")] == ["backpack/00", "backpack/01"]
     assert "paper: single subject" in artifact("evaluate-dreambench-report")
 
@@ -106,8 +106,10 @@ def test_a_different_evaluation_into_the_same_output_is_refused(bench):
     plan = prepare_evaluation("multibench", bench["data"], bench["prior"], str(output), overrides=SMALL)
     run_module.start(plan)
     with pytest.raises(UserError, match=r"holds another evaluation: evaluate.seed \(0 then, 1 now\); use a new"):
-        prepare_evaluation("multibench", bench["data"], bench["prior"], str(output), overrides=SMALL + ["evaluate.seed=1"])
-    with pytest.raises(UserError, match=r"holds another evaluation: benchmark \('multibench' then, 'dreambench' now\);"):
+        prepare_evaluation("multibench", bench["data"], bench["prior"], str(output),
+                           overrides=SMALL + ["evaluate.seed=1"])
+    with pytest.raises(UserError,
+                       match=r"holds another evaluation: benchmark \('multibench' then, 'dreambench' now\);"):
         prepare_evaluation("dreambench", bench["data"], bench["prior"], str(output), overrides=SMALL)
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.benchmarks import BUNDLED, benchmark_prompts, fill, load_benchmarks
+from evaluation.metrics import pairwise_similarity, subjects_similarity, text_similarity
+from evaluation.results import Results, summarize
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.evaluate.benchmarks import BUNDLED, benchmark_prompts, fill, load_benchmarks
-from lambda_eclipse.evaluate.metrics import pairwise_similarity, subjects_similarity, text_similarity
-from lambda_eclipse.evaluate.results import Results, summarize
 from lambda_eclipse.models.dino import load_dino
 from lambda_eclipse.synthetic import write_photos
 

@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Detection, Sample, SourceRef
-from lambda_eclipse.tasks.features import ClipFeatures
+from tasks.features import ClipFeatures
 
 LONG_MIDDLE = "and a very long story " * 20  # pushes what follows past the 77-token context
 
@@ -66,6 +66,7 @@ def test_features_shapes_dtypes_and_positions(stage):
         assert sample.accepted
         assert {k: (v.shape, v.dtype) for k, v in sample.features.items()} == expected
         for det in sample.subjects:
+            assert det.embedding is not None
             assert (det.embedding.shape, det.embedding.dtype) == ((d,), np.float32)
     assert [det.token_positions for det in samples[0].subjects] == [[2], [5]]
     assert samples[1].subjects[0].token_positions == [2]
@@ -84,6 +85,7 @@ def test_features_match_the_encoders(stage):
         np.testing.assert_allclose(sample.features["target_embedding"], target, atol=1e-5)
         np.testing.assert_allclose(sample.features["edge_embedding"], edge, atol=1e-5)
         for det in sample.subjects:
+            assert det.embedding is not None
             np.testing.assert_allclose(det.embedding, clip.encode_images([det.crop])[0], atol=1e-5)
         hidden, pooled, ids, mask = clip.encode_text([sample.caption])
         np.testing.assert_allclose(sample.features["text_embedding"], pooled[0], atol=1e-5)
@@ -105,6 +107,7 @@ def test_too_few_subjects_left_rejects_with_reason():
     rejected = make_sample("a", "a dog " + LONG_MIDDLE + "and a cat", ["dog", "cat"])
     kept = make_sample("b", "a dog and a cat", ["dog", "cat"])
     stage([rejected, kept])
+    assert rejected.reject is not None
     assert rejected.reject.stage == "features"
     assert "'cat'" in rejected.reject.reason and "truncated at 77 tokens" in rejected.reject.reason
     assert rejected.features == {}
@@ -115,12 +118,16 @@ def test_subject_not_on_token_boundaries_dropped(stage):
     sample = make_sample("a", "a hotdog", ["hotdog"])
     sample.subjects[0].start += 3  # "dog" inside "hotdog"
     stage([sample])
+    assert sample.reject is not None
     assert sample.reject.stage == "features"
     assert "not whole CLIP tokens" in sample.reject.reason
 
 
 def test_rejected_samples_untouched(stage):
     sample = make_sample("a", "a dog", ["dog"])
+    subjects = sample.subjects
     sample.reject_at("boxes", "no boxes")
+    assert sample.image is None and sample.edge is None and sample.subjects == []  # pixels dropped at once
+    sample.subjects = subjects
     stage([sample])
     assert sample.features == {} and sample.subjects[0].token_positions == []

@@ -17,12 +17,13 @@ from fsspec.registry import known_implementations
 from test_prior_data import write_dataset
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.prior.config import load_train_config
-from lambda_eclipse.prior.data import PriorBatches, open_dataset
-from lambda_eclipse.prior.train import prepare_training, run_training
-from lambda_eclipse.storage import shard_writer
-from lambda_eclipse.storage.fs import join
-from lambda_eclipse.storage.layout import (
+from lambda_eclipse.synthetic import photo, write_photos
+from prior.config import load_train_config
+from prior.data import PriorBatches, open_dataset
+from prior.train import prepare_training, run_training
+from storage import shard_writer
+from storage.fs import join
+from storage.layout import (
     complete_shards,
     is_complete,
     sha256_file,
@@ -30,12 +31,11 @@ from lambda_eclipse.storage.layout import (
     shard_paths,
     write_json_atomic,
 )
-from lambda_eclipse.storage.reader import iter_samples
-from lambda_eclipse.storage.schema import feature_schema
-from lambda_eclipse.storage.shard_writer import ShardWriter
-from lambda_eclipse.storage.sources import plan_units
-from lambda_eclipse.synthetic import photo, write_photos
-from lambda_eclipse.tasks.plan import prepare_build
+from storage.reader import iter_samples
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter
+from storage.sources import plan_inputs
+from tasks.plan import prepare_build
 
 EXT = (".jpg", ".png")
 STAGES = ["decode", "resolution", "caption"]
@@ -81,12 +81,13 @@ def test_a_memory_folder_is_listed_recursively_and_read_by_url(mem):
     files = {"b/2.jpg": _jpeg(2), "a/1.PNG": _jpeg(1), "c.jpg": _jpeg(3), "a/z/3.jpg": _jpeg(4), "notes.txt": b"x"}
     for rel, data in files.items():
         MEMORY.pipe_file(f"{mem}/photos/{rel}", data)
-    units, skipped = plan_units([f"{mem}/photos/"], unit_size=2, extensions=EXT)
-    sources = [s.source for u in units for s in u.samples]
+    plan = plan_inputs([f"{mem}/photos/"], unit_size=2, extensions=EXT)
+    units, skipped = plan.units, plan.skipped
+    sources = [s.source for u in units for s in u.iter_samples(EXT)]
     assert sources == [f"{mem}/photos/{rel}" for rel in ("a/1.PNG", "a/z/3.jpg", "b/2.jpg", "c.jpg")]
     assert [u.description for u in units] == [f"folder {mem}/photos [0:2]", f"folder {mem}/photos [2:4]"]
     assert skipped == 1
-    for s in (s for u in units for s in u.samples):
+    for s in (s for u in units for s in u.iter_samples(EXT)):
         assert s.ref.read() == files[s.source.removeprefix(f"{mem}/photos/")]
 
 
@@ -95,25 +96,26 @@ def test_memory_tars_are_indexed_with_captions_and_byte_ranges(mem):
     MEMORY.pipe_file(f"{mem}/tars/00000.tar", _tar({"0.jpg": jpgs[0], "0.txt": b"a dog", "1.jpg": jpgs[1],
                                                     "1.json": json.dumps({"caption": "a cat"}).encode()}))
     MEMORY.pipe_file(f"{mem}/tars/00001.tar", _tar({"2.png": jpgs[2]}))
-    units, _ = plan_units([f"{mem}/tars"], 1000, EXT)
+    units = plan_inputs([f"{mem}/tars"], 1000, EXT).units
     assert [u.description for u in units] == [f"tar {mem}/tars/00000.tar", f"tar {mem}/tars/00001.tar"]
-    samples = [s for u in units for s in u.samples]
+    samples = [s for u in units for s in u.iter_samples(EXT)]
     assert [s.source_caption for s in samples] == ["a dog", "a cat", None]
-    assert [s.ref.read() for s in samples] == jpgs
+    assert [s.read() for s in samples] == [s.ref.read() for s in samples] == jpgs  # streamed, and by byte range
     assert samples[0].source == f"{mem}/tars/00000.tar#0.jpg"
-    (unit,) = plan_units([f"{mem}/tars/00001.tar"], 1000, EXT)[0]
-    assert unit.samples[0].ref.read() == jpgs[2]
+    (unit,) = plan_inputs([f"{mem}/tars/00001.tar"], 1000, EXT).units
+    assert next(unit.iter_samples(EXT)).read() == jpgs[2]
 
 
 def test_file_urls_are_the_local_filesystem_with_the_same_keys(tmp_path):
     write_photos(tmp_path / "photos", 3, size=32)
     (tmp_path / "one.tar").write_bytes(_tar({"0.jpg": _jpeg(0)}))
     for plain in (tmp_path / "photos", tmp_path / "one.tar"):
-        by_path, by_url = plan_units([str(plain)], 1000, EXT)[0], plan_units([plain.as_uri()], 1000, EXT)[0]
-        assert [(s.key, s.source) for u in by_url for s in u.samples] == [
-            (s.key, s.source) for u in by_path for s in u.samples
+        by_path = plan_inputs([str(plain)], 1000, EXT).units
+        by_url = plan_inputs([plain.as_uri()], 1000, EXT).units
+        assert [(s.key, s.source) for u in by_url for s in u.iter_samples(EXT)] == [
+            (s.key, s.source) for u in by_path for s in u.iter_samples(EXT)
         ]
-        assert all(s.ref.read() for u in by_url for s in u.samples)
+        assert all(s.read() for u in by_url for s in u.iter_samples(EXT))
 
 
 # --- shards on a store without rename ------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def test_an_unknown_protocol_is_one_line_before_any_work(tmp_path):
 
 
 def test_a_missing_url_names_it(mem):
-    assert _error(lambda: plan_units([f"{mem}/missing"], 10, EXT)) == (
+    assert _error(lambda: plan_inputs([f"{mem}/missing"], 10, EXT)) == (
         f"input {mem}/missing does not exist; pass an existing folder or .tar file"
     )
     assert f"{mem}/missing is not a λ-ECLIPSE dataset" in _error(lambda: open_dataset(f"{mem}/missing"))
@@ -210,7 +212,7 @@ def test_a_missing_backend_says_what_to_install(monkeypatch):
         known_implementations, "fakefs",
         {"class": "fakefs_not_installed.FakeFileSystem", "err": "Install fakefs_not_installed to access fakefs"},
     )
-    message = _error(lambda: plan_units(["fakefs://bucket/photos"], 10, EXT))
+    message = _error(lambda: plan_inputs(["fakefs://bucket/photos"], 10, EXT))
     assert message == (
         "fakefs://bucket/photos: the fakefs:// filesystem needs a package that is not installed; "
         "pip install fakefs_not_installed"
@@ -224,10 +226,12 @@ def test_s3_without_s3fs_says_pip_install_s3fs(tmp_path):
     assert _error(lambda: open_dataset("s3://bucket/data")).endswith("pip install s3fs")
 
 
-def test_memory_inputs_are_refused_for_the_ray_pipeline(mem, tmp_path):
+def test_memory_inputs_and_outputs_are_refused_for_the_ray_workers(mem, tmp_path):
     MEMORY.pipe_file(f"{mem}/photos/a.jpg", _jpeg(0))
     message = _error(lambda: prepare_build([f"{mem}/photos"], str(tmp_path / "out")))
-    assert "Ray workers" in message and "file://" in message
+    assert message.startswith(f"input {mem}/photos is in this process's memory") and "file://" in message
+    message = _error(lambda: prepare_build([str(tmp_path)], f"{mem}/dataset"))
+    assert message.startswith(f"output {mem}/dataset is in this process's memory") and "write the shards" in message
 
 
 # --- the prior reads from a URL -------------------------------------------------------------------------------------
@@ -253,10 +257,9 @@ def test_the_prior_reads_and_trains_on_a_dataset_at_a_url(tmp_path, mem, one_tor
 
 
 @pytest.mark.slow
-def test_build_dataset_flow_with_url_inputs_and_outputs(tmp_path, mem, prefect_harness, ray_local):
-    """file:// in and out; then the same inputs into memory://, a store without rename, written by the flow's own
-    process (the Ray workers only read the inputs): the same shards."""
-    from lambda_eclipse.flows.build_dataset import build_dataset
+def test_build_dataset_flow_with_url_inputs_and_outputs(tmp_path, prefect_harness, ray_local):
+    """file:// in and out: Ray workers read the inputs and write the shards through fsspec URLs."""
+    from flows.build_dataset import build_dataset
 
     photos = tmp_path / "photos"
     write_photos(photos, 4, size=128)
@@ -271,12 +274,3 @@ def test_build_dataset_flow_with_url_inputs_and_outputs(tmp_path, mem, prefect_h
     assert (out / "contact_sheet.png").stat().st_size > 0
     # file:// is the local filesystem: sources are recorded as plain paths, so a plain-path rerun continues it
     assert prepare_build([str(photos)], str(out), overrides=settings).todo == []
-
-    in_memory = build_dataset(inputs=[photos.as_uri()], output=f"{mem}/dataset", profile="tiny", overrides=settings)
-    assert {k: v for k, v in in_memory.items() if k in ("inputs", "accepted", "rejected", "shards")} == {
-        k: v for k, v in summary.items() if k in ("inputs", "accepted", "rejected", "shards")
-    }
-    assert [r["key"] for r in iter_samples(f"{mem}/dataset", columns=["key"])] == keys
-    assert MEMORY.cat_file(f"{mem}/dataset/summary.md").startswith(b"# build-dataset summary")
-    assert in_memory["contact_sheet"] == f"{mem}/dataset/contact_sheet.png"
-    assert MEMORY.isfile(in_memory["contact_sheet"])

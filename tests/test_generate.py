@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from generate.pipeline import Generator
+from generate.plan import prepare
+from generate.requests import GenerateRequest, requests_from_args
+from generate.run import generate_job
+from generate.subjects import SubjectSpec, as_given, mask_crop
 from lambda_eclipse.cli import main
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.plan import prepare
-from lambda_eclipse.generate.requests import GenerateRequest, requests_from_args
-from lambda_eclipse.generate.run import generate_job
-from lambda_eclipse.generate.subjects import SubjectSpec, as_given, mask_crop
 from lambda_eclipse.models.clip import TINY_EMBED_DIM
-from lambda_eclipse.prior.model import EclipsePrior
 from lambda_eclipse.synthetic import write_photos
-from lambda_eclipse.tasks.edges import canny_rgb
+from prior.model import EclipsePrior
+from tasks.edges import canny_rgb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -148,7 +148,9 @@ def test_segmentation_masks_the_subject_with_grounding_dino_and_sam(plan, assets
     segmenting = Generator(plan.profile, plan.cfg, plan.prior, segment=True)
     assert set(segmenting.model_ids()) == {"clip", "decoder", "prior", "grounding_dino", "sam"}
     image = np.array(Image.open(assets["dog"]).convert("RGB"))
+    assert segmenting.segmenter is not None
     mask = segmenting.segmenter.mask(image, "dog")
+    assert mask is not None
     assert mask.shape == (80, 80) and mask.dtype == bool and 0 < mask.sum() < mask.size
     embedded = segmenting.subject(SubjectSpec("dog", assets["dog"]))
     assert embedded.how == "segmented"
@@ -166,7 +168,8 @@ def test_a_long_prompt_warns_with_the_cut_text(assets, tmp_path):
     plan = prepare([GenerateRequest(prompt, [SubjectSpec("dog", assets["dog"])])], assets["prior"], str(tmp_path),
                    steps=2)
     (warning,) = plan.warnings
-    assert "is 82 CLIP tokens; CLIP keeps the first 75, so this part is ignored: 'red red red red red red red'" in warning
+    assert ("is 82 CLIP tokens; CLIP keeps the first 75, so this part is ignored: 'red red red red red red red'"
+            in warning)
     assert plan.jobs[0].truncated == " ".join(["red"] * 7)
 
 
@@ -240,7 +243,8 @@ def test_a_subject_cut_off_by_truncation_is_refused(assets, tmp_path, capsys):
     ("absent.jsonl", "--batch {bad}/absent.jsonl does not exist"),
 ])
 def test_bad_batch_files(assets, bad_files, tmp_path, capsys, batch, message):
-    argv = ["generate", "--batch", str(bad_files["root"] / batch), "--prior", assets["prior"], "--output", str(tmp_path)]
+    argv = ["generate", "--batch", str(bad_files["root"] / batch), "--prior", assets["prior"],
+            "--output", str(tmp_path)]
     assert main(argv) == 2
     assert message.format(bad=bad_files["root"]) in capsys.readouterr().err
 
@@ -273,11 +277,12 @@ def test_paper_shapes_are_the_released_architectures():
     """Built on the meta device: parameter counts of the Kandinsky 2.2 decoder (UNet ≈ 1.25e9 in diffusers' layout,
     MoVQ 67M) and DINO ViT-S/16 (21.7M); the paper decoder renders multiples of 64 px, the tiny one of 4."""
     import torch
-    from diffusers import UNet2DConditionModel, VQModel
+    from diffusers.models.autoencoders.vq_model import VQModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from transformers import ViTConfig, ViTModel
 
-    from lambda_eclipse.evaluate.config import EvalModelsSection
-    from lambda_eclipse.generate.config import ModelsSection
+    from evaluation.config import EvalModelsSection
+    from generate.config import ModelsSection
     from lambda_eclipse.models import dino, kandinsky
 
     with torch.device("meta"):
@@ -296,7 +301,8 @@ def test_help_lists_the_config_keys():
     import subprocess
     import sys
 
-    for command, keys in (("generate", ["models.decoder=kandinsky-community/kandinsky-2-2-decoder", "runtime.dtype=auto"]),
+    for command, keys in (("generate", ["models.decoder=kandinsky-community/kandinsky-2-2-decoder",
+                                        "runtime.dtype=auto"]),
                           ("evaluate", ["evaluate.images_per_prompt=4", "evaluate.max_prompts=0", "models.dino="])):
         out = subprocess.run([sys.executable, "-m", "lambda_eclipse.cli", command, "--help"], capture_output=True,
                              text=True, check=True).stdout

@@ -31,11 +31,12 @@ def assets(tmp_path_factory):
 
 
 def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypatch):
-    from lambda_eclipse.generate import pipeline
+    from generate import pipeline
 
     loads = []
     real_init = pipeline.Generator.__init__
-    monkeypatch.setattr(pipeline.Generator, "__init__", lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
+    monkeypatch.setattr(pipeline.Generator, "__init__",
+                        lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
     dog, hat, cat = assets["photos"]
     batch = assets["root"] / "prompts.jsonl"
     lines = [

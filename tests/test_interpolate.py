@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from test_generate import subject_photos, tiny_prior
 
+from generate.interpolate import bilinear_weights, interpolate, render_grid
+from generate.pipeline import Generator
+from generate.plan import prepare
+from generate.requests import corner_requests
 from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.interpolate import bilinear_weights, interpolate, render_grid
-from lambda_eclipse.generate.pipeline import Generator
-from lambda_eclipse.generate.plan import prepare
-from lambda_eclipse.generate.requests import corner_requests
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
-from lambda_eclipse.tasks.mask_filters import MaskFilters
+from tasks.mask_filters import MaskFilters
 
 SIZE = 200
 
@@ -36,6 +36,7 @@ def test_mask_ratio_against_min_mask_ratio(filled, kept):
 
 def test_mask_outside_the_box_does_not_count():
     cat = det("cat", (0, 0, 10, 10), 0.5, filled=39)
+    assert cat.mask is not None
     cat.mask[10:, :] = True
     sample = run(cat)
     assert cat.mask_ratio == pytest.approx(0.39)

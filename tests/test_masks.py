@@ -3,10 +3,10 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
-from lambda_eclipse.tasks.box_filters import BoxFilters
-from lambda_eclipse.tasks.boxes import Boxes
-from lambda_eclipse.tasks.mask_filters import MaskFilters
-from lambda_eclipse.tasks.masks import Masks
+from tasks.box_filters import BoxFilters
+from tasks.boxes import Boxes
+from tasks.mask_filters import MaskFilters
+from tasks.masks import Masks
 
 
 def image(height, width, seed):
@@ -42,11 +42,13 @@ def test_one_bool_mask_of_the_image_size_per_detection(stage):
     samples = batch()
     stage(samples)
     for s in samples:
-        assert s.accepted
+        assert s.accepted and s.image is not None
         for d in s.detections:
+            assert d.mask is not None
             assert d.mask.dtype == bool and d.mask.shape == s.image.shape[:2]
     # Different boxes prompt different masks.
     first, second = samples[0].detections
+    assert first.mask is not None and second.mask is not None
     assert not np.array_equal(first.mask, second.mask)
 
 
@@ -56,6 +58,7 @@ def test_batching_across_images_gives_the_masks_of_one_image_at_a_time(stage):
     for alone, batched in zip(batch(), together):
         stage([alone])
         for a, b in zip(alone.detections, batched.detections):
+            assert a.mask is not None and b.mask is not None
             assert np.array_equal(a.mask, b.mask)
 
 
@@ -73,7 +76,8 @@ def test_bfloat16_runs():
     cfg.runtime.dtype = "bfloat16"
     s = sample(96, 128, [(10, 10, 60, 70)], 6)
     Masks(cfg)([s])
-    assert s.detections[0].mask.dtype == bool and s.detections[0].mask.shape == (96, 128)
+    mask = s.detections[0].mask
+    assert mask is not None and mask.dtype == bool and mask.shape == (96, 128)
 
 
 def test_tiny_models_yield_samples_through_the_real_filters(stage):

@@ -88,7 +88,11 @@ def test_paper_shapes_has_the_paper_size_on_meta():
     lm = model.language_model
     assert lm.lm_head.weight is not lm.shared.weight  # flan-t5-xl's own lm_head
     assert lm.decoder.embed_tokens.weight is lm.shared.weight
-    assert len(processor.tokenizer) == model.config.text_config.vocab_size == 32128
+    from transformers import T5Config
+
+    text_config = model.config.text_config
+    assert isinstance(text_config, T5Config)
+    assert len(processor.tokenizer) == text_config.vocab_size == 32128
     assert processor.image_processor.size == {"height": 224, "width": 224}
 
 

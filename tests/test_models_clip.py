@@ -20,7 +20,7 @@ def smooth_image(shape, seed=0):
     rng = np.random.default_rng(seed)
     h, w = shape
     small = Image.fromarray(rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8))
-    return np.asarray(small.resize((w, h), Image.BICUBIC))
+    return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
 
 
 def words_at(clip, text, positions):
@@ -122,7 +122,10 @@ def test_preprocessing_matches_open_clip_eval_transform(clip, shape):
 
     image = smooth_image(shape)
     transform = open_clip.image_transform(clip.image_size, is_train=False)
-    reference = transform(Image.fromarray(image))[None]
+    assert callable(transform)  # one Compose (typed as that or a tuple of them)
+    reference = transform(Image.fromarray(image))
+    assert isinstance(reference, torch.Tensor)
+    reference = reference[None]
     ours = clip._preprocess(image)
     assert ours.shape == reference.shape
     # In 8-bit levels: PIL rounds between its two resize passes, torch resizes in one float pass.

@@ -37,7 +37,8 @@ def test_tiny_tokenizer_knows_every_captioner_word_and_the_separator_as_one_toke
 def test_tiny_box_head_shaping_reaches_every_decoder_layer():
     # The box head is tied across decoder layers: the shaped bias must be the one every layer uses.
     model = load("tiny").model
-    heads = [*model.bbox_embed, *model.model.decoder.bbox_embed]
+    # (transformers declares decoder.bbox_embed as None; GroundingDinoForObjectDetection sets it to its heads)
+    heads = [*model.bbox_embed, *model.model.decoder.bbox_embed]  # pyright: ignore[reportGeneralTypeIssues]
     assert len(heads) == 4
     assert all(h.layers[-1].bias.data_ptr() == heads[0].layers[-1].bias.data_ptr() for h in heads)
     assert heads[0].layers[-1].bias[2:].min() > 1
@@ -54,12 +55,16 @@ def test_paper_without_weights_names_the_model_and_the_fix(name):
 
 
 def test_paper_shapes_is_the_swin_t_ogc_model_with_a_bert_base_vocabulary():
+    from transformers import BertConfig, SwinConfig
+
     bundle = load("paper-shapes")
     config = bundle.model.config
-    assert config.backbone_config.embed_dim == 96
-    assert list(config.backbone_config.depths) == [2, 2, 6, 2]
+    backbone, text = config.backbone_config, config.text_config
+    assert isinstance(backbone, SwinConfig) and isinstance(text, BertConfig)
+    assert backbone.embed_dim == 96
+    assert list(backbone.depths) == [2, 2, 6, 2]
     assert (config.d_model, config.num_queries, config.encoder_layers, config.decoder_layers) == (256, 900, 6, 6)
-    assert config.text_config.hidden_size == 768 and config.text_config.num_hidden_layers == 12
+    assert text.hidden_size == 768 and text.num_hidden_layers == 12
     # IDEA-Research/grounding-dino-tiny has 172M parameters.
     assert round(sum(p.numel() for p in bundle.model.parameters()) / 1e6) == 172
     assert len(bundle.processor.tokenizer) == 30522

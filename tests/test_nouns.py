@@ -4,7 +4,7 @@ from lambda_eclipse.config import BuildConfig, ModelsConfig
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.spacy_nlp import load_spacy
 from lambda_eclipse.sample import Noun, Reject, Sample, SourceRef
-from lambda_eclipse.tasks.nouns import Nouns
+from tasks.nouns import Nouns
 
 
 def captioned(text, key="k"):
@@ -38,6 +38,7 @@ def test_nouns_with_character_spans(stage):
 def test_spans_point_at_the_noun_verbatim(stage):
     sample = nouns_of(stage, "a cat's toy on the floor")
     assert [n.text for n in sample.nouns] == ["cat", "toy", "floor"]
+    assert sample.caption is not None
     assert all(sample.caption[n.start : n.end] == n.text for n in sample.nouns)
 
 

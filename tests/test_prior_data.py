@@ -1,16 +1,17 @@
 """Reading shards for the prior: interleaving, model inputs, shuffling, resumable positions, dataset errors."""
 
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset
-from lambda_eclipse.storage.layout import write_json_atomic
-from lambda_eclipse.storage.reader import iter_samples
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
+from prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset
+from storage.layout import write_json_atomic
+from storage.reader import iter_samples
 
 D = 32
 
@@ -93,7 +94,7 @@ def test_buffer_order_is_a_bounded_permutation():
 def test_a_resumed_loader_continues_exactly_where_it_stopped(dataset, start):
     """Two loader workers (lanes), across epoch boundaries: batches from `start` equal the uninterrupted ones."""
     data = open_dataset(dataset)
-    kwargs = dict(rank=0, world=1, seed=7, buffer=5, zero_control_prob=0.5)
+    kwargs: dict[str, Any] = dict(rank=0, world=1, seed=7, buffer=5, zero_control_prob=0.5)
     full = islice_batches(iter(loader(data, "train", 5, 2, **kwargs)), start + 4)
     resumed = islice_batches(iter(loader(data, "train", 5, 2, start=start, **kwargs)), 4)
     for a, b in zip(full[start:], resumed):
@@ -103,7 +104,7 @@ def test_a_resumed_loader_continues_exactly_where_it_stopped(dataset, start):
 
 
 def test_a_resumed_stream_does_not_read_the_shards_already_consumed(dataset, monkeypatch):
-    from lambda_eclipse.prior import data as data_module
+    from prior import data as data_module
 
     read = []
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_eclipse.prior.loss import LAMBDA, TAU, prior_loss
+from prior.loss import LAMBDA, TAU, prior_loss
 
 
 def test_hand_computed_b2_d2():
@@ -33,7 +33,8 @@ def test_contrastive_is_image_to_text_only():
 def test_matches_independent_numpy_formula_with_defaults():
     rng = np.random.default_rng(0)
     p, z, t = (rng.normal(size=(5, 7)) for _ in range(3))
-    out = prior_loss(*(torch.tensor(a, dtype=torch.float32) for a in (p, z, t)))
+    predicted, target, text = (torch.tensor(a, dtype=torch.float32) for a in (p, z, t))
+    out = prior_loss(predicted, target, text)
     pn = p / np.linalg.norm(p, axis=1, keepdims=True)
     tn = t / np.linalg.norm(t, axis=1, keepdims=True)
     logits = pn @ tn.T / TAU

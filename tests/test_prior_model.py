@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from lambda_eclipse.prior.model import MASK_VALUE, EclipsePrior, EclipsePriorOutput, prior_config
+from prior.model import MASK_VALUE, EclipsePrior, EclipsePriorOutput, prior_config
 
 # Every state-dict key and shape of the released checkpoint (shared/reference/lambda-eclipse-prior-v1.0.keys.json).
 REFERENCE_TOP = {

@@ -2,16 +2,16 @@
 
 import pytest
 
-from lambda_eclipse.prior.config import load_train_config
-from lambda_eclipse.prior.train import prepare_training, read_metrics, run_training
-from lambda_eclipse.storage.reader import iter_samples
 from lambda_eclipse.synthetic import write_photos
+from prior.config import load_train_config
+from prior.train import prepare_training, read_metrics, run_training
+from storage.reader import iter_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_training_loss_halves_on_a_flow_built_dataset(tmp_path, prefect_harness, ray_local):
-    from lambda_eclipse.flows.build_dataset import build_dataset
+    from flows.build_dataset import build_dataset
 
     write_photos(tmp_path / "photos", 16, size=128)
     data = tmp_path / "dataset"

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.prior import loss as loss_module
-from lambda_eclipse.prior import train as train_module
-from lambda_eclipse.prior.cli import add_parser
-from lambda_eclipse.prior.config import TrainConfig, load_train_config
-from lambda_eclipse.prior.model import EclipsePrior
-from lambda_eclipse.prior.train import checkpoints, lr_factor, prepare_training, read_metrics, run_training
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
+from prior import loss as loss_module
+from prior import train as train_module
+from prior.cli import add_parser
+from prior.config import TrainConfig, load_train_config
+from prior.model import EclipsePrior
+from prior.train import checkpoints, lr_factor, prepare_training, read_metrics, run_training
 
 FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 
@@ -49,7 +49,7 @@ def test_training_overfits_a_small_dataset(dataset, tmp_path):
     assert summary["step"] == 150 and set(summary["train"]) >= {"loss", "mse", "contrastive", "lr", "grad_norm"}
     assert set(summary["val"]) >= {"loss", "mse", "contrastive", "cosine", "top1"}
     model = EclipsePrior.from_pretrained(summary["final"])  # diffusers layout, loadable as released
-    assert model.config.embedding_dim == 32
+    assert model.config["embedding_dim"] == 32
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
 
 

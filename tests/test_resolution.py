@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Reject, Sample, SourceRef
-from lambda_eclipse.tasks.resolution import ResolutionFilter
+from tasks.resolution import ResolutionFilter
 
 
 def sample_of(height, width):

@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
-from lambda_eclipse.tasks.subjects import SelectSubjects
+from tasks.subjects import SelectSubjects
 
 
 def det(noun, logit):

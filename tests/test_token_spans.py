@@ -2,9 +2,9 @@
 
 import pytest
 
+from generate.plan import tokenizer
+from generate.token_spans import WORD_TOKENS, bind_words, locate, word_spans
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.plan import tokenizer
-from lambda_eclipse.generate.token_spans import WORD_TOKENS, bind_words, locate, word_spans
 
 TOK = tokenizer()
 

@@ -7,11 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from lambda_eclipse.flows import train_prior as flow_module
-from lambda_eclipse.prior.cli import add_parser
-from lambda_eclipse.prior.model import EclipsePrior
-from lambda_eclipse.prior.train import checkpoints, read_metrics
+from flows import train_prior as flow_module
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
+from prior.cli import add_parser
+from prior.model import EclipsePrior
+from prior.train import checkpoints, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
@@ -60,7 +60,7 @@ def test_cli_run_publishes_the_dashboard_and_the_completion_event(first_run):
 
 def test_a_failed_run_still_publishes_its_curve(first_run, tmp_path, monkeypatch):
     from lambda_eclipse.errors import UserError
-    from lambda_eclipse.prior import train as train_module
+    from prior import train as train_module
 
     real, calls = train_module.prior_loss, []
 
@@ -86,4 +86,4 @@ def test_data_parallel_resume_through_ray_train(first_run, ray_local, monkeypatc
     assert summary["step"] == 6 and events[0]["payload"]["step"] == 6
     assert [p.name for p in checkpoints(run)][-2:] == ["step-00000004", "step-00000006"]
     assert [r["step"] for r in read_metrics(run) if r["split"] == "val"] == [2, 4, 6]
-    assert EclipsePrior.from_pretrained(summary["final"]).config.num_layers == 2
+    assert EclipsePrior.from_pretrained(summary["final"]).config["num_layers"] == 2

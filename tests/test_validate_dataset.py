@@ -4,6 +4,7 @@ shard writer (the contract's code path), so their `_stats.json` is what build-da
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,13 +13,18 @@ from conftest import featured_sample
 
 from lambda_eclipse.cli import main
 from lambda_eclipse.sample import Sample, SourceRef
-from lambda_eclipse.storage.layout import sha256_file, shard_paths, write_json_atomic
-from lambda_eclipse.storage.schema import feature_schema
-from lambda_eclipse.storage.shard_writer import ShardWriter
-from lambda_eclipse.storage.validate import validate
+from storage.layout import sha256_file, shard_paths, write_json_atomic
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter
+from storage.validate import validate
 
 STAGES = ["decode", "resolution", "caption"]
 D = W = 8
+
+
+def local_paths(root, shard: int) -> dict[str, Path]:
+    """`shard_paths` under a local root, which are Paths."""
+    return {kind: Path(path) for kind, path in shard_paths(root, shard).items()}
 
 
 def _meta(root, d=D, w=W, train_fraction=0.8):
@@ -81,7 +87,7 @@ def test_a_good_dataset_passes(dataset, capsys):
 
 
 def test_flipped_byte_is_a_sha256_mismatch(dataset):
-    tar = shard_paths(dataset, 1)["tar"]
+    tar = local_paths(dataset, 1)["tar"]
     data = bytearray(tar.read_bytes())
     data[700] ^= 0x01  # inside the first member's payload: the tar still reads
     tar.write_bytes(bytes(data))
@@ -130,17 +136,18 @@ def test_wrong_text_width(dataset):
 
 
 def test_missing_shard_file(dataset):
-    shard_paths(dataset, 2)["rejects"].unlink()
+    local_paths(dataset, 2)["rejects"].unlink()
     assert _problems(dataset) == ["shard 00002: file 00002_rejects.parquet is missing (listed in 00002_stats.json)"]
 
 
 def test_wrong_row_count(dataset):
     """The Parquet lost a row but its sha256 was updated (a bad rewrite): the count still disagrees."""
-    paths = shard_paths(dataset, 1)
+    paths = local_paths(dataset, 1)
     table = pq.read_table(paths["parquet"])
     pq.write_table(table.slice(0, 5), paths["parquet"])
     stats = json.loads(paths["stats"].read_text())
-    stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]), "bytes": paths["parquet"].stat().st_size}
+    stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]),
+                                             "bytes": paths["parquet"].stat().st_size}
     write_json_atomic(paths["stats"], stats)
     problems = _problems(dataset)
     assert "shard 00001: 00001.parquet has 5 rows, _stats.json says 6 accepted" in problems
@@ -149,10 +156,11 @@ def test_wrong_row_count(dataset):
 
 
 def test_missing_column_is_a_schema_problem(dataset):
-    paths = shard_paths(dataset, 0)
+    paths = local_paths(dataset, 0)
     pq.write_table(pq.read_table(paths["parquet"]).drop_columns(["edge_embedding"]), paths["parquet"])
     stats = json.loads(paths["stats"].read_text())
-    stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]), "bytes": paths["parquet"].stat().st_size}
+    stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]),
+                                             "bytes": paths["parquet"].stat().st_size}
     write_json_atomic(paths["stats"], stats)
     assert _problems(dataset) == ["shard 00000: 00000.parquet lacks column(s) edge_embedding"]
 
@@ -168,7 +176,8 @@ def test_incomplete_shard_is_a_warning_and_no_dataset_json_is_an_error(dataset, 
     (dataset / "shards" / "00007.parquet").write_bytes(b"partial")
     report = validate(str(dataset))
     assert report.ok and report.warnings == [
-        "shard 00007 is incomplete (no 00007_stats.json): readers skip it; rerun build-dataset with the same --output to finish it"
+        "shard 00007 is incomplete (no 00007_stats.json): readers skip it; "
+        "rerun build-dataset with the same --output to finish it"
     ]
     (dataset / "dataset.json").unlink()
     assert main(["validate-dataset", str(dataset), "--no-flow"]) == 2
@@ -176,7 +185,7 @@ def test_incomplete_shard_is_a_warning_and_no_dataset_json_is_an_error(dataset, 
 
 
 def test_cli_reports_every_problem_and_exits_1(dataset, tmp_path, capsys):
-    shard_paths(dataset, 2)["tar"].unlink()
+    local_paths(dataset, 2)["tar"].unlink()
     _write(dataset, 3, ["s0k0"])
     assert main(["validate-dataset", str(dataset), "--no-flow", "--json", str(tmp_path / "r.json")]) == 1
     out = capsys.readouterr().out
@@ -215,17 +224,17 @@ def _artifacts(keys):
 
 
 def test_flow_fails_with_the_reason_and_publishes_the_report(dataset, prefect_harness, capsys):
-    from lambda_eclipse.flows.validate_dataset import validate_dataset
+    from flows.validate_dataset import validate_dataset
 
     ok = validate_dataset(data=str(dataset))
     assert ok["ok"] and ok["totals"]["rows"] == 18
     assert "✅ valid" in _artifacts(["validate-dataset-report"])["validate-dataset-report"]["data"]
 
-    data = bytearray(shard_paths(dataset, 1)["parquet"].read_bytes())
+    data = bytearray(local_paths(dataset, 1)["parquet"].read_bytes())
     data[len(data) // 2] ^= 0xFF
-    shard_paths(dataset, 1)["parquet"].write_bytes(bytes(data))
+    local_paths(dataset, 1)["parquet"].write_bytes(bytes(data))
     state = validate_dataset(data=str(dataset), return_state=True)
-    assert state.is_failed()
+    assert state.is_failed() and state.message is not None
     assert "INVALID" in state.message and "shard 00001: 00001.parquet sha256 mismatch" in state.message
     latest = _artifacts(["validate-dataset-report", "validate-dataset-shards"])
     assert "❌ invalid" in latest["validate-dataset-report"]["data"]

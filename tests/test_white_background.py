@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.sample import Reject, Sample, SourceRef
-from lambda_eclipse.tasks.white_background import WhiteBackgroundFilter
+from tasks.white_background import WhiteBackgroundFilter
 
 
 def sample_with_white(count, white=(255, 255, 255), rest=(100, 150, 200)):
@@ -26,6 +26,7 @@ def test_white_fraction_against_max_fraction(count, kept):
     sample = run(sample_with_white(count))
     assert sample.accepted == kept
     if not kept:
+        assert sample.reject is not None
         assert sample.reject.stage == "white_background"
         assert sample.reject.reason.startswith("white fraction 0.1100 > white_background.max_fraction=0.1")
 

@@ -38,6 +38,7 @@ from lambda_eclipse.models.tiny_vocab import NOUNS
 PAD, EOS, UNK, BOS, IMAGE = "<pad>", "</s>", "<unk>", "<s>", "<image>"
 SPECIAL_TOKENS = (PAD, EOS, UNK, BOS, IMAGE)
 PAPER_VOCAB_SIZE = 32128  # flan-t5's embedding rows
+PAPER_IMAGE_SIZE = 224  # ViT-g/14's input side
 TINY_IMAGE_SIZE = 32
 TINY_QUERY_TOKENS = 4
 
@@ -60,8 +61,10 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 
 def _blip2_config(vision: dict, qformer: dict, text: dict, num_query_tokens: int) -> Blip2Config:
     ids = {t: SPECIAL_TOKENS.index(t) for t in SPECIAL_TOKENS}
+    # bos/decoder_start_token_id go to PreTrainedConfig through T5Config's **kwargs, which its typed
+    # (@strict dataclass) signature leaves out.
     text_config = T5Config(
-        pad_token_id=ids[PAD], eos_token_id=ids[EOS], bos_token_id=ids[BOS], decoder_start_token_id=ids[PAD], **text
+        pad_token_id=ids[PAD], eos_token_id=ids[EOS], bos_token_id=ids[BOS], decoder_start_token_id=ids[PAD], **text  # pyright: ignore[reportCallIssue]
     )
     return Blip2Config(
         vision_config=Blip2VisionConfig(**vision),
@@ -113,7 +116,7 @@ def paper_shapes_config() -> Blip2Config:
     """BLIP-2 ViT-g/14 + Q-Former + flan-t5-xl, as in Salesforce/blip2-flan-t5-xl's config."""
     return _blip2_config(
         vision={"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,
-                "image_size": 224, "patch_size": 14},
+                "image_size": PAPER_IMAGE_SIZE, "patch_size": 14},
         qformer={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
                  "cross_attention_frequency": 2, "encoder_hidden_size": 1408},
         text={"vocab_size": PAPER_VOCAB_SIZE, "d_model": 2048, "d_ff": 5120, "d_kv": 64, "num_layers": 24,
@@ -162,7 +165,7 @@ def build_paper_shapes(
     model.language_model.generation_config.suppress_tokens = list(range(len(SPECIAL_TOKENS)))
     filler = [f"w{i}" for i in range(PAPER_VOCAB_SIZE - len(SPECIAL_TOKENS) - len(NOUNS))]
     tokenizer = word_tokenizer([*NOUNS, *filler])
-    return model, _processor(tokenizer, config.vision_config.image_size, config.num_query_tokens)
+    return model, _processor(tokenizer, PAPER_IMAGE_SIZE, config.num_query_tokens)
 
 
 def load_paper(source: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
@@ -183,11 +186,12 @@ def load_paper(source: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGene
 def load_blip2(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
     if profile == "tiny":
         model, processor = build_tiny()
-        model, model_id = model.to(device=device, dtype=dtype), "tiny-blip2"
+        # (transformers' @wraps(Module.to) hides `self` from type checkers)
+        model, model_id = model.to(device=device, dtype=dtype), "tiny-blip2"  # pyright: ignore[reportCallIssue]
     elif profile == "paper":
         model, processor = load_paper(models.blip2, dtype)
         # Device only: from_pretrained already chose dtypes, keeping the Q-Former in float32 on purpose.
-        model, model_id = model.to(device), models.blip2
+        model, model_id = model.to(device), models.blip2  # pyright: ignore[reportArgumentType]  (@wraps, as above)
     elif profile == "paper-shapes":
         model, processor = build_paper_shapes(device, dtype)
         model_id = "paper-shapes-blip2-flan-t5-xl"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import PreprocessCfg
+from open_clip.transformer import VisionTransformer
 
 from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import ModelNotFoundError, UserError
@@ -28,8 +32,9 @@ TOKENIZER = "ViT-bigG-14"
 PAPER_SHAPES_MODEL = "ViT-bigG-14"
 # tiny: text width == embed dim, so that the text states have the shape the prior expects (d == w, as in bigG).
 TINY_EMBED_DIM = 32
-TINY_VISION = {"image_size": 56, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14}
-TINY_TEXT = {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": TINY_EMBED_DIM, "heads": 2, "layers": 2}
+TINY_VISION: dict[str, Any] = {"image_size": 56, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14}
+TINY_TEXT: dict[str, Any] = {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": TINY_EMBED_DIM, "heads": 2,
+                             "layers": 2}
 
 
 class ClipBundle:
@@ -40,16 +45,21 @@ class ClipBundle:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
-        self.tokenizer = open_clip.get_tokenizer(TOKENIZER)
-        self.embed_dim = int(model.visual.output_dim)
+        self.tokenizer = clip_tokenizer()
+        visual = model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise UserError(f"{model_id}: a {type(visual).__name__} image tower is not supported; use an OpenCLIP ViT "
+                            "model (ViT-bigG-14 is one)")
+        self.embed_dim = int(visual.output_dim)
         self.text_width = int(model.transformer.width)
-        pre = getattr(model.visual, "preprocess_cfg", None) or asdict(PreprocessCfg())
+        pre = getattr(visual, "preprocess_cfg", None) or asdict(PreprocessCfg())
         if pre["resize_mode"] != "shortest" or pre["interpolation"] != "bicubic":
             raise UserError(
                 f"{model_id}: preprocessing {pre['resize_mode']}/{pre['interpolation']} is not supported; "
                 "use an OpenCLIP model with shortest-side bicubic resizing (ViT-bigG-14 has it)"
             )
-        self.image_size = int(model.visual.image_size[0])
+        # (open_clip's untyped to_2tuple leaves image_size's type open: it is (height, width))
+        self.image_size = int(visual.image_size[0])  # pyright: ignore[reportIndexIssue]
         self._mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
 
@@ -102,8 +112,10 @@ class ClipBundle:
             out = self.model.forward_intermediates(
                 text=ids.to(self.device), text_indices=1, normalize=False, normalize_intermediates=True
             )
+        features = out["text_features"]  # (typed as a tensor or a list of them: the pooled tensor here)
+        assert isinstance(features, torch.Tensor)
         hidden = out["text_intermediates"][-1].float().cpu().numpy()
-        pooled = out["text_features"].float().cpu().numpy()
+        pooled = features.float().cpu().numpy()
         eot = (ids == self.tokenizer.eot_token_id).int().argmax(dim=1, keepdim=True)
         mask = (torch.arange(CONTEXT_LENGTH)[None] <= eot).long()
         return hidden, pooled, ids.numpy(), mask.numpy()
@@ -111,6 +123,13 @@ class ClipBundle:
     def token_positions(self, text: str, start: int, end: int) -> list[int]:
         """`token_positions` with this model's tokenizer."""
         return token_positions(self.tokenizer, text, start, end)
+
+
+def clip_tokenizer() -> SimpleTokenizer:
+    """open_clip's CLIP BPE tokenizer (TOKENIZER's), which every CLIP model here uses."""
+    tokenizer = open_clip.get_tokenizer(TOKENIZER)
+    assert isinstance(tokenizer, SimpleTokenizer)  # get_tokenizer also builds HF and SigLIP tokenizers, for others
+    return tokenizer
 
 
 def token_positions(tokenizer, text: str, start: int, end: int) -> list[int]:
@@ -140,11 +159,19 @@ def token_positions(tokenizer, text: str, start: int, end: int) -> list[int]:
     return list(range(first, first + len(word)))
 
 
+def _as_clip(model: torch.nn.Module, name: str) -> open_clip.CLIP:
+    """`create_model`'s result as the CLIP it is for the models here (text tower and all: not a CustomTextCLIP)."""
+    if not isinstance(model, open_clip.CLIP):
+        raise UserError(f"OpenCLIP {name} is a {type(model).__name__}, not a CLIP with its own text transformer; "
+                        "use ViT-bigG-14 (models.clip_model)")
+    return model
+
+
 def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
     name, pretrained = models.clip_model, models.clip_pretrained
     try:
         # open_clip resolves the checkpoint (HF cache or file) before building the model, so this fails fast.
-        return open_clip.create_model(name, pretrained=pretrained, require_pretrained=True)
+        return _as_clip(open_clip.create_model(name, pretrained=pretrained, require_pretrained=True), name)
     except (RuntimeError, OSError) as exc:
         raise ModelNotFoundError(
             f"OpenCLIP {name} ({pretrained})",
@@ -159,12 +186,13 @@ def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
 def load_clip(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> ClipBundle:
     if profile == "tiny":
         with seeded():
-            model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=TINY_VISION, text_cfg=TINY_TEXT)
+            model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=CLIPVisionCfg(**TINY_VISION),
+                                   text_cfg=CLIPTextCfg(**TINY_TEXT))
         return ClipBundle(model, "open_clip tiny (random weights)", device, dtype)
     if profile == "paper-shapes":
         # Seeded: every actor of a run must hold the same random weights.
         with seeded():
-            model = open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None)
+            model = _as_clip(open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None), PAPER_SHAPES_MODEL)
         return ClipBundle(model, f"{PAPER_SHAPES_MODEL} (random weights)", device, dtype)
     if profile == "paper":
         return ClipBundle(_paper_model(models), f"{models.clip_model}:{models.clip_pretrained}", device, dtype)

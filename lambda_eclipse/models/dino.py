@@ -12,6 +12,7 @@ the shorter side to 256/224 of the input size (bicubic), centre crop, ImageNet m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,10 @@ from lambda_eclipse.models import seeded  # imported before transformers' models
 from transformers import ViTConfig, ViTModel  # isort: skip
 
 PAPER_DINO = "facebook/dino-vits16"
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-            patch_size=16)
-VIT_S16 = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224,
-               patch_size=16)
+TINY: dict[str, Any] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            image_size=32, patch_size=16)
+VIT_S16: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                               image_size=224, patch_size=16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -41,7 +42,9 @@ class DinoBundle:
 
     @property
     def image_size(self) -> int:
-        return int(self.model.config.image_size)
+        size = self.model.config.image_size  # ViTConfig allows (height, width); DINO's are square: one int
+        assert isinstance(size, int)
+        return size
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 → (3, S, S) normalised: DINO's Resize(256) + CenterCrop(224) scaled to this model's S."""
@@ -50,7 +53,7 @@ class DinoBundle:
         short = round(size * 256 / 224)
         w, h = pil.size
         scaled = (short, round(short * h / w)) if w <= h else (round(short * w / h), short)
-        pil = pil.resize(scaled, Image.BICUBIC)
+        pil = pil.resize(scaled, Image.Resampling.BICUBIC)
         left, top = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
         pixels = np.asarray(pil.crop((left, top, left + size, top + size)), np.float32) / 255
         pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
@@ -84,4 +87,5 @@ def load_dino(profile: str, source: str, device: torch.device, dtype: torch.dtyp
         model_id = f"dino ViT-S/16 {profile} (random weights)"
     else:
         raise UserError(f"unknown profile {profile!r} for DINO; choose tiny, paper or paper-shapes")
-    return DinoBundle(model.to(device=device, dtype=dtype).eval(), model_id, device, dtype)
+    model = model.to(device=device, dtype=dtype)  # pyright: ignore[reportCallIssue]  (transformers' @wraps(Module.to) hides self)
+    return DinoBundle(model.eval(), model_id, device, dtype)

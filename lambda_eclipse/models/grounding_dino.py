@@ -61,9 +61,11 @@ def _tokenizer(words: list[str]) -> BertTokenizer:
 def swin_t_ogc_config() -> GroundingDinoConfig:
     """The paper's Swin-T OGC model; the same values as transformers' conversion script for grounding-dino-tiny
     (and GroundingDinoConfig's defaults: d_model 256, 6 + 6 layers, 900 queries, 4 levels, BERT-base text)."""
+    # out_features (and GroundingDinoConfig's backbone keywords below) reach the configs' __post_init__ through
+    # **kwargs, which their typed (@strict dataclass) signatures leave out.
     swin_t = SwinConfig(
         embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224,
-        out_features=["stage2", "stage3", "stage4"],
+        out_features=["stage2", "stage3", "stage4"],  # pyright: ignore[reportCallIssue]
     )
     return GroundingDinoConfig(backbone_config=swin_t, text_config=BertConfig(vocab_size=BERT_BASE_VOCAB_SIZE))
 
@@ -73,7 +75,7 @@ def _tiny() -> DetectorBundle:
     config = GroundingDinoConfig(
         backbone_config=SwinConfig(
             embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=7,
-            out_features=["stage2", "stage3", "stage4"],
+            out_features=["stage2", "stage3", "stage4"],  # pyright: ignore[reportCallIssue]  (as in swin_t_ogc_config)
         ),
         text_config=BertConfig(
             vocab_size=len(BASE_VOCAB), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -82,7 +84,7 @@ def _tiny() -> DetectorBundle:
         d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
         encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=4,
         num_queries=TINY_NUM_QUERIES,
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,  # pyright: ignore[reportCallIssue]
     )
     with seeded():
         model = GroundingDinoForObjectDetection(config)
@@ -90,11 +92,12 @@ def _tiny() -> DetectorBundle:
         # proposals unchanged: squares of 5–40 % of the image side, mostly below the area filter (> 8 % of the
         # image). PyTorch's default init gives each query a box of its own shape, the bias object size. The
         # head is tied across the decoder layers, so one in-place change shapes them all.
+        # (torch types a ModuleList's items and a module's submodules as Tensor | Module: hence the ignores)
         head = model.bbox_embed[0]
         with torch.no_grad():
-            for layer in head.layers:
+            for layer in head.layers:  # pyright: ignore[reportGeneralTypeIssues]
                 layer.reset_parameters()
-            head.layers[-1].bias[2:] += TINY_BOX_SIZE_BIAS
+            head.layers[-1].bias[2:] += TINY_BOX_SIZE_BIAS  # pyright: ignore[reportIndexIssue, reportAttributeAccessIssue]
             model.model.decoder.layer_norm.weight.fill_(TINY_LOGIT_SCALE)
     # Small inputs keep the tiny model fast. Not smaller: at ≤ 64 px a lone image's coarsest feature level
     # is 1 × 1, which its GroupNorm rejects. Boxes come back relative to each image, whatever its size.
@@ -139,5 +142,5 @@ def load_grounding_dino(profile: str, models: ModelsConfig, device: torch.device
         bundle = _paper(models.grounding_dino)
     else:
         bundle = _paper_shapes()
-    bundle.model.to(device=device, dtype=dtype).eval()
+    bundle.model.to(device=device, dtype=dtype).eval()  # pyright: ignore[reportCallIssue]  (transformers' @wraps(Module.to) hides self)
     return bundle

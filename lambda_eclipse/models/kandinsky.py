@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub.errors import HFValidationError
@@ -20,13 +20,14 @@ from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded  # imported before diffusers' pipelines: makes torchvision importable
 
 if TYPE_CHECKING:
-    from diffusers import KandinskyV22Pipeline
+    from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
 
-# diffusers is imported where a model is built or read, so that checking a request (configs, sizes) stays fast.
+# diffusers is imported where a model is built or read (from the modules that define the classes: the package's
+# lazy top level does not re-export them to type checkers), so that checking a request (configs, sizes) stays fast.
 
 PAPER_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 # The decoder's own noise schedule (its scheduler_config.json), stepped by DDIM as the paper does.
-DDIM_CONFIG = dict(
+DDIM_CONFIG: dict[str, Any] = dict(
     num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
     set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", thresholding=False, timestep_spacing="leading",
 )
@@ -87,10 +88,12 @@ def size_multiple(unet: dict, movq: dict) -> int:
 
 def paper_configs(source: str) -> tuple[dict, dict]:
     """The paper decoder's UNet and MoVQ configs from the cache or a local directory, without loading weights."""
-    from diffusers import UNet2DConditionModel, VQModel
+    from diffusers.models.autoencoders.vq_model import VQModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     try:
-        return (UNet2DConditionModel.load_config(source, subfolder="unet"),
+        # diffusers annotates load_config as (config, unused kwargs); without return_unused_kwargs it is the config.
+        return (UNet2DConditionModel.load_config(source, subfolder="unet"),  # pyright: ignore[reportReturnType]
                 VQModel.load_config(source, subfolder="movq"))
     except (OSError, HFValidationError) as exc:
         raise _missing(source) from exc
@@ -124,20 +127,26 @@ def _missing(source: str) -> ModelNotFoundError:
 
 
 def _random(profile: str, embed_dim: int, device: torch.device, dtype: torch.dtype) -> KandinskyV22Pipeline:
-    from diffusers import DDIMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+    from diffusers.models.autoencoders.vq_model import VQModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     # Built on the target device: the full-size UNet's random init takes minutes on two CPU cores.
     with seeded(), torch.device(device):
         unet = UNet2DConditionModel(**unet_config(profile, embed_dim))
         movq = VQModel(**movq_config(profile))
-    pipe = KandinskyV22Pipeline(unet=unet, scheduler=DDIMScheduler(**DDIM_CONFIG), movq=movq)
+    # diffusers types the scheduler as DDPMScheduler; the pipeline's docs and code take DDIM too.
+    scheduler = DDIMScheduler(**DDIM_CONFIG)
+    pipe = KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)  # pyright: ignore[reportArgumentType]
     # Built in float32: cast only when another dtype is asked for (diffusers warns on every cast).
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def load_decoder(profile: str, source: str, embed_dim: int, device: torch.device, dtype: torch.dtype) -> DecoderBundle:
     """The decoder for `profile`; `embed_dim` (the CLIP's) sizes the random ones and is checked against `paper`."""
-    from diffusers import DDIMScheduler, KandinskyV22Pipeline
+    from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     if profile in ("tiny", "paper-shapes"):
         pipe = _random(profile, embed_dim, device, dtype)

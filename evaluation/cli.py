@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from evaluation.config import EvalConfig
 from lambda_eclipse.config import describe_keys
-from lambda_eclipse.evaluate.config import EvalConfig
 
-BENCHMARKS = ("dreambench", "multibench")  # evaluate/benchmarks.py, without importing it for --help
+BENCHMARKS = ("dreambench", "multibench")  # evaluation/benchmarks.py, without importing it for --help
 
 EPILOG = """\
 DATA holds one folder of photos per subject. dreambench: the folders are DreamBench subjects (dog, backpack_dog, …;
@@ -56,13 +56,13 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from lambda_eclipse.evaluate.run import prepare_evaluation
+    from evaluation.run import prepare_evaluation
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
     plan = prepare_evaluation(args.benchmark, args.data, args.prior, args.output, args.profile, args.config, args.set)
     for warning in plan.generate.warnings:
         print(f"lambda-eclipse evaluate: warning: {warning}", file=sys.stderr)
-    from lambda_eclipse.flows.evaluate import evaluate
+    from flows.evaluate import evaluate
 
     result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
                       profile=args.profile, config_file=args.config, overrides=args.set)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from generate.config import ModelsSection, RuntimeSection
 from lambda_eclipse.config import load_config
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.generate.config import ModelsSection, RuntimeSection
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""The Ray adapter for model stages: one pool of actors per stage, sized and placed from what the stage declares.
+
+Each actor loads its stage's model once and then serves batches from every work unit being built; pools are
+created together, so the models load in parallel, and are ready before the first unit starts. An actor that
+dies (OOM, a killed process, a lost node) is restarted by Ray and the call is retried on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.errors import UserError
+from lambda_eclipse.sample import Sample
+from tasks.base import Stage
+from tasks.pipeline import MODEL_STAGES, STAGES
+
+PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
+
+
+@dataclass
+class Placement:
+    """What one actor of a stage gets: Ray resources, torch threads, and how many actors."""
+
+    cpus: float
+    gpus: float
+    actors: int
+    threads: int
+
+
+def _checked(mapping: dict, what: str) -> dict:
+    unknown = sorted(set(mapping) - set(MODEL_STAGES))
+    if unknown:
+        raise UserError(
+            f"runtime.{what}: unknown stage {', '.join(unknown)}; model stages are {', '.join(MODEL_STAGES)}"
+        )
+    bad = [f"{k}={v}" for k, v in mapping.items() if v < 0 or (what == "actors" and (v < 1 or v != int(v)))]
+    if bad:
+        need = "a whole number of at least 1" if what == "actors" else "a fraction of at least 0"
+        raise UserError(f"runtime.{what}: {', '.join(bad)} must be {need}")
+    return mapping
+
+
+def check_runtime(cfg: BuildConfig) -> None:
+    """The runtime overrides name model stages and sane values (checked before Ray starts)."""
+    _checked(cfg.runtime.gpus, "gpus")
+    _checked(cfg.runtime.actors, "actors")
+    if cfg.runtime.units_in_flight < 0:
+        raise UserError(f"runtime.units_in_flight must be 0 (automatic) or more, got {cfg.runtime.units_in_flight}")
+
+
+def _scale(cfg: BuildConfig, cluster: dict[str, float], wanted: dict[str, tuple[float, float, int]]) -> float:
+    total = sum(c * n for c, _, n in wanted.values()) + UNIT_CPUS
+    return min(1.0, cluster.get("CPU", os.cpu_count() or 1) / total)
+
+
+def _floor(cpus: float) -> float:
+    """Rounded down, so that shares that fill a node exactly still fit on it."""
+    return math.floor(cpus * 10_000) / 10_000
+
+
+def _wanted(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, tuple[float, float, int]]:
+    gpus = _checked(cfg.runtime.gpus, "gpus")
+    actors = _checked(cfg.runtime.actors, "actors")
+    has_gpus = cluster.get("GPU", 0) > 0
+    return {
+        s.name: (s.cpus, gpus.get(s.name, s.gpus if has_gpus else 0.0), int(actors.get(s.name, s.actors)))
+        for s in STAGES
+        if s.uses_model
+    }
+
+
+def placements(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, Placement]:
+    """Per model stage: the declared resources with the runtime overrides, CPUs scaled down (never the GPUs) so
+    that every actor and one unit task fit on the cluster at once; otherwise the build would wait forever for an
+    actor that cannot be placed."""
+    wanted = _wanted(cfg, cluster)
+    scale = _scale(cfg, cluster, wanted)
+    return {
+        name: Placement(cpus=_floor(c * scale), gpus=g, actors=n, threads=max(1, math.floor(c * scale)))
+        for name, (c, g, n) in wanted.items()
+    }
+
+
+UNIT_CPUS = 1.0  # a unit task before scaling: decode, CPU filters, crops, Canny, shard encoding
+
+
+def unit_cpus(cfg: BuildConfig, cluster: dict[str, float]) -> float:
+    """A unit task's CPUs: scaled like the actors', so that on a small cluster one fits beside them."""
+    return _floor(UNIT_CPUS * _scale(cfg, cluster, _wanted(cfg, cluster)))
+
+
+class StageActor:
+    """Serves one model stage. Pixels arrive as object-store references and are read zero-copy."""
+
+    def __init__(self, stage: type[Stage], cfg: BuildConfig, profile: str, threads: int, gpus: float):
+        if not gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # an actor that asked for no GPU must not use one
+        import torch
+
+        torch.set_num_threads(threads)
+        self.stage = stage(cfg, profile)
+        self.chunk = stage.batch_size_for(cfg, 0)
+
+    def ready(self) -> str:
+        """The node this actor runs on, once its model has loaded."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def describe(self) -> dict:
+        """The features stage's CLIP dims and zero-image embedding, for dataset.json (no second model load)."""
+        from tasks.plan import describe_clip
+
+        return describe_clip(self.stage.clip)  # type: ignore[attr-defined]
+
+    def process(self, samples: list[Sample], pixels: list[dict]) -> list[Sample]:
+        import ray
+
+        for sample, refs in zip(samples, pixels, strict=True):
+            for field, ref in refs.items():
+                setattr(sample, field, ray.get(ref))
+        step = self.chunk or len(samples)
+        for i in range(0, len(samples), step):
+            self.stage(samples[i : i + step])
+        for sample, refs in zip(samples, pixels, strict=True):
+            for field in refs:
+                setattr(sample, field, None)  # the caller holds them; don't send them back
+        return samples
+
+
+class StagePools:
+    """The actor pools of every model stage; `submit` spreads a unit's calls over its stage's pool."""
+
+    def __init__(self, cfg: BuildConfig, profile: str):
+        import ray
+
+        from lambda_eclipse.ray_session import cluster_resources
+
+        self.placements = placements(cfg, cluster_resources())
+        self.pools: dict[str, list] = {}
+        for stage in (s for s in STAGES if s.uses_model):
+            p = self.placements[stage.name]
+            remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(StageActor)
+            self.pools[stage.name] = [
+                remote.remote(stage, cfg, profile, p.threads, p.gpus) for _ in range(p.actors)
+            ]
+        # Every model loads at once; a model that cannot load fails the build here, before any unit starts.
+        self.nodes = set(ray.get([a.ready.remote() for pool in self.pools.values() for a in pool]))
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{name} {p.actors}×({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads)"
+            for name, p in self.placements.items()
+        )
+
+    def handles(self) -> dict[str, list]:
+        return self.pools
+
+    def describe_clip(self) -> dict:
+        import ray
+
+        return ray.get(self.pools["features"][0].describe.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        for pool in self.pools.values():
+            for actor in pool:
+                ray.kill(actor)

@@ -1,0 +1,142 @@
+"""One work unit → one shard, on a Ray worker: read the inputs, run the CPU stages here and the model stages on
+the shared actor pools, write the shard; only the shard's stats (kilobytes) go back to the flow.
+
+Batches of the unit move through the stages as a small software pipeline: while one batch waits on a model
+actor, the next is decoded and filtered here, so a unit keeps several actors busy. Pixels are put in the
+object store once and every actor reads them zero-copy; only the fields a stage adds travel back. Rows are
+written in input order, so a shard is the same whatever the timing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import ray
+
+from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.sample import Sample
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter
+from storage.sources import WorkUnit
+from tasks.actors import PIXELS
+from tasks.base import Stage
+from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
+
+WINDOW = 3  # batches of one unit in flight at once
+
+
+@dataclass
+class _Batch:
+    samples: list[Sample]
+    group: int = 0  # the next stage group to run
+    ref: ray.ObjectRef | None = None  # the model call it waits on
+    live: list[int] = field(default_factory=list)  # indices of the samples sent with that call
+    pixels: dict[str, dict[str, ray.ObjectRef]] = field(default_factory=dict)  # key → field → shared pixels
+
+
+class UnitRunner:
+    def __init__(self, cfg: BuildConfig, profile: str, pools: dict[str, list]):
+        self.cfg = cfg
+        self.pools = pools
+        self.groups = stage_groups()
+        self.cpu_stages: dict[str, Stage] = {s.name: s(cfg, profile) for s in STAGES if not s.uses_model}
+        self.batch = max(s.batch_size_for(cfg, 1) for s in STAGES if s.uses_model)
+        self._turn = 0
+
+    def _advance(self, batch: _Batch) -> None:
+        """Run CPU stage groups here until the batch needs a model stage (submitted) or is done."""
+        while batch.group < len(self.groups):
+            group = self.groups[batch.group]
+            batch.group += 1
+            if not group[0].uses_model:
+                for stage in group:
+                    self.cpu_stages[stage.name](batch.samples)
+                continue
+            live = [i for i, s in enumerate(batch.samples) if s.accepted]
+            if not live:
+                continue
+            pool = self.pools[group[0].name]
+            actor = pool[self._turn % len(pool)]
+            self._turn += 1
+            sent, refs = [], []
+            for i in live:
+                sample = batch.samples[i]
+                shared = batch.pixels.setdefault(sample.key, {})
+                for name in PIXELS:
+                    value = getattr(sample, name)
+                    if value is not None and name not in shared:
+                        shared[name] = ray.put(value)
+                refs.append({k: v for k, v in shared.items() if getattr(sample, k) is not None})
+                light = _without(sample, PIXELS)
+                sent.append(light)
+            batch.live = live
+            batch.ref = actor.process.remote(sent, refs)
+            return
+
+    def _receive(self, batch: _Batch, results: list[Sample]) -> None:
+        for i, result in zip(batch.live, results, strict=True):
+            mine = batch.samples[i]
+            if result.accepted:
+                for name in PIXELS:
+                    setattr(result, name, getattr(mine, name))
+            batch.samples[i] = result
+        batch.ref, batch.live = None, []
+
+    def run(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        """Every sample of `samples`, processed, in input order."""
+        active: list[_Batch] = []
+        source = iter(samples)
+        exhausted = False
+        while active or not exhausted:
+            while not exhausted and len(active) < WINDOW:
+                chunk = list(islice(source, self.batch))
+                if not chunk:
+                    exhausted = True
+                    break
+                active.append(_Batch(chunk))
+                self._advance(active[-1])
+            waiting = {b.ref: b for b in active if b.ref is not None}
+            if waiting:
+                (ready,), _ = ray.wait(list(waiting), num_returns=1)
+                batch = waiting[ready]
+                self._receive(batch, ray.get(ready))
+                self._advance(batch)
+            while active and active[0].ref is None and active[0].group >= len(self.groups):
+                done = active.pop(0)
+                done.pixels.clear()
+                yield from done.samples
+
+
+def _without(sample: Sample, names: tuple[str, ...]) -> Sample:
+    """A shallow copy of `sample` with the named array fields left out (they travel as references)."""
+    copy = Sample.__new__(Sample)
+    copy.__dict__.update(sample.__dict__)
+    for name in names:
+        setattr(copy, name, None)
+    return copy
+
+
+def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, processed: Iterator[Sample]) -> dict:
+    """Write shard `unit.shard` under `root` from the processed samples; returns its stats. Nothing that looks
+    complete is left on failure (the stats marker is written last)."""
+    schema = feature_schema(meta["embed_dim"], meta["text_width"])
+    writer = ShardWriter(root, unit.shard, schema, cfg.split.train_fraction, STAGE_NAMES)
+    try:
+        for sample in processed:
+            writer.add(sample)
+        if unit.images is not None and writer.inputs != unit.images:
+            raise RuntimeError(f"shard {unit.shard}: {unit.images} inputs but {writer.inputs} results")
+        return writer.close({"description": unit.description, "fingerprint": unit.fingerprint()})
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list]) -> dict:
+    """A Ray task: read, process and write one unit's shard on this worker; returns its stats."""
+    runner = UnitRunner(cfg, profile, pools)
+    stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+    return stats | {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # where it ran

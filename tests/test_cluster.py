@@ -1,0 +1,45 @@
+"""build-dataset on an existing 2-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node), driven as a
+user would: `RAY_ADDRESS=… lambda-eclipse build-dataset …`. The cluster lives in a child process that the test
+starts and stops (`local_cluster`), so only the processes it started are stopped."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from lambda_eclipse.ray_session import local_cluster
+from lambda_eclipse.synthetic import write_photos
+from storage.layout import complete_shards, read_json, sha256_file, shard_names, shard_paths
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_node_cluster():
+    with local_cluster(nodes=2, cpus_per_node=1) as address:
+        yield address
+
+
+def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "dataset"
+    write_photos(photos, 8, size=128)
+    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out),
+           "--set", "resolution.min_side=96", "--set", "input.unit_size=3"]
+    env = os.environ | {"RAY_ADDRESS": two_node_cluster, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "of 8 inputs in 3 shards" in run.stdout
+    assert "model actors ready on 2 node(s)" in run.stderr  # five actors of a third of a CPU need both nodes
+    assert complete_shards(out) == [0, 1, 2]
+    keys = []
+    for shard in complete_shards(out):
+        paths = shard_paths(out, shard)
+        stats = read_json(paths["stats"])
+        assert stats["inputs"] == stats["accepted"] + stats["rejected"] == (3 if shard < 2 else 2)
+        for name in ("parquet", "tar", "rejects"):
+            assert stats["files"][shard_names(shard)[name]]["sha256"] == sha256_file(paths[name])
+        keys += pq.read_table(paths["parquet"], columns=["key"]).column("key").to_pylist()
+        keys += pq.read_table(paths["rejects"], columns=["key"]).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 8
