@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
+from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
 from lambda_eclipse.report import contact_sheet, funnel_markdown, thumbnail_markdown
 from storage.dataset_meta import write_meta
@@ -80,9 +81,12 @@ def _run_units(plan: BuildPlan, meta: dict, pools, on_done) -> None:
         unit = running.pop(ready)
         try:
             stats = ray.get(ready)
-        except Exception as exc:
+        except Exception as exc:  # any failure of a unit stops the build, reported in one line
+            for ref in running:  # on a shared cluster nothing keeps running for a failed build
+                ray.cancel(ref, force=True)
             cause = getattr(exc, "cause", None) or exc
-            raise RuntimeError(f"shard {unit.shard:05d} ({unit.description}) failed: {cause}") from exc
+            reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+            raise BuildError(f"shard {unit.shard:05d} ({unit.description}) failed on a Ray worker: {reason}") from exc
         on_done(unit, stats)
 
 

@@ -9,7 +9,7 @@ import sys
 from evaluation.cli import add_parser as add_evaluate
 from generate.cli import add_parsers as add_generate_and_interpolate
 from lambda_eclipse.config import describe_keys
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.errors import BuildError, UserError
 from prior.cli import add_parser as add_train_prior
 from storage.validate import add_parser as add_validate_dataset
 
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"lambda-eclipse {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BuildError as exc:
+        print(f"lambda-eclipse {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise

@@ -11,3 +11,8 @@ class ModelNotFoundError(UserError):
     def __init__(self, model: str, source: str, how: str):
         super().__init__(f"weights for {model} not found ({source}); {how}")
         self.model = model
+
+
+class BuildError(Exception):
+    """A work unit failed on a worker (an unwritable or full output, a crashed stage): one line naming the shard,
+    its inputs and the cause; no shard is left looking complete."""

@@ -89,7 +89,12 @@ def resolve(loc: Location) -> tuple[AbstractFileSystem, str]:
     loc = location(loc)
     if isinstance(loc, Path):
         return _LOCAL, os.path.abspath(loc)
-    return _url_to_fs(loc)
+    fs, path = _url_to_fs(loc)
+    # fsspec reuses one filesystem per process and caches its listings, but other processes (the Ray workers) write
+    # to the same store: s3fs answers "not found" for a file absent from its parent's cached listing (the flow lists
+    # shards/ when it plans, then reads the stats its workers wrote). Each call starts from the store as it is now.
+    fs.invalidate_cache()
+    return fs, path
 
 
 def arrow(loc: Location) -> tuple[pafs.FileSystem, str]:

@@ -8,6 +8,7 @@ scratch. The root is a local path or an fsspec URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -65,9 +66,10 @@ def _label_mask(sample: Sample, image: np.ndarray) -> np.ndarray:
 class HashingFile(io.RawIOBase):
     """A write-only file that hashes what passes through it, so a shard's sha256 costs no second read."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, path: Location):
         super().__init__()
         self._raw = raw
+        self.path = path
         self._digest = hashlib.sha256()
         self.size = 0
 
@@ -77,7 +79,8 @@ class HashingFile(io.RawIOBase):
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         self._digest.update(view)
-        self._raw.write(view)
+        with self._naming_the_file():
+            self._raw.write(view)
         self.size += len(view)
         return len(view)
 
@@ -86,8 +89,20 @@ class HashingFile(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._raw.close()
+            with self._naming_the_file():
+                self._raw.close()
         super().close()
+
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        """A full or failing disk raises OSError without the file's name (writes go through a file object); the
+        error that stops a build must say where."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
     def digest(self) -> dict:
         return {"sha256": self._digest.hexdigest(), "bytes": self.size}
@@ -102,7 +117,9 @@ class ShardWriter:
         self.schema = schema
         self.train_fraction = train_fraction
         self.stage_names = stage_names
-        self._files = {name: HashingFile(open_file(self._staged[name], "wb")) for name in DATA_FILES}
+        self._files = {
+            name: HashingFile(open_file(self._staged[name], "wb"), self._staged[name]) for name in DATA_FILES
+        }
         self._parquet = pq.ParquetWriter(self._files["parquet"], schema)
         from webdataset.writer import TarWriter  # webdataset imports torch: only where shards are written
 

@@ -448,7 +448,7 @@ def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(s
     for s in done:
         for p in map(Path, shard_paths(output, s).values()):
             assert (p.stat().st_ino, p.stat().st_mtime_ns) == kept[p.name], f"{p.name} was rewritten"
-    assert f"8 work units, {len(done)} already complete" in stack.run_logs(run_id)
+    assert f"8 work units (0 new), {len(done)} shards complete, {8 - len(done)} to build" in stack.run_logs(run_id)
     report = validate(str(output))
     assert report.ok, report.text()
     assert report.totals["rows"] + report.totals["rejected"] == 24

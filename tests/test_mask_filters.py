@@ -66,8 +66,8 @@ def test_a_box_dropped_for_its_mask_does_not_suppress_others():
 
 def test_rejected_sample_is_untouched():
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
-    sample.detections = [det("cat", (0, 0, 10, 10), 0.5, filled=0)]
     sample.reject_at("box_filters", "why")
+    sample.detections = [det("cat", (0, 0, 10, 10), 0.5, filled=0)]  # set after: reject_at drops them
     MaskFilters(BuildConfig())([sample])
     assert sample.reject == Reject("box_filters", "why")
     assert sample.detections[0].mask_ratio is None

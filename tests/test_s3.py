@@ -1,0 +1,232 @@
+"""build-dataset and validate-dataset on S3: a local S3-compatible server (moto's, on 127.0.0.1, started and stopped
+by the test) holds img2dataset-style tars as input and receives the manifest and shards. The CLI runs as a
+subprocess, as a user would run it; the local Ray it starts inherits the environment, so every worker reads the
+tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+from fsspec.config import conf as fsspec_conf
+
+from lambda_eclipse.synthetic import write_photos
+from lambda_eclipse.synthetic_features import featured_sample
+from storage.layout import complete_shards, is_complete, read_json, shard_names, shard_paths, write_json_atomic
+from storage.reader import iter_samples
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter
+
+s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "lambda-eclipse-test"
+TARS = f"s3://{BUCKET}/tars"
+DATASET = f"s3://{BUCKET}/dataset"
+SETTINGS = ["--set", "resolution.min_side=96"]
+IMAGES_PER_TAR = 3
+SUMMARY = re.compile(r"^\d+ accepted, \d+ rejected of \d+ inputs in \d+ shards → .*$", re.MULTILINE)
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path, caplog):
+    """moto's S3 server on 127.0.0.1 and an s3fs filesystem on it. The endpoint and dummy credentials are set in
+    this process's environment, which the CLI subprocesses (and the Ray workers they start) inherit: fsspec reads
+    `FSSPEC_S3_ENDPOINT_URL` when it is imported and passes it to s3fs, botocore reads `AWS_ENDPOINT_URL`."""
+    caplog.set_level("WARNING", logger="werkzeug")  # the server logs every request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # no ~/.aws configuration or instance metadata: nothing but the test server is ever asked
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the CLI starts its own local Ray, with this environment
+    # this process imported fsspec before the variables were set: its filesystem gets the endpoint explicitly, and
+    # is not cached, so that no later test sees this server
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    try:
+        yield fs
+    finally:
+        # moto keeps its buckets in this process, not in the server: empty them for the next test
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
+        server.stop()
+
+
+@pytest.fixture
+def s3_here(s3, monkeypatch):
+    """`storage.fs` in this process resolving s3:// URLs to the test server: fsspec read its `FSSPEC_*` variables
+    when it was imported, before the fixture set them, so its configuration gets the endpoint here. A 5 MiB
+    upload part (S3's smallest) so that a shard of a few MiB is a multipart upload."""
+    endpoint = os.environ["FSSPEC_S3_ENDPOINT_URL"]
+    monkeypatch.setitem(fsspec_conf, "s3", {"endpoint_url": endpoint, "default_block_size": 5 * 2**20})
+    try:
+        yield s3
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _img2dataset_tar(directory, start: int) -> bytes:
+    """An img2dataset shard: `<9-digit key>.jpg` with its `.txt` caption and `.json` metadata."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i, path in enumerate(write_photos(directory, IMAGES_PER_TAR, size=128, start=start), start):
+            key = f"{i:09d}"
+            members = {
+                f"{key}.jpg": path.read_bytes(),
+                f"{key}.txt": f"a photo of a dog and a ball, number {i}".encode(),
+                f"{key}.json": json.dumps({"key": key, "status": "success", "width": 128, "height": 128}).encode(),
+            }
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lambda_eclipse.cli", *args]
+    return subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+
+
+def _bucket_path(url: str) -> str:
+    return url.removeprefix("s3://")
+
+
+def test_files_written_by_another_process_are_seen_after_a_listing(s3_here):
+    """The flow lists shards/ when it plans, then reads the `_stats.json` that its workers wrote since: no answer
+    may come from a listing that fsspec cached before."""
+    root = f"{DATASET}-listing"
+    write_json_atomic(shard_paths(root, 0)["stats"], {"shard": 0})
+    assert complete_shards(root) == [0] and not is_complete(root, 1)
+    other_process = s3_here  # a filesystem object of its own, like a Ray worker's
+    other_process.pipe_file(_bucket_path(str(shard_paths(root, 1)["stats"])), b'{"shard": 1}')
+    assert is_complete(root, 1) and read_json(shard_paths(root, 1)["stats"]) == {"shard": 1}
+    assert complete_shards(root) == [0, 1]
+
+
+def test_a_shard_of_several_upload_parts_is_hashed_as_stored(s3_here):
+    root = f"{DATASET}-multipart"
+    write_json_atomic(f"{root}/dataset.json", {"embed_dim": 8, "text_width": 8, "profile": "tiny"})
+    samples = [featured_sample(f"k{i}", size=1024) for i in range(10)]  # 1.2 MB of JPEG each
+    writer = ShardWriter(root, 0, feature_schema(8, 8), 0.8, ["decode"])
+    for sample in samples:
+        writer.add(sample)
+    stats = writer.close({"description": "test"})
+    names = shard_names(0)
+    assert stats["files"][names["tar"]]["bytes"] > 2 * 5 * 2**20
+    tar_etag = s3_here.info(_bucket_path(str(shard_paths(root, 0)["tar"])))["ETag"]
+    assert tar_etag.strip('"').endswith("-3")  # a multipart upload's ETag ends in its number of parts
+    for kind in ("parquet", "tar", "rejects"):
+        data = s3_here.cat_file(_bucket_path(str(shard_paths(root, 0)[kind])))
+        assert stats["files"][names[kind]] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    assert complete_shards(root) == [0]
+    assert [r["key"] for r in iter_samples(root, columns=["key"])] == [s.key for s in samples]
+
+
+def test_build_and_validate_a_dataset_in_a_bucket(s3, tmp_path):
+    for shard in range(2):
+        tar = _img2dataset_tar(tmp_path / "photos", IMAGES_PER_TAR * shard)
+        s3.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", tar)
+    inputs = 2 * IMAGES_PER_TAR
+    build = ["build-dataset", "--input", TARS, "--output", DATASET, *SETTINGS]
+
+    # --dry-run: the plan from listings alone, nothing built
+    dry = _cli(*build, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"{DATASET}: 2 work units (2 new), 0 shards complete, 2 to build" in dry.stdout
+    assert f"shard 00000  tar {TARS}/00000.tar" in dry.stdout and f"shard 00001  tar {TARS}/00001.tar" in dry.stdout
+    assert not s3.exists(f"{_bucket_path(DATASET)}/shards")
+
+    first = _cli(*build)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = SUMMARY.search(first.stdout)
+    assert summary is not None, first.stdout[-3000:]
+    assert f"of {inputs} inputs in 2 shards → {DATASET}" in summary.group()
+
+    root = _bucket_path(DATASET)
+    s3.invalidate_cache()
+    assert s3.isfile(f"{root}/manifest.parquet") and s3.isfile(f"{root}/dataset.json")
+    # object stores have no rename: every file is written under its final name, no temporary name is left behind
+    expected = sorted(name for shard in range(2) for name in shard_names(shard).values())
+    assert sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{root}/shards", detail=False)) == expected
+    keys: list[str] = []
+    total = accepted = 0
+    for shard in range(2):
+        names = shard_names(shard)
+        stats = json.loads(s3.cat_file(f"{root}/shards/{names['stats']}"))
+        assert stats["inputs"] == stats["accepted"] + stats["rejected"] == IMAGES_PER_TAR
+        total += stats["inputs"]
+        accepted += stats["accepted"]
+        for kind in ("parquet", "tar", "rejects"):
+            data = s3.cat_file(f"{root}/shards/{names[kind]}")
+            assert stats["files"][names[kind]] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        for kind in ("parquet", "rejects"):
+            table = pq.read_table(f"{root}/shards/{names[kind]}", columns=["key"], filesystem=s3)
+            keys += table.column("key").to_pylist()
+    assert total == inputs and len(keys) == len(set(keys)) == inputs
+    assert accepted > 0  # samples made it through every stage: validate-dataset checks real rows
+    assert not s3.exists(f"{root}/.write-test")  # the writability probe cleans up after itself
+
+    # a rerun skips the complete shards: no shard object is written again
+    def shard_objects() -> dict[str, tuple]:
+        s3.invalidate_cache()
+        return {
+            info["name"]: (info["ETag"], info["LastModified"])
+            for info in s3.ls(f"{root}/shards", detail=True)
+        }
+
+    before = shard_objects()
+    again = _cli(*build)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun_summary = SUMMARY.search(again.stdout)
+    assert rerun_summary is not None and rerun_summary.group() == summary.group()
+    assert shard_objects() == before
+
+    # a run killed after shard 1's data files, before its `_stats.json`, and a tar added since: the rerun keeps
+    # shard 0, rebuilds shard 1 over its leftover objects, builds the new tar as shard 2, and the flow reads back
+    # what its workers wrote after it had listed the bucket
+    s3.rm_file(f"{root}/shards/{shard_names(1)['stats']}")
+    s3.pipe_file(f"{_bucket_path(TARS)}/00002.tar", _img2dataset_tar(tmp_path / "photos", 2 * IMAGES_PER_TAR))
+    dry = _cli(*build, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"{DATASET}: 3 work units (1 new), 1 shards complete, 2 to build" in dry.stdout
+    third = _cli(*build)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"of {3 * IMAGES_PER_TAR} inputs in 3 shards → {DATASET}" in third.stdout
+    after = shard_objects()
+    for shard in range(3):
+        for name in shard_names(shard).values():
+            path = f"{root}/shards/{name}"
+            if shard == 0:
+                assert after[path] == before[path], f"{name} was rewritten"
+            elif shard == 1 and name != shard_names(1)["stats"]:
+                assert after[path][1] > before[path][1], f"{name} was not rebuilt"
+            else:
+                assert path in after
+
+    check = _cli("validate-dataset", DATASET, "--no-flow")
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    assert f"{DATASET}: valid: 3 shards" in check.stdout
