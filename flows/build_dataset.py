@@ -25,6 +25,7 @@ from tqdm import tqdm
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
 from lambda_eclipse.report import contact_sheet, funnel_markdown, thumbnail_markdown
+from storage.confine import confine
 from storage.dataset_meta import write_meta
 from storage.fs import join, name, uri, write_bytes
 from storage.layout import read_json, shard_paths
@@ -106,6 +107,7 @@ def build_dataset(
     `config` is a resolved configuration (as `lambda-eclipse build-dataset` passes it); without it the flow
     resolves `config_file` and `overrides` itself."""
     logger = get_run_logger()
+    confine(inputs=inputs, output=output, config_file=config_file)
     plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config)
     total = len(plan.units)
     logger.info(plan.summary())

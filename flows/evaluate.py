@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, evaluate_prompts, finish, prepare_evaluation, start
 from generate.requests import Job
+from storage.confine import confine
 
 
 def group_of(prompt: BenchPrompt) -> str:
@@ -52,6 +53,7 @@ def evaluate(
 ) -> dict:
     """Evaluate the prior in `prior` on `benchmark` (dreambench | multibench) with the subjects in `data`."""
     logger = get_run_logger()
+    confine(data=data, prior=prior, output=output, config_file=config_file)
     plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides)
     todo = plan.todo()
     for warning in plan.generate.warnings:

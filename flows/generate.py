@@ -18,6 +18,7 @@ from generate.pipeline import Generator
 from generate.plan import GeneratePlan, prepare
 from generate.requests import Job, corner_requests, requests_from_args
 from generate.run import generate_job, write_contact_sheet
+from storage.confine import confine
 
 
 @task(name="load-models", cache_policy=NO_CACHE)
@@ -67,6 +68,7 @@ def generate(
     overrides: list[str] | None = None,
 ) -> dict:
     """Generate images of `prompt` with `subjects` ("WORD=IMAGE[:MASK]"), or of every line of the `batch` JSONL file."""
+    confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file)
     cfg = load_generate_config(config_file, overrides or [])
     requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
     plan = prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment)
@@ -110,6 +112,7 @@ def interpolate(
     overrides: list[str] | None = None,
 ) -> dict:
     """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side."""
+    confine(prior=prior, output=output, config_file=config_file)
     check_grid(len(corners), steps)
     cfg = load_generate_config(config_file, overrides or [])
     requests = corner_requests(prompts, corners, seed)

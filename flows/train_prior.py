@@ -21,6 +21,7 @@ from prefect.events import emit_event
 
 from prior.config import load_train_config
 from prior.train import TrainJob, prepare_training, read_metrics, run_training
+from storage.confine import confine
 
 EVENT = "lambda-eclipse.prior.trained"
 COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
@@ -61,6 +62,7 @@ def train_prior(
 ) -> dict:
     """Train the λ-ECLIPSE prior on the dataset in `data`, writing checkpoints and the final model to `output`."""
     logger = get_run_logger()
+    confine(data=data, output=output, config_file=config_file)
     job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume)
     logger.info(
         "%s prior (d = %d) on %s: %d train / %d val shards, %d trainer(s) on %s%s",

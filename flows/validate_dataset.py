@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from storage.confine import confine
 from storage.validate import DatasetInvalid, validate
 
 
@@ -16,6 +17,7 @@ from storage.validate import DatasetInvalid, validate
 def validate_dataset(data: str, split_tolerance: float | None = None) -> dict:
     """Check the dataset in `data` (a path or an fsspec URL); fails with the problems found, naming each shard."""
     logger = get_run_logger()
+    confine(data=data)
     report = validate(data, split_tolerance)
     for line in report.text().splitlines():
         logger.info(line)

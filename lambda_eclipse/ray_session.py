@@ -56,11 +56,11 @@ _CLUSTER = """
 import sys
 from ray.cluster_utils import Cluster
 
-nodes, cpus = int(sys.argv[1]), float(sys.argv[2])
-head = {"num_cpus": cpus, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
-cluster = Cluster(initialize_head=True, head_node_args=head)
+nodes, cpus, store = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+node = {"num_cpus": cpus, "node_ip_address": "127.0.0.1", "object_store_memory": store}
+cluster = Cluster(initialize_head=True, head_node_args=node | {"include_dashboard": False})
 for _ in range(nodes - 1):
-    cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
+    cluster.add_node(**node)
 cluster.wait_for_nodes()
 print(cluster.address, flush=True)
 sys.stdin.read()  # until the owner closes our stdin
@@ -69,17 +69,18 @@ cluster.shutdown()
 
 
 @contextlib.contextmanager
-def local_cluster(nodes: int = 2, cpus_per_node: float = 1):
+def local_cluster(nodes: int = 2, cpus_per_node: float = 1, object_store_bytes: int = 1 << 30):
     """A multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`, loopback only) for tests and
     benchmarks, run by a child process so that the caller is a plain client; yields its address. Stopping it
-    stops only the processes it started."""
+    stops only the processes it started. Each node's object store holds `object_store_bytes` (Cluster's own
+    default is small enough that 1024² photos spill to disk)."""
     import subprocess
     import sys
 
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CLUSTER, str(nodes), str(cpus_per_node)],
+        [sys.executable, "-c", _CLUSTER, str(nodes), str(cpus_per_node), str(object_store_bytes)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )
     try:

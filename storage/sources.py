@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+from fsspec.implementations.local import LocalFileSystem
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.sample import Sample, SourceRef
@@ -145,21 +148,42 @@ class Listing:
     tars: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # (input, [(tar, size)])
     folders: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # (root, [(rel, size)])
     skipped: int = 0
-
-    @property
-    def roots(self) -> set[str]:
-        return {t for _, tars in self.tars for t, _ in tars} | {root for root, _ in self.folders}
+    loops: list[str] = field(default_factory=list)  # symlinked folders not followed: "link → target"
 
 
-def _folder_files(root: Location, extensions: tuple[str, ...]) -> tuple[list[tuple[str, int]], int]:
+def _local_walk(base: str, loops: list[str]) -> Iterator[tuple[str, int]]:
+    """(path relative to base, size) of every file under a local folder, following symlinked folders except those
+    that lead back into a folder already walked (a loop, or the same folder twice): those are named in `loops`."""
+    seen = {os.path.realpath(base)}
+    for directory, subdirs, files in os.walk(base, followlinks=True):
+        relative = os.path.relpath(directory, base)
+        prefix = "" if relative == "." else relative + "/"
+        for sub in list(subdirs):
+            target = os.path.realpath(os.path.join(directory, sub))
+            if target in seen:
+                subdirs.remove(sub)
+                loops.append(f"{os.path.join(directory, sub)} → {target}")
+            else:
+                seen.add(target)
+        for file in files:
+            try:
+                yield prefix + file, os.stat(os.path.join(directory, file)).st_size
+            except OSError:  # a dangling symlink: listed, then rejected at decode with the reason
+                yield prefix + file, -1
+
+
+def _folder_files(root: Location, extensions: tuple[str, ...], loops: list[str]) -> tuple[list[tuple[str, int]], int]:
     """Every image under `root`, recursively, sorted as paths (component by component); one listing, no reads."""
     fs, base = resolve(root)
+    if isinstance(fs, LocalFileSystem):
+        found: Iterable[tuple[str, int]] = _local_walk(base, loops)
+    else:  # object stores have no symlinks
+        listed: dict[str, dict] = fs.find(base, detail=True)  # pyright: ignore[reportAssignmentType] - detail: a dict
+        found = ((path[len(base.rstrip("/")) + 1 :], info["size"]) for path, info in listed.items())
     files, skipped = [], 0
-    found: dict[str, dict] = fs.find(base, detail=True)  # pyright: ignore[reportAssignmentType] - a dict with detail
-    for path, info in found.items():
-        relative = path[len(base.rstrip("/")) + 1 :]
+    for relative, size in found:
         if relative.lower().endswith(extensions):
-            files.append((relative.split("/"), info["size"]))
+            files.append((relative.split("/"), size))
         else:
             skipped += 1
     files.sort()
@@ -184,7 +208,7 @@ def list_inputs(inputs: list[str], extensions: tuple[str, ...]) -> Listing:
             if tars and not images_here:
                 listing.tars.append((str(path), tars))
             else:
-                files, skipped = _folder_files(path, extensions)
+                files, skipped = _folder_files(path, extensions, listing.loops)
                 listing.folders.append((str(path), files))
                 listing.skipped += skipped
         elif str(path).endswith(".tar"):

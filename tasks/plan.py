@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lambda_eclipse.config import BuildConfig, check_profile, config_from_dict, load_config
 from lambda_eclipse.errors import UserError
@@ -26,16 +26,19 @@ class BuildPlan:
     new: int  # units this plan added to the manifest
     skipped_files: int
     meta: dict | None  # dataset.json of an earlier run into the same output, if any
+    loops: list[str] = field(default_factory=list)  # symlinked folders in the inputs not followed (loops)
 
     def summary(self) -> str:
         images = [u.images for u in self.todo]
         counted = sum(n for n in images if n is not None)
         tars = sum(1 for n in images if n is None)
-        what = f"{counted} images" + (f" + {tars} tars (images counted on the workers)" if tars else "")
+        parts = ([f"{counted} images"] if counted or not tars else []) + ([f"{tars} tars"] if tars else [])
+        what = " + ".join(parts) + (" (a tar's images are counted by the worker that reads it)" if tars else "")
         return (
             f"{len(self.units)} work units ({self.new} new), {len(self.complete)} shards complete, "
             f"{len(self.todo)} to build: {what}"
             + (f"; {self.skipped_files} non-image files skipped" if self.skipped_files else "")
+            + (f"; symlinked folders not followed (they loop): {', '.join(self.loops)}" if self.loops else "")
         )
 
 
@@ -146,7 +149,7 @@ def prepare_build(
             now = current[unit.root]
             unit.files = [(f, now.get(f, size)) for f, size in unit.files]
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
-    return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta)
+    return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops)
 
 
 def describe_clip(clip) -> dict:

@@ -124,6 +124,9 @@ def test_ray_cluster_config_validates_as_ray_up_does():
     validate_config(prepare_config(config))
     assert config["docker"]["image"] and any("/models" in o for o in config["docker"]["run_options"])
     assert any("--head" in c for c in config["head_start_ray_commands"])
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "~/.ray/auth_token" in config["file_mounts"]  # the token reaches every node
 
 
 def test_kuberay_manifest():
@@ -138,6 +141,9 @@ def test_kuberay_manifest():
     for c in containers.values():  # the worker finds the head through the shared /tmp/ray
         assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in c["volumeMounts"]
     (gpu,) = cluster["spec"]["workerGroupSpecs"]
+    token = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray-auth", "key": "token"}}}
+    for c in [*containers.values(), *gpu["template"]["spec"]["containers"]]:  # every Ray process and client
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in c["env"] and token in c["env"]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1" and gpu["rayStartParams"]["num-gpus"] == "1"
     assert [d["kind"] for d in docs] == ["RayCluster", "PersistentVolumeClaim"]

@@ -239,7 +239,7 @@ def _deploy_all(stack: Stack) -> list[str]:
 @pytest.fixture(scope="module")
 def built(stack):
     """Deploy everything, start a worker, run build-dataset on the tiny profile through its deployment."""
-    photos = stack.tmp / "photos"
+    photos = stack.tmp / "data" / "photos"  # inside the deployments' data roots
     write_photos(photos, 6, size=128)
     output = stack.tmp / "data" / "dataset-ui"
     before = (ROOT / "prefect.yaml").read_bytes()
@@ -374,7 +374,8 @@ def test_bad_parameter_fails_fast_with_the_reason(stack, built):
     # A wrong value fails the run before any work, with the reason as its state message.
     output = stack.tmp / "data" / "bad"
     created = time.monotonic()
-    run_id = stack.run_deployment("build-dataset", {"inputs": [str(stack.tmp / "photos")], "output": str(output),
+    photos = stack.tmp / "data" / "photos"
+    run_id = stack.run_deployment("build-dataset", {"inputs": [str(photos)], "output": str(output),
                                                     "profile": "huge", "gpus_per_stage": {}})
     run = stack.wait(run_id, timeout=300)
     seconds = time.monotonic() - created
@@ -421,7 +422,7 @@ def _alive(p: psutil.Process) -> bool:
 
 
 def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(stack, built):
-    photos = stack.tmp / "photos-kill"
+    photos = stack.tmp / "data" / "photos-kill"
     write_photos(photos, 24, size=128)
     output = stack.tmp / "data" / "dataset-kill"
     run_id = stack.run_deployment("build-dataset", {

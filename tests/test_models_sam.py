@@ -37,3 +37,22 @@ def test_paper_without_checkpoint_names_the_file_where_to_get_it_and_the_key(tmp
 def test_paper_with_unknown_type_lists_the_valid_ones():
     with pytest.raises(UserError, match="vit_h, vit_l, vit_b"):
         load("paper", sam_type="vit_x")
+
+
+class _Payload:
+    """What a malicious checkpoint would hold: unpickling it runs code (here: creates a file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "sam_vit_b.pth"
+    torch.save({"image_encoder.pos_embed": _Payload(str(marker))}, evil)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load("paper", sam_type="vit_b", sam_checkpoint=str(evil))
+    assert not marker.exists()

@@ -140,3 +140,23 @@ def test_changed_and_missing_inputs_of_a_unit_are_named(tmp_path):
     again = plan_units(list_inputs([str(tmp_path)], EXT), 10, first.units)
     assert again.changed == {0: [f"{tmp_path}/1.jpg: 1 → 6 bytes", f"{tmp_path}/2.jpg: missing"]}
     assert again.new == 0
+
+
+def test_a_symlink_loop_is_named_and_not_followed_and_odd_names_round_trip(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    names = ["a b #1 ü.jpg", "sub/x#y.jpg", "sub/日本.jpg"]
+    for n in names:
+        (root / n).write_bytes(n.encode())
+    (root / "sub" / "loop").symlink_to("..")  # sub/loop → in: walking it would never end
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "z.jpg").write_bytes(b"z")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")  # a symlinked folder that is no loop is followed
+    listing = list_inputs([str(root)], EXT)
+    assert listing.loops == [f"{root / 'sub' / 'loop'} → {root}"]
+    samples = [s for u in plan_units(listing, 10).units for s in u.iter_samples(EXT)]
+    assert [s.source for s in samples] == [str(root / n) for n in ["a b #1 ü.jpg", "linked/z.jpg", *names[1:]]]
+    assert [s.read() for s in samples] == [n.encode() for n in ["a b #1 ü.jpg"]] + [b"z"] + [
+        n.encode() for n in names[1:]
+    ]
+    assert len({s.key for s in samples}) == 4

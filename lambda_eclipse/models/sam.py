@@ -62,7 +62,12 @@ def _paper(models: ModelsConfig) -> Sam:
             f"download the official {PAPER_CHECKPOINT} (ViT-H) from {PAPER_URL} and set "
             f"models.sam_checkpoint=/path/to/{PAPER_CHECKPOINT}",
         )
-    return sam_model_registry[models.sam_type](checkpoint=models.sam_checkpoint)
+    sam = sam_model_registry[models.sam_type](checkpoint=None)
+    # Loaded here rather than by build_sam: weights_only=True, so a user-supplied .pth can hold tensors but no
+    # pickled code, whatever torch's default.
+    state = torch.load(models.sam_checkpoint, map_location="cpu", weights_only=True)
+    sam.load_state_dict(state)
+    return sam
 
 
 def load_sam(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Sam:
