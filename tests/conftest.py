@@ -39,7 +39,7 @@ def ray_local():
 
     from lambda_eclipse.ray_session import RUNTIME_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=RUNTIME_ENV,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env=RUNTIME_ENV, log_to_driver=False)
     yield
     ray.shutdown()

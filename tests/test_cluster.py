@@ -43,3 +43,15 @@ def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, tmp_pat
         keys += pq.read_table(paths["parquet"], columns=["key"]).column("key").to_pylist()
         keys += pq.read_table(paths["rejects"], columns=["key"]).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 8
+
+
+def test_without_ray_address_a_run_starts_its_own_ray_not_the_last_cluster_on_the_machine(two_node_cluster):
+    """A cluster started on this machine is recorded in /tmp/ray; a run without RAY_ADDRESS must not join it."""
+    code = (
+        "import ray\nfrom lambda_eclipse.ray_session import ray_session\n"
+        "with ray_session(workers=1):\n    print(ray.cluster_resources()['CPU'], len(ray.nodes()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["1.0", "1"]  # its own one-CPU node, not the 2-node cluster
