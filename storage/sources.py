@@ -268,6 +268,8 @@ def plan_units(listing: Listing, unit_size: int, previous: list[WorkUnit] | None
         found = _changes(unit, current) if current is not None else []
         if found:
             changed[unit.shard] = found
+            # if its shard is incomplete, the unit is built from its inputs as they are now (a complete one is refused)
+            unit.files = [(f, (current or {}).get(f, size)) for f, size in unit.files]
     shard = max((u.shard for u in units), default=-1) + 1
     first_new = len(units)
     for _, found in listing.tars:

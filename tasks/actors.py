@@ -51,7 +51,7 @@ def check_runtime(cfg: BuildConfig) -> None:
         raise UserError(f"runtime.units_in_flight must be 0 (automatic) or more, got {cfg.runtime.units_in_flight}")
 
 
-def _scale(cfg: BuildConfig, cluster: dict[str, float], wanted: dict[str, tuple[float, float, int]]) -> float:
+def _scale(cluster: dict[str, float], wanted: dict[str, tuple[float, float, int]]) -> float:
     total = sum(c * n for c, _, n in wanted.values()) + UNIT_CPUS
     return min(1.0, cluster.get("CPU", os.cpu_count() or 1) / total)
 
@@ -77,7 +77,7 @@ def placements(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, Placeme
     that every actor and one unit task fit on the cluster at once; otherwise the build would wait forever for an
     actor that cannot be placed."""
     wanted = _wanted(cfg, cluster)
-    scale = _scale(cfg, cluster, wanted)
+    scale = _scale(cluster, wanted)
     return {
         name: Placement(cpus=_floor(c * scale), gpus=g, actors=n, threads=max(1, math.floor(c * scale)))
         for name, (c, g, n) in wanted.items()
@@ -89,7 +89,7 @@ UNIT_CPUS = 1.0  # a unit task before scaling: decode, CPU filters, crops, Canny
 
 def unit_cpus(cfg: BuildConfig, cluster: dict[str, float]) -> float:
     """A unit task's CPUs: scaled like the actors', so that on a small cluster one fits beside them."""
-    return _floor(UNIT_CPUS * _scale(cfg, cluster, _wanted(cfg, cluster)))
+    return _floor(UNIT_CPUS * _scale(cluster, _wanted(cfg, cluster)))
 
 
 class StageActor:
@@ -132,7 +132,7 @@ class StageActor:
 
 
 class StagePools:
-    """The actor pools of every model stage; `submit` spreads a unit's calls over its stage's pool."""
+    """The actor pools of every model stage; unit tasks get their handles and spread calls over each pool."""
 
     def __init__(self, cfg: BuildConfig, profile: str):
         import ray

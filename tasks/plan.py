@@ -141,13 +141,6 @@ def prepare_build(
                 f"shard {unit.shard:05d} in {out} is complete, but its inputs ({unit.description}) changed since it "
                 f"was built: {shown}; restore them, or use a new --output directory for changed inputs"
             )
-    current = {root: dict(files) for root, files in listing.folders} | {
-        t: {"": size} for _, tars in listing.tars for t, size in tars
-    }
-    for unit in plan.units:  # an incomplete unit is built from its inputs as they are now
-        if unit.shard in plan.changed and unit.root in current:
-            now = current[unit.root]
-            unit.files = [(f, now.get(f, size)) for f, size in unit.files]
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
     return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops)
 
