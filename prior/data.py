@@ -10,28 +10,41 @@ consumed. A split's shards are dealt to logical streams, one per (data-parallel 
 cycles through its shards epoch after epoch, shuffled by a shard permutation and a shuffle buffer. The buffer's
 output order is computed on row positions alone, so a resumed stream reads only the rows still to come, and memory
 stays bounded by the buffer whatever the dataset's size.
+
+The data path is columnar: threads read Parquet row groups ahead of their use (on object storage the next row
+groups are in flight while the current batch is made) into contiguous arrays, zero-copy views of Arrow's buffers;
+the rows a stream will still emit wait in the slots of a `_Pool` (the shuffle buffer, one array per column); a
+batch is one gather of its rows' slots, one conversion of the text states to float32 and one scatter of the
+subjects' embeddings into them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import count, islice
+from functools import partial
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lambda_eclipse.errors import UserError
-from storage.fs import Location
+from storage.fs import Location, arrow
 from storage.layout import complete_shards, read_json, shard_paths
-from storage.reader import iter_samples, load_dataset_meta, parquet_file
+from storage.reader import load_dataset_meta, parquet_file
+from storage.schema import CONTEXT_LENGTH
 
 COLUMNS = (
-    "subjects", "attention_mask", "text_hidden_states", "text_embedding", "target_embedding",
+    "split", "subjects", "attention_mask", "text_hidden_states", "text_embedding", "target_embedding",
     "subject_embeddings", "edge_embedding",
 )
 SPLITS = ("train", "val")
+READ_AHEAD = 2  # row groups read ahead per stream, in as many threads (≈ 56 MB each at d = 1280)
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,9 @@ def open_dataset(root: Location) -> Dataset:
 
 
 def interleave(hidden_states: np.ndarray, subject_embeddings: np.ndarray, subjects: list[dict]) -> np.ndarray:
-    """Set the (77, d) text hidden states at each subject's token positions to its image embedding, in place."""
+    """Set the (77, d) text hidden states at each subject's token positions to its image embedding, in place.
+
+    The policy for one sample (generation uses it); the loader applies the same to whole batches (`_RowGroup`)."""
     for embedding, subject in zip(subject_embeddings, subjects):
         hidden_states[subject["token_positions"]] = embedding
     return hidden_states
@@ -113,46 +128,286 @@ def buffer_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _lengths(lists: pa.ListArray) -> np.ndarray:
+    return np.diff(lists.offsets.to_numpy()).astype(np.int64)
+
+
+def _array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _matrix(lists: pa.Array, *shape: int) -> np.ndarray:
+    """A fixed_size_list array as an (n, *shape) array: a view of Arrow's buffer when it has no nulls."""
+    return lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), *shape)
+
+
+class _RowGroup:
+    """One Parquet row group as contiguous arrays, and the token positions its subjects take in the text states."""
+
+    def __init__(self, table: pa.Table, split: str, dim: int, where: str):
+        column = {name: _array(table[name]) for name in COLUMNS}
+        self.rows = np.flatnonzero(column["split"].to_numpy(zero_copy_only=False) == split)  # the split's rows
+        self.text = _matrix(column["text_hidden_states"], CONTEXT_LENGTH, dim)  # float16
+        self.text_embedding = _matrix(column["text_embedding"], dim)
+        self.target = _matrix(column["target_embedding"], dim)
+        self.edge = _matrix(column["edge_embedding"], dim)
+        self.mask = _matrix(column["attention_mask"], CONTEXT_LENGTH)
+        subjects, embeddings = column["subjects"], column["subject_embeddings"]
+        per_row = _lengths(subjects)
+        if not np.array_equal(per_row, _lengths(embeddings)):
+            raise UserError(f"{where}: a row has a different number of subjects and subject embeddings; rebuild it")
+        self.subject_embeddings = _matrix(embeddings.flatten(), dim)
+        fields = subjects.flatten()
+        positions = fields.flatten()[fields.type.get_field_index("token_positions")]
+        # One entry per (subject, token position), in the order `interleave` writes them: where two subjects of a
+        # row take the same position, the later one is what the sample holds, so only the last entry is kept.
+        self.subject = np.repeat(np.arange(len(self.subject_embeddings)), _lengths(positions))
+        self.row = np.repeat(np.arange(len(per_row)), per_row)[self.subject]
+        self.position = positions.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        if ((self.position < 0) | (self.position >= CONTEXT_LENGTH)).any():
+            raise UserError(f"{where}: a subject's token position is outside the {CONTEXT_LENGTH} text tokens")
+        reverse = (self.row * CONTEXT_LENGTH + self.position)[::-1]
+        last = len(reverse) - 1 - np.unique(reverse, return_index=True)[1]
+        self.subject, self.row, self.position = self.subject[last], self.row[last], self.position[last]
+
+
+class _Slots:
+    """A stack of free slot numbers, recently freed ones first; grows by calling `grow(new capacity)`."""
+
+    def __init__(self, grow: Callable[[int], None]):
+        self.grow, self.capacity = grow, 0
+        self.free, self.count = np.empty(0, np.int64), 0
+
+    def take(self, n: int) -> np.ndarray:
+        if n > self.count:
+            capacity = max(2 * self.capacity, self.capacity + n - self.count)
+            self.grow(capacity)
+            free = np.empty(capacity, np.int64)
+            added = capacity - self.capacity
+            free[:added] = np.arange(capacity - 1, self.capacity - 1, -1)  # below the recently freed ones
+            free[added : added + self.count] = self.free[: self.count]
+            self.free, self.capacity, self.count = free, capacity, self.count + added
+        self.count -= n
+        return self.free[self.count : self.count + n].copy()
+
+    def give(self, slots: np.ndarray) -> None:
+        self.free[self.count : self.count + len(slots)] = slots
+        self.count += len(slots)
+
+
+class _Pool:
+    """The rows of a stream read but not yet emitted, one slot each, column by column: at most the shuffle buffer,
+    a batch and a row group. The text states stay float16 here; which of their tokens a subject embedding replaces is
+    kept per slot (`source`: the subject's slot in `embeddings`, −1 for none)."""
+
+    def __init__(self, dim: int, pin: bool):
+        self.dim, self.pin = dim, pin
+        self.text = np.empty((0, CONTEXT_LENGTH, dim), np.float16)
+        self.text_embedding, self.target, self.edge = (np.empty((0, dim), np.float32) for _ in range(3))
+        self.mask = np.empty((0, CONTEXT_LENGTH), np.int8)
+        self.source = np.empty((0, CONTEXT_LENGTH), np.int32)
+        self.embeddings = np.empty((0, dim), np.float32)
+        self.rows, self.subjects = _Slots(self._grow_rows), _Slots(self._grow_subjects)
+
+    def _grow_rows(self, capacity: int) -> None:
+        for name in ("text", "text_embedding", "target", "edge", "mask", "source"):
+            old = getattr(self, name)
+            new = np.empty((capacity, *old.shape[1:]), old.dtype)  # pages are touched only when a slot is used
+            new[: len(old)] = old
+            setattr(self, name, new)
+        self.source[self.rows.capacity :] = -1  # the new slots (`rows.capacity` is still the old one)
+
+    def _grow_subjects(self, capacity: int) -> None:
+        new = np.empty((capacity, self.dim), np.float32)
+        new[: len(self.embeddings)] = self.embeddings
+        self.embeddings = new
+
+    def put(self, group: _RowGroup, rows: np.ndarray) -> np.ndarray:
+        """Copy rows of `group` into free slots; returns the slots."""
+        slots = self.rows.take(len(rows))
+        for dst, src in zip(slots, rows):  # one copy of each row's text states, no temporary
+            self.text[dst] = group.text[src]
+        for name in ("text_embedding", "target", "edge", "mask"):
+            getattr(self, name)[slots] = getattr(group, name)[rows]
+        slot_of_row = np.full(len(group.text), -1)
+        slot_of_row[rows] = slots
+        entry = slot_of_row[group.row] >= 0
+        used, index = np.unique(group.subject[entry], return_inverse=True)
+        places = self.subjects.take(len(used))
+        self.embeddings[places] = group.subject_embeddings[used]
+        self.source[slot_of_row[group.row[entry]], group.position[entry]] = places[index]
+        return slots
+
+    def take(self, slots: np.ndarray) -> dict[str, torch.Tensor]:
+        """The rows in `slots`, interleaved, as tensors; their slots become free."""
+        n, index = len(slots), torch.from_numpy(slots)
+        text = self._empty((n, CONTEXT_LENGTH, self.dim), torch.float32)
+        held = torch.from_numpy(self.text)
+        for row, slot in enumerate(slots.tolist()):  # gathered and converted in one pass (CPU index_select is slow)
+            text[row].copy_(held[slot])
+        source = self.source[slots]
+        row, position = np.nonzero(source >= 0)
+        places = source[row, position]
+        text[torch.from_numpy(row), torch.from_numpy(position)] = torch.from_numpy(self.embeddings[places])
+        out = {"encoder_hidden_states": text}
+        for key, name in (("proj_embedding", "text_embedding"), ("attention_mask", "mask"),
+                          ("control_embedding", "edge"), ("target", "target")):
+            column = torch.from_numpy(getattr(self, name))
+            out[key] = torch.index_select(column, 0, index, out=self._empty((n, *column.shape[1:]), column.dtype))
+        self.source[slots] = -1
+        self.subjects.give(np.unique(places))
+        self.rows.give(slots)
+        return out
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Page-locked memory when asked (for copies to the GPU); in a DataLoader worker, shared memory, where the
+        DataLoader would otherwise copy the batch to pass it on (as its own default_collate does)."""
+        if self.pin or get_worker_info() is None:
+            return torch.empty(shape, dtype=dtype, pin_memory=self.pin)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def _footer(root: str, shard: int) -> pq.FileMetaData:
+    filesystem, where = arrow(shard_paths(root, shard)["parquet"])
+    return pq.read_metadata(where, filesystem=filesystem)
+
+
+def _read_row_group(root: str, shard: int, footer: pq.FileMetaData, group: int, split: str, dim: int) -> _RowGroup:
+    location = shard_paths(root, shard)["parquet"]
+    filesystem, where = arrow(location)
+    # pre_buffer: the group's column chunks are fetched in few, concurrent requests (what object stores need)
+    with pq.ParquetFile(where, filesystem=filesystem, metadata=footer, pre_buffer=True) as parquet:
+        table = parquet.read_row_group(group, columns=list(COLUMNS), use_threads=False)
+    return _RowGroup(table, split, dim, f"{location} row group {group}")
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    shard_order: np.ndarray  # positions in the stream's shard list, in reading order
+    starts: np.ndarray  # the first row position of each shard in that order, and the epoch's size last
+    order: np.ndarray  # the row positions in the order they are emitted
+
+
 class Stream:
     """Rows of a fixed set of shards: training streams shuffle and cycle forever, validation streams read once."""
 
     def __init__(self, root: str, split: str, shards: list[int], rows: list[int], seed: list[int], shuffle: bool,
-                 buffer: int):
+                 buffer: int, dim: int, pin: bool = False):
         self.root, self.split, self.shards, self.rows = root, split, shards, rows
-        self.seed, self.shuffle, self.buffer = seed, shuffle, buffer
+        self.seed, self.shuffle, self.buffer, self.dim, self.pin = seed, shuffle, buffer, dim, pin
 
-    def read(self, start: int) -> Iterator[dict]:
-        """Rows from position `start` of the stream (epochs concatenated)."""
-        epoch, skip = divmod(start, sum(self.rows))
-        while epoch == 0 or self.shuffle:
-            yield from self._epoch(epoch, skip)
-            epoch, skip = epoch + 1, 0
-
-    def _epoch(self, epoch: int, skip: int) -> Iterator[dict]:
+    def _shard_order(self, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
         rng = np.random.default_rng(self.seed + [epoch])
-        shard_order = rng.permutation(len(self.shards)) if self.shuffle else np.arange(len(self.shards))
-        sizes = np.array(self.rows)[shard_order]
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        order = buffer_order(int(starts[-1]), self.buffer, rng) if self.shuffle else np.arange(starts[-1])
-        pending = order[skip:]
-        needed = np.zeros(int(starts[-1]), bool)
-        needed[pending] = True
+        return rng, rng.permutation(len(self.shards)) if self.shuffle else np.arange(len(self.shards))
 
-        def rows_in_read_order() -> Iterator[tuple[int, dict]]:
-            for k, i in enumerate(shard_order):
-                if needed[starts[k] : starts[k + 1]].any():  # shards wholly consumed before `skip` are not read
-                    samples = iter_samples(self.root, self.split, COLUMNS, [self.shards[i]])
-                    for position, row in enumerate(samples, int(starts[k])):
-                        if needed[position]:
-                            yield position, row
+    def _epoch(self, epoch: int) -> _Epoch:
+        rng, shard_order = self._shard_order(epoch)
+        starts = np.concatenate([[0], np.cumsum(np.array(self.rows)[shard_order])])
+        total = int(starts[-1])
+        return _Epoch(shard_order, starts, buffer_order(total, self.buffer, rng) if self.shuffle else np.arange(total))
 
-        source = rows_in_read_order()
-        loaded: dict[int, dict] = {}  # read but not yet emitted: at most the buffer's content
-        for position in pending:
-            while position not in loaded:
-                p, row = next(source)
-                loaded[p] = row
-            yield loaded.pop(position)
+    def _row_groups(self, epoch: int, skipped: set[int], executor: ThreadPoolExecutor,
+                    ) -> Iterator[tuple[int, int, Callable[[], _RowGroup]]]:
+        """(epoch, shard's place in the epoch's order, a read of one of its row groups) in reading order; the first
+        epoch leaves out the shards at the places in `skipped`. Each shard's footer is fetched (once) while the
+        shard before it is read."""
+        footers: dict[int, Future[pq.FileMetaData]] = {}
+
+        def footer(i: int) -> Future[pq.FileMetaData]:
+            if i not in footers:
+                footers[i] = executor.submit(_footer, self.root, self.shards[i])
+            return footers[i]
+
+        while True:
+            places = [(k, int(i)) for k, i in enumerate(self._shard_order(epoch)[1]) if k not in skipped]
+            for (k, i), after in zip(places, [*places[1:], None]):
+                meta = footer(i).result()
+                if after is not None:
+                    footer(after[1])
+                for group in range(meta.num_row_groups):
+                    yield epoch, k, partial(_read_row_group, self.root, self.shards[i], meta, group, self.split,
+                                            self.dim)
+            if not self.shuffle:
+                return
+            epoch, skipped = epoch + 1, set()
+
+    def batches(self, start: int, size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of `size` rows from row position `start` of the stream (epochs concatenated); a validation
+        stream's last batch may be smaller."""
+        first, skip = divmod(start, sum(self.rows))
+        if first and not self.shuffle:  # a validation stream has one epoch
+            return
+        epochs: dict[int, _Epoch] = {}
+        slot_of: dict[int, np.ndarray] = {}  # per epoch: the slot holding each row position once read, else −1
+
+        def epoch(e: int) -> _Epoch:
+            if e not in epochs:
+                epochs[e] = self._epoch(e)
+                slot_of[e] = np.full(len(epochs[e].order), -1)
+            return epochs[e]
+
+        needed = np.zeros(len(epoch(first).order), bool)  # of the first epoch: the rows not emitted before `start`
+        needed[epochs[first].order[skip:]] = True
+        starts = epochs[first].starts
+        skipped = {k for k in range(len(self.shards)) if not needed[starts[k] : starts[k + 1]].any()}
+        executor = ThreadPoolExecutor(READ_AHEAD)
+        reads = self._row_groups(first, skipped, executor)
+        ahead: deque[tuple[int, int, Future[_RowGroup]]] = deque()
+        pool = _Pool(self.dim, self.pin)
+        reading, position = (first, -1), 0  # (epoch, shard's place) being read, and the next row position in it
+        emitting, cursor = first, skip  # epoch being emitted, and how many of its rows were
+
+        def shard_complete() -> None:
+            e, k = reading
+            if k >= 0 and position != epochs[e].starts[k + 1]:
+                shard = self.shards[epochs[e].shard_order[k]]
+                raise UserError(f"{self.root}: shard {shard} holds {position - epochs[e].starts[k]} {self.split!r} "
+                                f"rows, but its _stats.json says {int(np.diff(epochs[e].starts)[k])}; rebuild it")
+
+        def read_next() -> None:
+            nonlocal reading, position
+            while len(ahead) <= READ_AHEAD and (read := next(reads, None)) is not None:
+                ahead.append((read[0], read[1], executor.submit(read[2])))
+            if not ahead:
+                shard_complete()
+                raise UserError(f"{self.root}: the shards {self.shards} hold fewer {self.split!r} rows than their "
+                                "_stats.json files say; rebuild them")
+            e, k, future = ahead.popleft()
+            group = future.result()
+            if (e, k) != reading:
+                shard_complete()
+                reading, position = (e, k), int(epoch(e).starts[k])
+                for old in [old for old in epochs if old < min(emitting, e)]:
+                    del epochs[old], slot_of[old]
+            positions = position + np.arange(len(group.rows))
+            position += len(group.rows)
+            if position > epochs[e].starts[k + 1]:
+                shard_complete()
+            keep = needed[positions] if e == first else slice(None)
+            slot_of[e][positions[keep]] = pool.put(group, group.rows[keep])
+
+        try:
+            while True:
+                parts, count = [], 0
+                while count < size:
+                    order = epoch(emitting).order
+                    if cursor == len(order):
+                        if not self.shuffle:
+                            break
+                        emitting, cursor = emitting + 1, 0
+                        continue
+                    positions = order[cursor : cursor + size - count]
+                    while slot_of[emitting][positions.max()] < 0:
+                        read_next()
+                    parts.append(slot_of[emitting][positions])
+                    cursor, count = cursor + len(positions), count + len(positions)
+                if count:
+                    yield pool.take(np.concatenate(parts))
+                if count < size:
+                    return
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 class PriorBatches(IterableDataset):
@@ -163,12 +418,14 @@ class PriorBatches(IterableDataset):
     """
 
     def __init__(self, data: Dataset, split: str, batch_size: int, *, rank: int = 0, world: int = 1, lanes: int = 1,
-                 start: int = 0, seed: int = 0, buffer: int = 1000, zero_control_prob: float = 0.0):
+                 start: int = 0, seed: int = 0, buffer: int = 1000, zero_control_prob: float = 0.0,
+                 pin_memory: bool = False):
         self.data, self.split, self.batch_size = data, data.splits[split], batch_size
         self.rank, self.world, self.lanes, self.start = rank, world, lanes, start
         self.seed, self.buffer, self.zero_control_prob = seed, buffer, zero_control_prob
         self.shuffle = split == "train"
-        self.zero_image = np.array(data.zero_image, np.float32)
+        self.pin_memory = pin_memory
+        self.zero_image = torch.tensor(data.zero_image, dtype=torch.float32)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -179,41 +436,34 @@ class PriorBatches(IterableDataset):
         shards, rows = list(self.split.shards[picked]), list(self.split.rows[picked])
         if not shards:  # more validation streams than shards: this one has nothing to read
             return
-        seed = [self.seed, stream_id]
-        stream = Stream(self.data.root, self.split.name, shards, rows, seed, self.shuffle, self.buffer)
-        samples = stream.read(offset // self.lanes * self.batch_size)
-        for lane_batch in count(offset // self.lanes):
-            chunk = list(islice(samples, self.batch_size))
-            if not chunk:
-                return
-            yield self.collate(chunk, lane_batch * self.lanes + lane)
+        stream = Stream(self.data.root, self.split.name, shards, rows, [self.seed, stream_id], self.shuffle,
+                        self.buffer, self.data.embed_dim, pin=self.pin_memory and info is None)
+        for lane_batch, batch in enumerate(stream.batches(offset // self.lanes * self.batch_size, self.batch_size),
+                                           offset // self.lanes):
+            yield self.finish(batch, lane_batch * self.lanes + lane)
 
-    def collate(self, rows: list[dict], batch: int) -> dict[str, torch.Tensor]:
-        """Stack rows into model inputs; ε and the control drop are drawn from a generator seeded by the batch."""
+    def finish(self, rows: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+        """Model inputs of a batch of rows; ε and the control drop are drawn from a generator seeded by the batch."""
         rng = np.random.default_rng([self.seed, self.rank, batch, self.shuffle])
-        control = np.stack([r["edge_embedding"] for r in rows])
-        control[rng.random(len(rows)) < self.zero_control_prob] = self.zero_image
-        # float32, so that the subject embeddings keep their precision; filled row by row: one copy of the largest part
-        # (annotated: numpy's stubs type an array of shape (n, *shape) as 1-D)
-        text: np.ndarray = np.empty((len(rows), *rows[0]["text_hidden_states"].shape), np.float32)
-        for out, r in zip(text, rows):
-            out[:] = r["text_hidden_states"]
-            interleave(out, r["subject_embeddings"], r["subjects"])
-        arrays = {
-            "hidden_states": rng.standard_normal(control.shape, dtype=np.float32),
-            "proj_embedding": np.stack([r["text_embedding"] for r in rows]),
-            "encoder_hidden_states": text,
-            "attention_mask": np.stack([r["attention_mask"] for r in rows]),
+        control = rows["control_embedding"]
+        control[torch.from_numpy(rng.random(len(control)) < self.zero_control_prob)] = self.zero_image
+        noise = torch.from_numpy(rng.standard_normal(control.shape, dtype=np.float32))
+        return {
+            "hidden_states": noise,
+            "proj_embedding": rows["proj_embedding"],
+            "encoder_hidden_states": rows["encoder_hidden_states"],
+            "attention_mask": rows["attention_mask"],
             "control_embedding": control,
-            "target": np.stack([r["target_embedding"] for r in rows]),
+            "target": rows["target"],
         }
-        return {name: torch.from_numpy(a) for name, a in arrays.items()}
 
 
 def loader(data: Dataset, split: str, batch_size: int, workers: int, *, pin_memory: bool = False,
            **kwargs) -> DataLoader:
-    """A DataLoader over `PriorBatches`; `workers` processes (0: in this process) each serve one lane."""
-    dataset = PriorBatches(data, split, batch_size, lanes=max(workers, 1), **kwargs)
+    """A DataLoader over `PriorBatches`; `workers` processes (0: in this process) each serve one lane. With
+    `pin_memory` the batches come in page-locked memory, for asynchronous copies to the GPU: made there by this
+    process's loader, copied there by the DataLoader from its workers' shared memory."""
+    dataset = PriorBatches(data, split, batch_size, lanes=max(workers, 1), pin_memory=pin_memory, **kwargs)
     return DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
     )
