@@ -33,7 +33,7 @@ import torch
 
 from lambda_eclipse.synthetic_features import write_feature_dataset
 from prior.config import load_train_config
-from prior.data import loader, open_dataset
+from prior.data import loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior
 from prior.train import prepare_training, read_metrics, run_training
@@ -105,7 +105,7 @@ def loop_and_model(data: Path, run: Path, args: argparse.Namespace) -> None:
 
     device = torch.device(job.device)
     batches = [
-        {k: v.to(device) for k, v in b.items()}
+        to_device(b, device)
         for b in islice(loader(job.data, "train", args.batch_size, 0, seed=cfg.train.seed), args.steps)
     ]
     torch.manual_seed(cfg.train.seed)

@@ -37,7 +37,7 @@ from lambda_eclipse.errors import UserError
 from storage.fs import Location, arrow
 from storage.layout import complete_shards, read_json, shard_paths
 from storage.reader import load_dataset_meta, parquet_file
-from storage.schema import CONTEXT_LENGTH
+from storage.schema import CONTEXT_LENGTH, text_states
 
 COLUMNS = (
     "split", "subjects", "attention_mask", "text_hidden_states", "text_embedding", "target_embedding",
@@ -147,7 +147,7 @@ class _RowGroup:
     def __init__(self, table: pa.Table, split: str, dim: int, where: str):
         column = {name: _array(table[name]) for name in COLUMNS}
         self.rows = np.flatnonzero(column["split"].to_numpy(zero_copy_only=False) == split)  # the split's rows
-        self.text = _matrix(column["text_hidden_states"], CONTEXT_LENGTH, dim)  # float16
+        self.text = text_states(column["text_hidden_states"], dim)  # float16, a view of Arrow's buffer
         self.text_embedding = _matrix(column["text_embedding"], dim)
         self.target = _matrix(column["target_embedding"], dim)
         self.edge = _matrix(column["edge_embedding"], dim)
@@ -239,24 +239,30 @@ class _Pool:
         return slots
 
     def take(self, slots: np.ndarray) -> dict[str, torch.Tensor]:
-        """The rows in `slots`, interleaved, as tensors; their slots become free."""
-        n, index = len(slots), torch.from_numpy(slots)
-        text = self._empty((n, CONTEXT_LENGTH, self.dim), torch.float32)
-        held = torch.from_numpy(self.text)
-        for row, slot in enumerate(slots.tolist()):  # gathered and converted in one pass (CPU index_select is slow)
-            text[row].copy_(held[slot])
+        """The rows in `slots` as tensors, the text states still float16 and the subjects' embeddings beside them
+        (`to_device` interleaves them where the model runs); their slots become free."""
+        n = len(slots)
+        text = self._empty((n, CONTEXT_LENGTH, self.dim), torch.float16)
+        np.take(self.text, slots, axis=0, out=text.numpy(), mode="clip")  # (the default mode buffers `out`)
         source = self.source[slots]
         row, position = np.nonzero(source >= 0)
         places = source[row, position]
-        text[torch.from_numpy(row), torch.from_numpy(position)] = torch.from_numpy(self.embeddings[places])
-        out = {"encoder_hidden_states": text}
+        out = {
+            "encoder_hidden_states": text,
+            "subject_rows": torch.from_numpy(row), "subject_positions": torch.from_numpy(position),
+            "subject_embeddings": self._gather(self.embeddings, places),
+        }
         for key, name in (("proj_embedding", "text_embedding"), ("attention_mask", "mask"),
                           ("control_embedding", "edge"), ("target", "target")):
-            column = torch.from_numpy(getattr(self, name))
-            out[key] = torch.index_select(column, 0, index, out=self._empty((n, *column.shape[1:]), column.dtype))
+            out[key] = self._gather(getattr(self, name), slots)
         self.source[slots] = -1
         self.subjects.give(np.unique(places))
         self.rows.give(slots)
+        return out
+
+    def _gather(self, array: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        out = self._empty((len(index), *array.shape[1:]), torch.from_numpy(array[:0]).dtype)
+        np.take(array, index, axis=0, out=out.numpy(), mode="clip")
         return out
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -443,19 +449,21 @@ class PriorBatches(IterableDataset):
             yield self.finish(batch, lane_batch * self.lanes + lane)
 
     def finish(self, rows: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-        """Model inputs of a batch of rows; ε and the control drop are drawn from a generator seeded by the batch."""
+        """A batch of rows with ε added and the control drop applied, both drawn from a generator seeded by the
+        batch; `to_device` makes it the model's inputs."""
         rng = np.random.default_rng([self.seed, self.rank, batch, self.shuffle])
         control = rows["control_embedding"]
         control[torch.from_numpy(rng.random(len(control)) < self.zero_control_prob)] = self.zero_image
-        noise = torch.from_numpy(rng.standard_normal(control.shape, dtype=np.float32))
-        return {
-            "hidden_states": noise,
-            "proj_embedding": rows["proj_embedding"],
-            "encoder_hidden_states": rows["encoder_hidden_states"],
-            "attention_mask": rows["attention_mask"],
-            "control_embedding": control,
-            "target": rows["target"],
-        }
+        return {"hidden_states": torch.from_numpy(rng.standard_normal(control.shape, dtype=np.float32)), **rows}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The model's inputs from a loader batch, on `device`: the text states travel as float16 (half the bytes) and
+    become float32 there, with each subject's image embedding written at its token positions (`interleave`)."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    text = moved.pop("encoder_hidden_states").float()
+    text[moved.pop("subject_rows"), moved.pop("subject_positions")] = moved.pop("subject_embeddings")
+    return {"encoder_hidden_states": text, **moved}
 
 
 def loader(data: Dataset, split: str, batch_size: int, workers: int, *, pin_memory: bool = False,

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from lambda_eclipse.errors import UserError
 from prior.config import PROFILES, TrainConfig
-from prior.data import Dataset, loader, open_dataset
+from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior, prior_config
 from storage.fs import is_local
@@ -182,7 +182,7 @@ def train_loop(job: TrainJob) -> None:
         log.info("training from step %d to %d on %d × %s, batch %d per trainer",
                  step, t.max_steps, world, device, t.batch_size)
     while step < t.max_steps:
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        batch = to_device(next(batches), device)
         target = batch.pop("target")
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             predicted = net(**batch, return_dict=False)
@@ -279,7 +279,7 @@ def validate(model: EclipsePrior, batches, device: torch.device, amp: torch.dtyp
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)  # samples, total, mse, contrastive, cosine, hits
     for batch in islice(batches, cfg.val.max_batches or None):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = to_device(batch, device)
         target = batch.pop("target")
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             predicted = model(**batch, return_dict=False).float()

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from lambda_eclipse.errors import UserError
 from storage.fs import Location, arrow, is_file, join
 from storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths
-from storage.schema import CONTEXT_LENGTH
+from storage.schema import text_states
 
 FIXED = ("token_ids", "attention_mask", "text_embedding", "target_embedding", "edge_embedding")
 
@@ -41,7 +41,7 @@ def _rows(batch, text_width: int) -> Iterator[dict[str, Any]]:
         if name in FIXED:
             columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), -1)
         elif name == "text_hidden_states":
-            columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), CONTEXT_LENGTH, text_width)
+            columns[name] = text_states(col, text_width)
         elif name == "subject_embeddings":
             columns[name] = [np.asarray(v.values.flatten().to_numpy(zero_copy_only=False)).reshape(len(v), -1)
                              for v in col]

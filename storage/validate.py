@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import join, resolve
 from storage.layout import DATASET_JSON, SHARDS, file_digest
-from storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema
+from storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema, legacy_text_states_type, text_states
 from storage.shard_writer import split_of
 
 FLOAT_COLUMNS = ("text_hidden_states", "text_embedding", "target_embedding", "edge_embedding", "subject_embeddings")
@@ -264,7 +264,9 @@ class _Checker:
                             self.problem(shard, "dims", f"sample {key}: {a} subjects but {b} subject embeddings",
                                          result)
                     for name in FLOAT_COLUMNS:
-                        values = _flat_floats(batch.column(name))
+                        column = batch.column(name)
+                        binary = pa.types.is_fixed_size_binary(column.type)
+                        values = text_states(column, w) if binary and w is not None else _flat_floats(column)
                         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
                         if bad:
                             nonfinite[name] += bad
@@ -293,6 +295,10 @@ class _Checker:
         return keys, subjects
 
     def schema_ok(self, shard: str, got: pa.Schema, want: pa.Schema, result: ShardResult) -> bool:
+        w = self.report.text_width
+        name = "text_hidden_states"
+        if name in got.names and w is not None and got.field(name).type.equals(legacy_text_states_type(w)):
+            got = got.set(got.get_field_index(name), want.field(name))  # the earlier layout, still read
         if got.remove_metadata().equals(want.remove_metadata()):
             return True
         names = set(got.names)
@@ -302,7 +308,7 @@ class _Checker:
         extra = [n for n in got.names if n not in set(want.names)]
         if extra:
             self.problem(shard, "schema", f"{shard}.parquet has unexpected column(s) {', '.join(extra)}", result)
-        d, w = self.report.embed_dim, self.report.text_width
+        d = self.report.embed_dim
         for name in want.names:
             if name not in names or got.field(name).type.equals(want.field(name).type):
                 continue
@@ -422,7 +428,10 @@ def validate(root: str, split_tolerance: float | None = None) -> Report:
 
 
 def _dim(dtype: pa.DataType) -> int | None:
-    """The fixed size of a fixed_size_list (or of the fixed_size_list inside a list)."""
+    """The fixed size of a fixed_size_list (or of the fixed_size_list inside a list), or of the float16 text states
+    in a fixed_size_binary."""
+    if pa.types.is_fixed_size_binary(dtype):
+        return dtype.byte_width // 2
     if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
         dtype = dtype.value_type
     return dtype.list_size if pa.types.is_fixed_size_list(dtype) else None

@@ -1,5 +1,6 @@
 import os
 import tempfile
+from pathlib import Path
 
 # Before Prefect is imported anywhere: a private home, no analytics, no hub downloads.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
@@ -43,3 +44,28 @@ def ray_local():
              runtime_env=RUNTIME_ENV, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def rewrite_text_states_as_legacy(root, shard: int) -> None:
+    """Rewrite a shard's text_hidden_states as the fixed_size_list<float16> column datasets had before it became
+    binary (storage/schema.py), updating _stats.json's hash of it: an old dataset, which must still be read."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.layout import sha256_file, shard_paths, write_json_atomic
+    from storage.schema import legacy_text_states_type, text_states
+
+    paths = {kind: Path(path) for kind, path in shard_paths(root, shard).items()}
+    table = pq.read_table(paths["parquet"])
+    width = int(table.schema.metadata[b"text_width"])
+    states = text_states(table["text_hidden_states"], width)
+    legacy = pa.FixedSizeListArray.from_arrays(pa.array(states.reshape(-1)), type=legacy_text_states_type(width))
+    index = table.schema.get_field_index("text_hidden_states")
+    table = table.set_column(index, pa.field("text_hidden_states", legacy.type), legacy)
+    pq.write_table(table, paths["parquet"])
+    stats = json.loads(paths["stats"].read_text())
+    stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]),
+                                             "bytes": paths["parquet"].stat().st_size}
+    write_json_atomic(paths["stats"], stats)

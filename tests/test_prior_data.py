@@ -2,6 +2,7 @@
 columnar loader's batches against the row-wise reference it replaced."""
 
 import dataclasses
+import shutil
 import threading
 import time
 from itertools import islice
@@ -11,12 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import rewrite_text_states_as_legacy
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic_features import featured_sample, keys_for
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior import data as data_module
-from prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset
+from prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset, to_device
 from storage import shard_writer
 from storage.layout import read_json, shard_paths, write_json_atomic
 from storage.reader import iter_samples
@@ -114,8 +116,8 @@ def reference_batch(data, split: str, batch_size: int, batch: int, *, rank=0, wo
 def assert_same_batches(got: list[dict[str, torch.Tensor]], expected: list[dict[str, torch.Tensor] | None]):
     present = [b for b in expected if b is not None]
     assert len(got) == len(present)
-    for a, b in zip(got, present):
-        assert list(a) == list(b)
+    for a, b in zip([to_device(g, "cpu") for g in got], present):
+        assert sorted(a) == sorted(b)
         for name in a:
             assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
             assert torch.equal(a[name], b[name]), name  # bit for bit
@@ -146,7 +148,10 @@ def test_interleave_replaces_the_subject_positions_and_nothing_else():
 def test_batches_carry_the_interleaved_sample_and_the_eq1_inputs(dataset):
     data = open_dataset(dataset)
     rows = list(iter_samples(dataset, "val"))
-    (batch,) = PriorBatches(data, "val", batch_size=len(rows))  # validation reads in shard order
+    (raw,) = PriorBatches(data, "val", batch_size=len(rows))  # validation reads in shard order
+    assert raw["encoder_hidden_states"].dtype == torch.float16  # half the bytes to the device
+    assert raw["subject_rows"].tolist() == [i for i in range(len(rows)) for _ in (2, 5)]
+    batch = to_device(raw, "cpu")
     assert batch["encoder_hidden_states"].shape == (len(rows), 77, D)
     assert batch["encoder_hidden_states"].dtype == torch.float32  # the subject embeddings keep their precision
     for i, row in enumerate(rows):
@@ -180,6 +185,18 @@ def test_training_stream_shuffles_across_shards_every_epoch(dataset):
         assert sorted(epoch) == sorted(file_order)  # each sample exactly once per epoch
         assert epoch != file_order
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_a_dataset_with_the_earlier_float16_list_text_states_gives_the_same_batches(varied, tmp_path):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(varied, legacy)
+    for shard in range(4):
+        rewrite_text_states_as_legacy(legacy, shard)
+    kwargs: dict[str, Any] = dict(seed=3, buffer=6, zero_control_prob=0.3)
+    new = list(islice(PriorBatches(open_dataset(varied), "train", 7, **kwargs), 6))
+    old = list(islice(PriorBatches(open_dataset(legacy), "train", 7, **kwargs), 6))
+    assert_same_batches(old, [to_device(b, "cpu") for b in new])
+    assert [r["key"] for r in iter_samples(legacy)] == [r["key"] for r in iter_samples(varied)]
 
 
 def test_buffer_order_is_a_bounded_permutation():

@@ -3,6 +3,7 @@ from collections.abc import Iterable
 from typing import cast
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import featured_sample
@@ -54,7 +55,12 @@ def test_round_trip_through_pyarrow_reader_and_webdataset(tmp_path):
 
     table = pq.read_table(paths["parquet"])
     assert table.num_rows == 5
-    assert table.schema.field("text_hidden_states").type.value_type == "halffloat"
+    assert table.schema.field("text_hidden_states").type == pa.binary(77 * 8 * 2)  # float16 bytes (storage/schema.py)
+    group = pq.ParquetFile(paths["parquet"]).metadata.row_group(0)
+    encoding = {c.path_in_schema: c for c in map(group.column, range(group.num_columns))}
+    assert encoding["text_hidden_states"].compression == "UNCOMPRESSED"  # read at memory speed by the prior's loader
+    assert "RLE_DICTIONARY" not in encoding["text_hidden_states"].encodings
+    assert encoding["key"].compression == "SNAPPY" and "RLE_DICTIONARY" in encoding["key"].encodings
     assert table.column("key").to_pylist() == [f"k{i}" for i in range(5)]
 
     rows = list(iter_samples(tmp_path))

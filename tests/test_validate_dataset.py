@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import featured_sample
+from conftest import featured_sample, rewrite_text_states_as_legacy
 
 from lambda_eclipse.cli import main
 from lambda_eclipse.sample import Sample, SourceRef
@@ -138,6 +138,23 @@ def test_wrong_text_width(dataset):
 def test_missing_shard_file(dataset):
     local_paths(dataset, 2)["rejects"].unlink()
     assert _problems(dataset) == ["shard 00002: file 00002_rejects.parquet is missing (listed in 00002_stats.json)"]
+
+
+def test_a_shard_with_the_earlier_float16_list_text_states_is_still_valid(dataset):
+    rewrite_text_states_as_legacy(dataset, 1)
+    assert validate(str(dataset)).ok
+
+
+def test_inf_in_earlier_float16_list_text_states(tmp_path):
+    root = tmp_path / "dataset"
+    root.mkdir()
+    _meta(root)
+
+    def infinite(sample: Sample):
+        sample.features["text_hidden_states"][0, 0] = np.inf
+    _write(root, 0, _keys(0), tamper=infinite)
+    rewrite_text_states_as_legacy(root, 0)
+    assert _problems(root) == ["shard 00000: column text_hidden_states has 6 NaN or infinite value(s)"]
 
 
 def test_wrong_row_count(dataset):
