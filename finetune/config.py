@@ -104,11 +104,12 @@ class FinetuneConfig:
         return self
 
     def training_identity(self) -> dict[str, Any]:
-        """The keys a resumed run must share with the checkpoint it continues (not the length, logging or placement)."""
+        """The keys a resumed run must share with the checkpoint it continues (not the length, logging or placement;
+        the precision is compared as resolved, finetune/train.py)."""
         data = self.to_dict()
         finetune = {k: v for k, v in data["finetune"].items() if k != "max_steps"}
         return {f"finetune.{k}": v for k, v in finetune.items()} | {f"data.{k}": v for k, v in data["data"].items()} | {
-            f"models.{k}": v for k, v in data["models"].items()} | {"runtime.precision": self.runtime.precision}
+            f"models.{k}": v for k, v in data["models"].items()}
 
 
 def _value(cfg: FinetuneConfig, key: str) -> Any:

@@ -42,7 +42,8 @@ def read_subjects(specs: list[str]) -> list[Subject]:
     for spec in specs:
         name, folder = parse_subject(spec)
         if any(s.name == name for s in subjects):
-            raise UserError(f"--subject {name} is given twice; each subject needs one folder (put all its photos in it)")
+            raise UserError(f"--subject {name} is given twice; each subject takes one folder (put all its photos "
+                            "in it)")
         path = Path(folder)
         if not path.is_dir():
             raise UserError(f"--subject {spec}: {folder} is not a directory; it must be a folder of the subject's "

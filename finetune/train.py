@@ -88,12 +88,13 @@ def _device_and_precision(cfg: FinetuneConfig) -> tuple[str, str]:
 
 
 def _adamw8bit():
-    try:
-        import bitsandbytes
+    import importlib
+
+    try:  # an optional dependency (not in pyproject): imported by name
+        return importlib.import_module("bitsandbytes.optim").AdamW8bit
     except ImportError:
         raise UserError("finetune.optimizer=adamw8bit needs bitsandbytes, which is not installed: pip install "
                         "bitsandbytes (CUDA builds), or use finetune.optimizer=adamw") from None
-    return bitsandbytes.optim.AdamW8bit
 
 
 def _missing_paper_weights(cfg: FinetuneConfig) -> None:
@@ -164,6 +165,7 @@ class Trainer:
     """The models, optimizer and RNG of a fine-tuning run, and one optimisation step."""
 
     def __init__(self, job: FinetuneJob):
+        import numpy as np
         import torch
         from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
@@ -186,7 +188,9 @@ class Trainer:
         self.unet: UNet2DConditionModel = decoder.pipeline.unet
         self.movq = decoder.pipeline.movq.requires_grad_(False).eval()
         # The decoder's own noise schedule (DDIM at inference shares DDPM's betas), as the script's DDPMScheduler.
-        self.noise_schedule = DDPMScheduler.from_config(decoder.pipeline.scheduler.config)
+        schedule = DDPMScheduler.from_config(decoder.pipeline.scheduler.config)
+        assert isinstance(schedule, DDPMScheduler)  # (typed as also returning the unused kwargs)
+        self.noise_schedule = schedule
         self.timesteps = int(self.noise_schedule.config["num_train_timesteps"])
         self.unet.train()
         if cfg.runtime.gradient_checkpointing:
@@ -200,7 +204,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.generator = torch.Generator("cpu").manual_seed(f.seed)
         self.photos = TrainingPhotos([r.image for r in self.references],
-                                     [r.embedding for r in self.references], job.resolution, cfg.data)
+                                     np.stack([r.embedding for r in self.references]), job.resolution, cfg.data)
         self.step = 0
         if job.resume_from:
             self._restore(Path(job.resume_from))

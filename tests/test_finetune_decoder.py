@@ -132,7 +132,8 @@ def test_resume_with_other_settings_is_refused(trained, subjects):
     cfg = load_finetune_config(None, [*SETTINGS, "finetune.lr=1e-4", "data.flip=0"])
     with pytest.raises(UserError) as exc:
         prepare_finetune(subjects, str(output), "tiny", cfg, resume=True)
-    assert "finetune.lr (0.001 then, 0.0001 now)" in str(exc.value) and "data.flip (0.5 then, 0.0 now)" in str(exc.value)
+    assert "finetune.lr (0.001 then, 0.0001 now)" in str(exc.value)
+    assert "data.flip (0.5 then, 0.0 now)" in str(exc.value)
     with pytest.raises(UserError, match="subjects"):
         prepare_finetune(subjects[:1], str(output), "tiny", load_finetune_config(None, SETTINGS), resume=True)
 
@@ -169,6 +170,10 @@ def test_augmentations_are_seeded_and_shaped():
         ("dog={dog} --set finetune.optimizer=adamw8bit",
          "finetune.optimizer=adamw8bit runs on CUDA only; use finetune.optimizer=adamw on the CPU"),
         ("dog={dog} --set finetune.steps=3", "unknown config key 'finetune.steps'"),
+        ("dog={dog} --profile paper --set models.decoder=/nowhere/decoder --set models.sam_checkpoint=/nowhere/sam",
+         "Kandinsky 2.2 decoder models.decoder=/nowhere/decoder; Grounding DINO"),
+        ("dog={dog} --profile paper --set data.segment=false --set models.decoder=/nowhere/decoder",
+         "weights missing for --profile paper: OpenCLIP models.clip_model=ViT-bigG-14"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(subject, message, tmp_path, capsys):
