@@ -190,6 +190,9 @@ class Trainer:
         # The decoder's own noise schedule (DDIM at inference shares DDPM's betas), as the script's DDPMScheduler.
         schedule = DDPMScheduler.from_config(decoder.pipeline.scheduler.config)
         assert isinstance(schedule, DDPMScheduler)  # (typed as also returning the unused kwargs)
+        if schedule.config["prediction_type"] != "epsilon":
+            raise UserError(f"decoder {decoder.model_id} predicts {schedule.config['prediction_type']!r}; Eq. 2 "
+                            "trains an ε-predicting UNet (Kandinsky 2.2's)")
         self.noise_schedule = schedule
         self.timesteps = int(self.noise_schedule.config["num_train_timesteps"])
         self.unet.train()

@@ -138,6 +138,24 @@ def test_resume_with_other_settings_is_refused(trained, subjects):
         prepare_finetune(subjects[:1], str(output), "tiny", load_finetune_config(None, SETTINGS), resume=True)
 
 
+def test_gradient_checkpointing_and_bf16_autocast(subjects, tmp_path):
+    """The GPU memory and speed options compute the same step: checkpointing recomputes the same gradients, bf16
+    autocast close ones."""
+    def gradients(name: str, *overrides: str) -> tuple[float, torch.Tensor]:
+        cfg = load_finetune_config(None, ["data.segment=false", *overrides])
+        trainer = Trainer(prepare_finetune(subjects[:1], str(tmp_path / name), "tiny", cfg))
+        assert trainer.unet.is_gradient_checkpointing == ("runtime.gradient_checkpointing=true" in overrides)
+        loss, _ = trainer.train_step()  # the gradients stay on the parameters until the next step
+        return loss.item(), torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None])
+
+    loss, plain = gradients("plain")
+    checkpointed_loss, checkpointed = gradients("checkpointed", "runtime.gradient_checkpointing=true")
+    bf16_loss, bf16 = gradients("bf16", "runtime.precision=bf16")
+    assert checkpointed_loss == loss and torch.allclose(checkpointed, plain, rtol=1e-4, atol=1e-7)
+    assert bf16_loss != loss and abs(bf16_loss - loss) < 0.01 * loss
+    assert torch.nn.functional.cosine_similarity(bf16, plain, dim=0) > 0.99
+
+
 def test_augmentations_are_seeded_and_shaped():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)]
