@@ -13,8 +13,9 @@ to denoise the MoVQ latents of each subject's photos conditioned on z_x, the CLI
 its subject segmented (Grounding DINO finds the subject word, SAM masks it, as evaluate does; a photo where nothing is
 found is embedded whole, and finetune.json says so). The prior is not touched: generate and evaluate then use the new
 UNet with the same prior. AdamW at a constant 1e-5 with no warm-up and no prior-preservation loss (the paper's), all
-subjects in one model. The segmentation word of a subject is its DreamBench class when NAME is a DreamBench subject
-folder (backpack_dog → backpack), else NAME with "_" read as a space.
+subjects in one model (each step draws photos uniformly from all subjects'). The paper gives no step count ("a few
+optimization steps"): finetune.max_steps=400 is ours. The segmentation word of a subject is its DreamBench class when
+NAME is a DreamBench subject folder (backpack_dog → backpack), else NAME with "_" read as a space.
 
 OUTPUT gets unet/ (UNet2DConditionModel.save_pretrained, safetensors), finetune.json (subjects, photos and how each
 was embedded, profile, base decoder, steps, config), checkpoints/step-NNNNNNNN/ (UNet, optimizer, RNG: --resume
@@ -59,7 +60,9 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one config key (after --config); repeatable, see the list below",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from DIR's latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from DIR's latest checkpoint (with the same subjects and settings), or start "
+                        "afresh if it has none")
     parser.set_defaults(run=_finetune_decoder)
     return parser
 

@@ -252,8 +252,6 @@ class Trainer:
 
         out = Path(self.job.output)
         target = out / CHECKPOINTS / f"step-{self.step:08d}"
-        if target.exists():  # this run resumed from it and had no step left to train
-            return target
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         self.unet.save_pretrained(tmp / UNET)
