@@ -7,6 +7,7 @@ import os
 import sys
 
 from evaluation.cli import add_parser as add_evaluate
+from finetune.cli import add_parser as add_finetune_decoder
 from generate.cli import add_parsers as add_generate_and_interpolate
 from lambda_eclipse.config import describe_keys
 from lambda_eclipse.errors import BuildError, UserError
@@ -117,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     add_generate_and_interpolate(commands)
     add_evaluate(commands)
     add_validate_dataset(commands)
+    add_finetune_decoder(commands)
     return top
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPLOYMENTS = {"build-dataset", "train-prior", "generate", "evaluate", "validate-dataset"}
+DEPLOYMENTS = {"build-dataset", "train-prior", "generate", "evaluate", "validate-dataset", "finetune-decoder"}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,11 @@ def test_prefect_yaml_declares_the_deployments(spec):
     assert set(deployments) == DEPLOYMENTS
     assert {d["entrypoint"] for d in deployments.values()} == {
         "flows/build_dataset.py:build_dataset", "flows/train_prior.py:train_prior", "flows/generate.py:generate",
-        "flows/evaluate.py:evaluate", "flows/validate_dataset.py:validate_dataset"}
+        "flows/evaluate.py:evaluate", "flows/validate_dataset.py:validate_dataset",
+        "flows/finetune_decoder.py:finetune_decoder"}
     pools = {name: d["work_pool"]["name"] for name, d in deployments.items()}
     assert pools == {"build-dataset": "lambda-gpu", "train-prior": "lambda-gpu", "generate": "lambda-gpu",
-                     "evaluate": "lambda-gpu", "validate-dataset": "lambda-cpu"}
+                     "evaluate": "lambda-gpu", "validate-dataset": "lambda-cpu", "finetune-decoder": "lambda-gpu"}
     for name, d in deployments.items():
         job = d["work_pool"]["job_variables"]
         assert job["working_dir"] == "{{ $LAMBDA_ECLIPSE_ROOT }}"

@@ -1,0 +1,73 @@
+"""finetune-decoder flow: one Prefect task runs the fine-tuning (finetune/train.py); the flow publishes what was
+trained (subjects, how each photo was embedded, loss, speed) as a markdown artifact and emits `EVENT`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from finetune.config import load_finetune_config
+from finetune.subjects import parse_subject
+from finetune.train import FinetuneJob, finetune, prepare_finetune
+from storage.confine import confine
+
+EVENT = "lambda-eclipse.decoder.finetuned"
+
+
+class _ToRunLogger(logging.Handler):
+    """Shows the training loop's `logging` lines (it is framework-free) in this run's logs."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logger.log(record.levelno, record.getMessage())
+
+
+@task(name="finetune", cache_policy=NO_CACHE)
+def train(job: FinetuneJob) -> dict:
+    source, handler = logging.getLogger(finetune.__module__), _ToRunLogger(get_run_logger())
+    source.addHandler(handler)
+    level = source.level
+    source.setLevel(logging.INFO)
+    try:
+        return finetune(job)[1]
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
+
+
+@flow(name="finetune-decoder")
+def finetune_decoder(
+    subjects: list[str],
+    output: str,
+    profile: str = "tiny",
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+) -> dict:
+    """Fine-tune the Kandinsky 2.2 decoder UNet on the photos of `subjects` ("NAME=DIR"), into `output`."""
+    confine(subjects=[parse_subject(s)[1] for s in subjects], output=output, config_file=config_file)
+    job = prepare_finetune(subjects, output, profile, load_finetune_config(config_file, overrides or []), resume)
+    get_run_logger().info("%s decoder, %d subject(s), %d px, %s on %s%s", profile, len(job.subjects), job.resolution,
+                          job.precision, job.device, f", resuming from {job.resume_from}" if job.resume_from else "")
+    record = train(job)
+    lines = [f"# finetune-decoder: {record['steps']} steps", "",
+             f"base decoder `{record['base_decoder']}`, {profile} profile, {record['resolution']} px, final loss "
+             f"{record['loss']:.4g}, UNet `{Path(output) / record['unet']}`", "",
+             "| subject | word | photos | segmented | embedded whole |", "|---|---|---:|---:|---:|"]
+    for s in record["subjects"]:
+        segmented = sum(p["embedded"] == "segmented" for p in s["photos"])
+        lines.append(f"| {s['name']} | {s['word']} | {len(s['photos'])} | {segmented} | "
+                     f"{len(s['photos']) - segmented} |")
+    create_markdown_artifact(markdown="\n".join(lines), key="finetune-decoder-summary",
+                             description="fine-tuned decoder")
+    emit_event(event=EVENT, resource={"prefect.resource.id": f"lambda-eclipse.decoder.{Path(output).resolve()}"},
+               payload={"output": str(output), "steps": record["steps"]})
+    return record | {"output": str(output)}
