@@ -81,6 +81,9 @@ class SubjectsConfig:
 class EdgeConfig:
     low_threshold: int = 100
     high_threshold: int = 200
+    # Shorter side (px) the image is resized to before Canny, in build-dataset and generate alike (tasks/edges.py);
+    # 0: the image's own resolution. Not in the paper; 512 is Kandinsky 2.2's output size.
+    size: int = 512
 
 
 @dataclass
