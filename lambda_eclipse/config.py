@@ -89,6 +89,9 @@ class EdgeConfig:
 @dataclass
 class FeaturesConfig:
     batch_size: int = 32
+    # CLIP weights for the embeddings (target, subjects, edge, text): auto = float16 on cuda, as the released
+    # λ-ECLIPSE inference loads bigG, float32 on cpu; float32 | float16 | bfloat16 (runtime.dtype is not used here)
+    dtype: str = "auto"
 
 
 @dataclass
