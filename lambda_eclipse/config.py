@@ -105,7 +105,8 @@ class ModelsConfig:
 
     blip2: str = "Salesforce/blip2-flan-t5-xl"
     grounding_dino: str = "IDEA-Research/grounding-dino-tiny"
-    sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    # absolute: it must resolve on every Ray node (the image's /models volume; deploy/model_cache.py fills it)
+    sam_checkpoint: str = "/models/sam/sam_vit_h_4b8939.pth"
     sam_type: str = "vit_h"
     clip_model: str = "ViT-bigG-14"
     clip_pretrained: str = "laion2b_s39b_b160k"

@@ -173,6 +173,11 @@ def embedding_dtype(name: str, device: torch.device) -> torch.dtype:
     return EMBEDDING_DTYPES[name]
 
 
+def hub_repo(name: str, pretrained: str) -> str:
+    """The Hugging Face repo that holds OpenCLIP `name`'s `pretrained` weights ("" when they are not on the hub)."""
+    return open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub", "").strip("/")
+
+
 def _as_clip(model: torch.nn.Module, name: str) -> open_clip.CLIP:
     """`create_model`'s result as the CLIP it is for the models here (text tower and all: not a CustomTextCLIP)."""
     if not isinstance(model, open_clip.CLIP):
