@@ -11,15 +11,19 @@
   subject, else its name with "_" read as a space and a trailing number dropped (`guinea_pig` → "guinea pig",
   `park_2` → "park"); a folder whose word has no role is an error. Every filling of a template by distinct folders
   with distinct words whose roles fit its slots is a candidate (in an `unordered` template, slots of one role take
-  folders in sorted order: "dog and cat in the snow" without "cat and dog in the snow"); no "dog wearing a dog" or
-  "dog and dog". The paper published its counts (904 two- and 1,476 three-subject prompts, `paper_counts`), not its
-  combinations: where a group has more candidates, a fixed-seed sample of that many is kept (in candidate order:
-  templates in order, two-subject prompts first), else all of them. The count therefore depends on --data: the 30
+  folders in sorted order: "cat and dog in the snow" without "dog and cat in the snow"); no "dog wearing a dog" or
+  "dog and dog". The paper published its counts (904 two- and 1,476 three-subject prompts, `paper_counts`; its
+  total "2,308" is not their sum, 2,380), not its combinations: where a group has more candidates, a fixed-seed
+  sample of that many is kept (in candidate order: templates in order, two-subject prompts first), else all of
+  them. The count therefore depends on --data: the 30
   DreamBench folders alone have no bird, horse, guinea pig, hat, park, … (the paper's added concepts) and give
-  fewer prompts; `multibench_candidates` counts them. `evaluate.max_prompts` bounds a run.
+  fewer prompts (162 two-, 1,476 of 2,447 three-subject); with one folder per Table 9 category DreamBench lacks
+  (bird, horse, guinea_pig, hat, park, ruins, castle, desert, hill, church, tower, rainbow, boat, guitar,
+  french_horn, robot) and a second bird, horse and guinea pig, 990 and 18,104 candidates give exactly 904 and 1,476
+  (tests/test_benchmarks.py). `multibench_candidates` counts them. `evaluate.max_prompts` bounds a run.
 
 Placeholders are filled by position, so each subject's character span in the prompt is known exactly (also when two
-subjects share a word: "dog and dog in the snow"), and the filled prompt is the CLIP-T text: the prompt without
+subjects share a word), and the filled prompt is the CLIP-T text: the prompt without
 subject placeholders, as DreamBooth scores its prompts without the identifier token.
 """
 
