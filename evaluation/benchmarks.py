@@ -4,22 +4,36 @@
   its 25 prompts are the live-subject or object prompts of benchmarks.json with {subject} = the subject's class name
   ("a dog in the jungle", "a stuffed animal on the beach"); the class name is the subject word. Folders that are not
   DreamBench subjects are an error.
-- Multibench (paper Appendix F, Table 4): the 2- and 3-subject templates of benchmarks.json filled with every ordered
-  choice of distinct subject folders, templates in order, two-subject prompts first. A folder's subject word is its
-  DreamBench class when it is a DreamBench subject, else its name with "_" read as a space (`guinea_pig` →
-  "guinea pig"). The paper did not publish which subject combinations it used; `evaluate.max_prompts` bounds a run.
+- Multibench (paper Appendix F, Table 4): role-aware prompts. benchmarks.json gives each Table 8 template the role
+  of each of its slots (a living subject first; then a place, a wearable, an object, a landmark, … as the template
+  calls for it: "{} wearing a {}" takes a living subject and a wearable) and each role its category words (Table 9's
+  categories, DreamBench's classes as objects). A folder's word is its DreamBench class when it is a DreamBench
+  subject, else its name with "_" read as a space and a trailing number dropped (`guinea_pig` → "guinea pig",
+  `park_2` → "park"); a folder whose word has no role is an error. Every filling of a template by distinct folders
+  with distinct words whose roles fit its slots is a candidate (in an `unordered` template, slots of one role take
+  folders in sorted order: "cat and dog in the snow" without "dog and cat in the snow"); no "dog wearing a dog" or
+  "dog and dog". The paper published its counts (904 two- and 1,476 three-subject prompts, `paper_counts`; its
+  total "2,308" is not their sum, 2,380), not its combinations: where a group has more candidates, a fixed-seed
+  sample of that many is kept (in candidate order: templates in order, two-subject prompts first), else all of
+  them. The count therefore depends on --data: the 30
+  DreamBench folders alone have no bird, horse, guinea pig, hat, park, … (the paper's added concepts) and give
+  fewer prompts (162 two-, 1,476 of 2,447 three-subject); with one folder per Table 9 category DreamBench lacks
+  (bird, horse, guinea_pig, hat, park, ruins, castle, desert, hill, church, tower, rainbow, boat, guitar,
+  french_horn, robot) and a second bird, horse and guinea pig, 990 and 18,104 candidates give exactly 904 and 1,476
+  (tests/test_benchmarks.py). `multibench_candidates` counts them. `evaluate.max_prompts` bounds a run.
 
 Placeholders are filled by position, so each subject's character span in the prompt is known exactly (also when two
-subjects share a word: "dog and dog in the snow"), and the filled prompt is the CLIP-T text: the prompt without
+subjects share a word), and the filled prompt is the CLIP-T text: the prompt without
 subject placeholders, as DreamBooth scores its prompts without the identifier token.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass
-from itertools import permutations
+from itertools import product
 from pathlib import Path
 
 from lambda_eclipse.config import InputConfig
@@ -29,6 +43,7 @@ BENCHMARKS = ("dreambench", "multibench")
 BUNDLED = Path(__file__).with_name("benchmarks.json")  # a copy of shared/reference/benchmarks.json
 GROUPS = {"dreambench": ("single subject",), "multibench": ("two subjects", "three subjects")}
 PLACEHOLDER = re.compile(r"\{(?:subject)?\}")
+SIZES = ((2, "two_subject_templates", "two subjects"), (3, "three_subject_templates", "three subjects"))
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,7 @@ def read_subjects(data: str | Path, dreambench: dict) -> list[BenchSubject]:
         if not photos:
             raise UserError(f"subject folder {folder} has no photos ({', '.join(extensions)})")
         known = dreambench["subjects"].get(folder.name)
-        word = known["class"] if known else folder.name.replace("_", " ")
+        word = known["class"] if known else re.sub(r"_*\d+$", "", folder.name).replace("_", " ")
         subjects.append(BenchSubject(folder.name, word, photos))
     if not subjects:
         raise UserError(f"--data {root} has no subject folders")
@@ -108,17 +123,68 @@ def dreambench_prompts(subjects: list[BenchSubject], bench: dict) -> list[BenchP
     return prompts
 
 
+def _multibench_section(bench: dict) -> dict:
+    """The role-aware Multibench section, checked: every template's slots name known roles, one per placeholder."""
+    section = bench["multibench"]
+    missing = [k for k in ("roles", "slots", "paper_counts") if k not in section]
+    if missing:
+        raise UserError(f"the benchmarks file's multibench section lacks {', '.join(missing)}: Multibench prompts are "
+                        "built from roles (see evaluation/benchmarks.json)")
+    for _, key, _ in SIZES:
+        for template in section[key]:
+            roles = section["slots"].get(template)
+            if roles is None or len(roles) != len(PLACEHOLDER.findall(template)):
+                raise UserError(f"multibench template {template!r} needs slots: one role per placeholder")
+            unknown = [r for r in roles if r not in section["roles"]]
+            if unknown:
+                raise UserError(f"multibench template {template!r}: unknown roles {unknown}; roles are "
+                                f"{', '.join(section['roles'])}")
+    return section
+
+
+def multibench_candidates(subjects: list[BenchSubject], bench: dict) -> dict[str, list[tuple[int, tuple]]]:
+    """Per group, every (template number, subjects) whose roles fit, in template order, before any sampling."""
+    section = _multibench_section(bench)
+    words_with_role = {word for words in section["roles"].values() for word in words}
+    unknown = sorted(s.name for s in subjects if s.word not in words_with_role)
+    if unknown:
+        raise UserError(f"--data folders {unknown} are no Multibench category (their words have no role); known: "
+                        f"{', '.join(sorted(words_with_role))}. Rename the folder or add its word to a role in a "
+                        "benchmarks file (evaluate.benchmarks)")
+    candidates: dict[str, list[tuple[int, tuple]]] = {}
+    for _, key, group in SIZES:
+        found = candidates.setdefault(group, [])
+        for t, template in enumerate(section[key]):
+            roles = section["slots"][template]
+            unordered = template in section.get("unordered", ())
+            options = [[i for i, s in enumerate(subjects) if s.word in section["roles"][role]] for role in roles]
+            for chosen in product(*options):
+                if len({subjects[i].word for i in chosen}) < len(chosen):
+                    continue  # a folder or a word twice: "dog wearing a dog", "dog and dog"
+                if unordered and any(roles[a] == roles[b] and chosen[a] > chosen[b]
+                                     for a in range(len(roles)) for b in range(a + 1, len(roles))):
+                    continue
+                found.append((t, tuple(subjects[i] for i in chosen)))
+    return candidates
+
+
 def multibench_prompts(subjects: list[BenchSubject], bench: dict) -> list[BenchPrompt]:
     if len(subjects) < 2:
         raise UserError(f"Multibench needs at least 2 subject folders in --data, found {len(subjects)}")
+    candidates = multibench_candidates(subjects, bench)
+    if not any(candidates.values()):
+        raise UserError(f"no Multibench prompt fits the --data folders {[s.name for s in subjects]}: every template "
+                        "needs a living subject (dog, cat, …) and a second one of the role its template calls for")
+    section = bench["multibench"]
     prompts = []
-    sizes = ((2, "two_subject_templates", "two subjects"), (3, "three_subject_templates", "three subjects"))
-    for n, key, group in sizes:
-        for t, template in enumerate(bench["multibench"][key]):
-            for chosen in permutations(subjects, n):
-                text, spans = fill(template, [s.word for s in chosen])
-                pid = f"{n}/{t:02d}/{'+'.join(s.name for s in chosen)}"
-                prompts.append(BenchPrompt(pid, len(prompts), group, text, chosen, tuple(spans)))
+    for n, key, group in SIZES:
+        found, target = candidates[group], int(section["paper_counts"][group])
+        if len(found) > target:  # the paper's count, sampled with a fixed seed, kept in candidate order
+            found = [found[i] for i in sorted(random.Random(f"multibench/{group}").sample(range(len(found)), target))]
+        for t, chosen in found:
+            text, spans = fill(section[key][t], [s.word for s in chosen])
+            pid = f"{n}/{t:02d}/{'+'.join(s.name for s in chosen)}"
+            prompts.append(BenchPrompt(pid, len(prompts), group, text, chosen, tuple(spans)))
     return prompts
 
 

@@ -81,11 +81,17 @@ class SubjectsConfig:
 class EdgeConfig:
     low_threshold: int = 100
     high_threshold: int = 200
+    # Shorter side (px) the image is resized to before Canny, in build-dataset and generate alike (tasks/edges.py);
+    # 0: the image's own resolution. Not in the paper; 512 is Kandinsky 2.2's output size.
+    size: int = 512
 
 
 @dataclass
 class FeaturesConfig:
     batch_size: int = 32
+    # CLIP weights for the embeddings (target, subjects, edge, text): auto = float16 on cuda, as the released
+    # λ-ECLIPSE inference loads bigG, float32 on cpu; float32 | float16 | bfloat16 (runtime.dtype is not used here)
+    dtype: str = "auto"
 
 
 @dataclass
@@ -99,7 +105,8 @@ class ModelsConfig:
 
     blip2: str = "Salesforce/blip2-flan-t5-xl"
     grounding_dino: str = "IDEA-Research/grounding-dino-tiny"
-    sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    # absolute: it must resolve on every Ray node (the image's /models volume; deploy/model_cache.py fills it)
+    sam_checkpoint: str = "/models/sam/sam_vit_h_4b8939.pth"
     sam_type: str = "vit_h"
     clip_model: str = "ViT-bigG-14"
     clip_pretrained: str = "laion2b_s39b_b160k"

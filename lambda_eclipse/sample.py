@@ -67,7 +67,9 @@ class Sample:
     nouns: list[Noun] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
     subjects: list[Detection] = field(default_factory=list)  # highest logit first
-    edge: np.ndarray | None = None  # (H, W, 3) uint8 Canny edge map as RGB
+    # subjects a stage removed from an accepted sample, each {"noun", "span", "stage", "reason"}
+    dropped_subjects: list[dict] = field(default_factory=list)
+    edge: np.ndarray | None = None  # (h, w, 3) uint8 Canny edge map as RGB, shorter side edge.size
     features: dict[str, np.ndarray] = field(default_factory=dict)
     reject: Reject | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, this sample's share

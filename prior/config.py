@@ -35,11 +35,18 @@ class TrainSection:
     seed: int = 0
 
 
+# prior/loss.py's choices; its docstring gives each one's provenance (the paper gives λ, not τ)
+LOSS_REDUCTIONS = ("sum", "mean")  # prior/loss.py's REDUCTIONS (a test keeps them equal)
+LOSS_SIMILARITIES = ("dot", "cosine")  # prior/loss.py's SIMILARITIES
+
+
 @dataclass
 class LossSection:
-    # prior/loss.py's LAMBDA and TAU (a test keeps them equal), written out so that the CLI's parser needs no torch
+    # prior/loss.py's defaults (a test keeps them equal), written out so that the CLI's parser needs no torch
     lam: float = 0.2  # weight of the contrastive term of Eq. 1 (paper: 0.2)
-    tau: float = 0.01  # its temperature
+    tau: float = 12.8  # its temperature (not in the paper): 0.01·d for dot; use 0.01 with similarity=cosine
+    reduction: str = "sum"  # squared error: sum over dimensions (Eq. 1's ‖·‖²) | mean (÷ d, as F.mse_loss)
+    similarity: str = "dot"  # contrastive logits: dot (Eq. 1's inner product) | cosine (normalised, as CLIP)
 
 
 @dataclass
@@ -99,6 +106,9 @@ class TrainConfig:
             ("train.min_lr_ratio", 0 <= t.min_lr_ratio <= 1, "must be in [0, 1]"),
             ("train.grad_clip", t.grad_clip >= 0, "must be ≥ 0"),
             ("loss.tau", self.loss.tau > 0, "must be > 0"),
+            ("loss.reduction", self.loss.reduction in LOSS_REDUCTIONS, f"must be one of {', '.join(LOSS_REDUCTIONS)}"),
+            ("loss.similarity", self.loss.similarity in LOSS_SIMILARITIES,
+             f"must be one of {', '.join(LOSS_SIMILARITIES)}"),
             ("data.zero_control_prob", 0 <= d.zero_control_prob <= 1, "must be in [0, 1]"),
             ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be ≥ 1"),
             ("data.workers", d.workers >= 0, "must be ≥ 0"),

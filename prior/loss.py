@@ -1,18 +1,25 @@
 """The prior's training objective, Eq. 1 of the paper (after ECLIPSE, Patel et al. 2023):
 
-    L_prior = E ‖z_x − f_θ(ε, z_y, z_xk)‖²  −  λ/N Σ_i log [ exp(⟨ẑ_x^i, z_y^i⟩/τ) / Σ_j exp(⟨ẑ_x^i, z_y^j⟩/τ) ]
+    L_prior = E ‖z_x − f_θ(ε, z_y, z_xk)‖²₂  −  λ/N Σ_i log [ exp(⟨ẑ_x^i, z_y^i⟩/τ) / Σ_j exp(⟨ẑ_x^i, z_y^j⟩/τ) ]
 
-The paper fixes λ = 0.2 (Table 6) and calls ⟨·,·⟩ "the inner product" and τ "the temperature", without a value for
-τ or a word on normalisation. Choices made here where it is silent:
+Defaults are Eq. 1 as written; the alternatives are config options (prior/config.py's `loss` section). Provenance:
 
-- Projection term: mean squared error over batch and dimensions (`F.mse_loss`), the reduction diffusers' unCLIP
-  prior training uses; the paper's E‖·‖² is the same up to the constant factor d.
-- Contrastive term: the inner product of L2-normalised vectors (cosine similarity), as in CLIP, whose latent space
-  the prior predicts into; without normalisation the term could be lowered by growing ‖ẑ_x‖, fighting the MSE.
-- τ = 0.01: the temperature CLIP training ends at (its logit scale is clamped at 100), so the term is CLIP's own
-  image→text classification loss applied to the predicted embedding. Only the image→text direction (softmax over
-  the batch's texts j for each prediction i), as Eq. 1 writes it.
+- λ = 0.2: the paper (Table 6).
+- `reduction=sum` (default, Eq. 1): the squared L2 norm, summed over the d dimensions and averaged over the batch.
+  `mean`: averaged over dimensions too (`F.mse_loss`, diffusers' unCLIP prior training); it divides the first term
+  by d = 1280, so that λ = 0.2 then weighs the contrastive term 1280 times more than Eq. 1 does.
+- `similarity=dot` (default, Eq. 1): ⟨·,·⟩ is "the inner product" of the raw (unnormalised) embeddings.
+  `cosine`: the inner product of L2-normalised vectors, as CLIP trains; the paper does not say it normalises.
+- τ: the paper gives no value. For `cosine` we use 0.01, the temperature CLIP training ends at (its logit scale
+  is clamped at 100), so the term is CLIP's image→text classification loss on the predicted embedding. For `dot`
+  (default) we use τ = 0.01 · 1280 = 12.8: for vectors whose coordinates have unit RMS (norm √d, as the synthetic
+  features and a unit-variance embedding have) ⟨a, b⟩ = d · cos(a, b), so τ = 0.01 · d gives the same logits as
+  CLIP's 100 · cos. With real bigG embeddings of other norms, τ ≈ 0.01 · mean(‖ẑ_x‖ · ‖z_y‖) keeps that meaning.
+  `loss.tau` is one key: switching to `cosine` also needs `loss.tau=0.01`.
+- Only the image→text direction (softmax over the batch's texts j for each prediction i), as Eq. 1 writes it.
 - Computed in float32: at τ = 0.01 the bf16 rounding of a cosine (~0.004) would move a logit by ~0.4.
+
+`bench/prior_loss.py` prints both terms' gradient norms at initialisation for each option.
 """
 
 from __future__ import annotations
@@ -21,7 +28,18 @@ import torch
 import torch.nn.functional as F
 
 LAMBDA = 0.2
-TAU = 0.01
+TAU = 12.8  # the default similarity's; cosine: TAU_COSINE
+TAU_COSINE = 0.01
+REDUCTIONS = ("sum", "mean")  # the first is the default
+SIMILARITIES = ("dot", "cosine")
+
+
+def check_options(reduction: str, similarity: str) -> None:
+    """ValueError naming the valid choices for an unknown reduction or similarity."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"loss.reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"loss.similarity={similarity!r} is not one of {', '.join(SIMILARITIES)}")
 
 
 def prior_loss(
@@ -30,14 +48,21 @@ def prior_loss(
     text_embedding: torch.Tensor,
     lam: float = LAMBDA,
     tau: float = TAU,
+    reduction: str = REDUCTIONS[0],
+    similarity: str = SIMILARITIES[0],
 ) -> dict[str, torch.Tensor]:
     """Eq. 1 on a batch: predicted ẑ_x, target z_x and pooled text z_y, each (B, d).
 
     Returns scalar tensors `total` = `mse` + lam · `contrastive`, with each term separately for logging.
-    `contrastive` is −mean_i log softmax_j(⟨p̂_i, t̂_j⟩ / tau) at j = i, p̂ and t̂ unit vectors.
+    `mse` is mean_i ‖ẑ_i − z_i‖² (reduction=sum) or that divided by d (mean); `contrastive` is
+    −mean_i log softmax_j(s(ẑ_i, z_y^j) / tau) at j = i, s the inner product (dot) or cosine similarity.
     """
+    check_options(reduction, similarity)
     predicted, target_image, text_embedding = predicted.float(), target_image.float(), text_embedding.float()
-    mse = F.mse_loss(predicted, target_image)
-    logits = F.normalize(predicted, dim=-1) @ F.normalize(text_embedding, dim=-1).T / tau
+    squared = (predicted - target_image).square()
+    mse = squared.sum(dim=-1).mean() if reduction == "sum" else squared.mean()
+    if similarity == "cosine":
+        predicted, text_embedding = F.normalize(predicted, dim=-1), F.normalize(text_embedding, dim=-1)
+    logits = predicted @ text_embedding.T / tau
     contrastive = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
     return {"total": mse + lam * contrastive, "mse": mse, "contrastive": contrastive}

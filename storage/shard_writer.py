@@ -143,6 +143,7 @@ class ShardWriter:
         self._seconds: dict[str, float] = {}
         self.inputs = 0
         self.accepted = 0
+        self._dropped_subjects = 0  # removed from samples that were still accepted (Sample.dropped_subjects)
         self._start = time.perf_counter()
 
     def add(self, sample: Sample) -> None:
@@ -156,6 +157,7 @@ class ShardWriter:
             )
             return
         self.accepted += 1
+        self._dropped_subjects += len(sample.dropped_subjects)
         image = required(sample.image, "image")
         split = split_of(sample.key, self.train_fraction)
         self._splits[split] += 1
@@ -174,6 +176,7 @@ class ShardWriter:
                         {"noun": t.noun, "box": [round(float(x), 2) for x in t.box], "logit": round(float(t.logit), 4)}
                         for t in sample.subjects
                     ],
+                    "dropped_subjects": sample.dropped_subjects,
                 }
             ).encode(),
             "mask.png": _png(_label_mask(sample, image)),
@@ -215,6 +218,7 @@ class ShardWriter:
             "accepted": self.accepted,
             "rejected": len(self._rejects),
             "rejected_by_stage": rejected_by_stage,
+            "dropped_subjects": self._dropped_subjects,
             "funnel": funnel,
             "splits": self._splits,
             "seconds": round(elapsed, 3),

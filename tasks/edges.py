@@ -1,18 +1,48 @@
-"""Canny edge map of the target image, the λ-ECLIPSE prior's control input (as RGB for the CLIP encoder)."""
+"""Canny edge map of the target image, the λ-ECLIPSE prior's control input (as RGB for the CLIP encoder).
+
+The map is computed at one fixed resolution, in training (this stage) and at inference (`generate --canny`, through
+`canny_rgb` with the same defaults): the image's shorter side is first resized to `edge.size` px (area averaging).
+Canny's lines are one pixel wide whatever the image size, so without it a 2048 px photo's map, shrunk to CLIP's
+224 px, holds lines 2× fainter and finer detail than a 1024 px one's: the control embedding would measure the
+photo's resolution. The paper does not say at which resolution it ran Canny; 512 px is Kandinsky 2.2's generation
+size (the images the control should lay out) and keeps the lines visible at 224 px.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from lambda_eclipse.config import EdgeConfig
 from lambda_eclipse.required import required
 from lambda_eclipse.sample import Sample
 from tasks.base import Stage
 
+EDGE_SIZE = EdgeConfig.size  # the default edge.size, which generate's --canny uses too
 
-def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → its Canny edge map as (H, W, 3) uint8 RGB; also the generate command's --canny input."""
-    edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low_threshold, high_threshold)
+
+def edge_resolution(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side `size` and the aspect ratio kept; size 0 keeps (height, width)."""
+    if size < 0:
+        raise ValueError(f"edge.size={size}: must be ≥ 0 (the shorter side in px; 0: the image's own resolution)")
+    if size == 0:
+        return height, width
+    scale = size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int, size: int = EDGE_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → its Canny edge map as (h, w, 3) uint8 RGB, h and w from `edge_resolution`.
+
+    Also the generate command's --canny input, which passes no size: the default is the build's default edge.size.
+    """
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    height, width = edge_resolution(gray.shape[0], gray.shape[1], size)
+    if (height, width) != gray.shape[:2]:
+        # area averaging when shrinking (no aliasing), bicubic when enlarging a small image
+        shrink = height < gray.shape[0]
+        gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    edges = cv2.Canny(gray, low_threshold, high_threshold)
     return cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)
 
 
@@ -23,4 +53,5 @@ class CannyEdge(Stage):
     def process(self, samples: list[Sample]) -> None:
         cfg = self.cfg.edge
         for sample in samples:
-            sample.edge = canny_rgb(required(sample.image, "sample.image"), cfg.low_threshold, cfg.high_threshold)
+            image = required(sample.image, "sample.image")
+            sample.edge = canny_rgb(image, cfg.low_threshold, cfg.high_threshold, cfg.size)

@@ -25,13 +25,18 @@ class ClipFeatures(ModelStage):
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
-        from lambda_eclipse.models.clip import load_clip  # torch and open_clip load in the actor only
+        # torch and open_clip load in the actor only
+        from lambda_eclipse.models.clip import embedding_dtype, load_clip
 
+        # features.dtype, not runtime.dtype: the embeddings are the prior's inputs and targets, kept at fp16 or
+        # better (shared/DESIGN.md: bf16 weights would round them ~8× more coarsely)
+        self.dtype = embedding_dtype(cfg.features.dtype, self.device)
         self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
 
     def _locate_subjects(self, sample: Sample) -> bool:
         """Set each subject's token positions; drop subjects truncated away or not on token boundaries.
 
+        Each dropped subject is recorded in `sample.dropped_subjects` (the shard's sample JSON and stats).
         False when too few subjects are left: the sample is then rejected.
         """
         kept, dropped = [], []
@@ -40,19 +45,22 @@ class ClipFeatures(ModelStage):
                 caption = required(sample.caption, "sample.caption")
                 det.token_positions = self.clip.token_positions(caption, det.start, det.end)
             except ValueError:
-                dropped.append(f"{det.noun!r} (not whole CLIP tokens)")
+                dropped.append((det, "not whole CLIP tokens"))
                 continue
             if det.token_positions[-1] >= LAST_WORD_SLOT:
-                dropped.append(
-                    f"{det.noun!r} (tokens {det.token_positions}, caption truncated at {CONTEXT_LENGTH} tokens)"
-                )
+                reason = f"tokens {det.token_positions}, caption truncated at {CONTEXT_LENGTH} tokens"
+                dropped.append((det, reason))
             else:
                 kept.append(det)
         sample.subjects = kept
+        sample.dropped_subjects += [
+            {"noun": det.noun, "span": [det.start, det.end], "stage": self.name, "reason": reason}
+            for det, reason in dropped
+        ]
         if len(kept) < self.cfg.subjects.min_subjects:
             sample.reject_at(
                 self.name,
-                f"subjects dropped from the CLIP text: {', '.join(dropped)}; "
+                f"subjects dropped from the CLIP text: {', '.join(f'{d.noun!r} ({r})' for d, r in dropped)}; "
                 f"{len(kept)} left, fewer than {self.cfg.subjects.min_subjects}",
             )
             return False

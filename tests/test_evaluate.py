@@ -23,6 +23,7 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     write_photos(root / "data" / "dog", 3, size=72)
     write_photos(root / "data" / "backpack", 2, size=64, start=10)
+    write_photos(root / "data" / "cat", 2, size=64, start=20)  # Multibench's role-aware prompts need two animals
     return {"root": root, "data": str(root / "data"), "prior": tiny_prior(root / "prior")}
 
 
@@ -79,16 +80,16 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(bench, monkeypatch
     with pytest.raises(RuntimeError, match="killed"):
         evaluate(benchmark="multibench", data=bench["data"], prior=bench["prior"], output=str(interrupted),
                  overrides=settings)
-    assert [r["id"] for r in rows(interrupted)] == ["2/00/backpack+dog"]
+    assert [r["id"] for r in rows(interrupted)] == ["2/01/cat+backpack"]
 
     resumed = []
     monkeypatch.setattr(run_module.Evaluator, "evaluate",
                         lambda self, prompt, job: resumed.append(prompt.id) or real(self, prompt, job))
     result = evaluate(benchmark="multibench", data=bench["data"], prior=bench["prior"], output=str(interrupted),
                       overrides=settings)
-    assert resumed == ["2/00/dog+backpack", "2/01/backpack+dog"]  # the finished prompt is not generated again
+    assert resumed == ["2/01/dog+backpack", "2/02/cat+dog"]  # the finished prompt is not generated again
     assert rows(interrupted) == rows(whole)
-    for prompt in ("2/00/backpack+dog", "2/01/backpack+dog"):
+    for prompt in ("2/01/cat+backpack", "2/02/cat+dog"):
         for k in (0, 1):
             assert ((interrupted / "images" / prompt / f"{k}.png").read_bytes()
                     == (whole / "images" / prompt / f"{k}.png").read_bytes())
@@ -98,7 +99,7 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(bench, monkeypatch
     resumed.clear()
     evaluate(benchmark="multibench", data=bench["data"], prior=bench["prior"], output=str(interrupted),
              overrides=SMALL + ["evaluate.max_prompts=4"])
-    assert resumed == ["2/01/dog+backpack"] and len(rows(interrupted)) == 4
+    assert resumed == ["2/02/dog+cat"] and len(rows(interrupted)) == 4
 
 
 def test_a_different_evaluation_into_the_same_output_is_refused(bench):

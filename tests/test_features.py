@@ -1,8 +1,18 @@
+import json
+import tarfile
+
 import numpy as np
 import pytest
+import torch
 
 from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.errors import UserError
+from lambda_eclipse.models.clip import embedding_dtype
 from lambda_eclipse.sample import Detection, Sample, SourceRef
+from lambda_eclipse.synthetic_features import featured_sample
+from storage.layout import shard_paths
+from storage.schema import feature_schema
+from storage.shard_writer import ShardWriter
 from tasks.features import ClipFeatures
 
 LONG_MIDDLE = "and a very long story " * 20  # pushes what follows past the 77-token context
@@ -95,11 +105,54 @@ def test_features_match_the_encoders(stage):
 
 
 def test_truncated_subject_dropped(stage):
-    sample = make_sample("a", "a dog " + LONG_MIDDLE + "and a cat", ["dog", "cat"])
+    caption = "a dog " + LONG_MIDDLE + "and a cat"
+    sample = make_sample("a", caption, ["dog", "cat"])
     stage([sample])
     assert sample.accepted
     assert [det.noun for det in sample.subjects] == ["dog"]
     assert sample.subjects[0].embedding is not None
+    start = caption.index("cat")
+    (dropped,) = sample.dropped_subjects
+    assert dropped["noun"] == "cat" and dropped["span"] == [start, start + 3] and dropped["stage"] == "features"
+    assert dropped["reason"].startswith("tokens [") and dropped["reason"].endswith("caption truncated at 77 tokens")
+
+
+def test_dropped_subjects_reach_the_sample_json_and_the_shard_stats(stage, tmp_path):
+    truncated = make_sample("a", "a dog " + LONG_MIDDLE + "and a cat", ["dog", "cat"])
+    stage([truncated])
+    writer = ShardWriter(tmp_path, 0, feature_schema(8, 8), 0.8, ["features"])
+    samples = [featured_sample("k0"), featured_sample("k1")]
+    samples[0].dropped_subjects = truncated.dropped_subjects  # what the stage recorded, on a writable sample
+    for sample in samples:
+        writer.add(sample)
+    stats = writer.close({"description": "test"})
+    assert stats["dropped_subjects"] == 1 and stats["accepted"] == 2
+    with tarfile.open(shard_paths(tmp_path, 0)["tar"]) as tar:
+        records = {m.name: json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")}  # pyright: ignore[reportOptionalMemberAccess]
+    assert records["k0.json"]["dropped_subjects"] == truncated.dropped_subjects
+    assert records["k1.json"]["dropped_subjects"] == []
+
+
+def test_embedding_dtype_is_the_configured_one():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert embedding_dtype("auto", cpu) == torch.float32 and embedding_dtype("auto", cuda) == torch.float16
+    assert embedding_dtype("float32", cuda) == torch.float32 and embedding_dtype("bfloat16", cpu) == torch.bfloat16
+    assert BuildConfig().features.dtype == "auto"
+    with pytest.raises(UserError, match=r"features.dtype='fp8' is not one of auto, float32, float16, bfloat16"):
+        embedding_dtype("fp8", cpu)
+
+
+@pytest.mark.parametrize("name, expected", [("auto", torch.float32), ("float16", torch.float16)])
+def test_stage_loads_clip_in_the_configured_dtype_not_the_runtime_one(name, expected):
+    cfg = BuildConfig()
+    cfg.runtime.device, cfg.runtime.dtype, cfg.features.dtype = "cpu", "bfloat16", name
+    stage = ClipFeatures(cfg, "tiny")
+    assert stage.dtype == stage.clip.dtype == expected
+    assert {p.dtype for p in stage.clip.model.parameters()} == {expected}
+    sample = make_sample("a", "a dog and a cat", ["dog", "cat"])
+    stage([sample])
+    assert sample.accepted and sample.features["target_embedding"].dtype == np.float32
+    assert np.isfinite(sample.features["target_embedding"]).all()
 
 
 def test_too_few_subjects_left_rejects_with_reason():

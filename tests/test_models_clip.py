@@ -180,3 +180,15 @@ def test_bfloat16_weights_give_float32_outputs_close_to_float32(clip):
     assert hidden.dtype == pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, clip.encode_text(["a dog"])[1], rtol=0.02, atol=0.05)
     assert low.zero_image_embedding().dtype == np.float32
+
+
+def test_float16_weights_round_the_embeddings_less_than_bfloat16(clip):
+    # why features.dtype=auto picks float16 on cuda: fp16 keeps 11 mantissa bits to bf16's 8
+    image = smooth_image((64, 80))
+    reference = clip.encode_images([image])[0]
+    errors = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        low = load_clip("tiny", ModelsConfig(), CPU, dtype)
+        assert next(low.model.parameters()).dtype == dtype
+        errors[dtype] = float(np.abs(low.encode_images([image])[0] - reference).max())
+    assert 0 < errors[torch.float16] < errors[torch.bfloat16] / 2
