@@ -90,7 +90,7 @@ class ModelPool:
         self.stage = stage
         self.placement = p = placement(gpus, cpus, actors, cluster_resources())
         remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(ModelActor)
-        self.actors = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
+        self.actors: list = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
         self.where: list[dict] = [{} for _ in self.actors]
         try:
             self.where = [self._get(actor.ready.remote(), i, "loading its models")
@@ -104,7 +104,7 @@ class ModelPool:
         places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.where)
         return f"{self.stage}: {p.actors} actor(s) × ({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads): {places}"
 
-    def _get(self, ref, index: int, doing: str):
+    def _get(self, ref, index: int, doing: str) -> Any:
         """`ray.get(ref)`; a failure raised as one line naming the stage, actor and node (a UserError stays one)."""
         import ray
 

@@ -10,7 +10,7 @@ import torch
 
 from evaluation.benchmarks import BUNDLED, benchmark_prompts, fill, load_benchmarks
 from evaluation.metrics import pairwise_similarity, subjects_similarity, text_similarity
-from evaluation.results import Results, summarize
+from evaluation.results import Results, segmentation_failures, summarize
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.dino import load_dino
 from lambda_eclipse.synthetic import write_photos
@@ -118,14 +118,21 @@ def test_bundled_benchmarks_are_the_reference():
 def test_results_drop_a_torn_last_row_and_summarize_per_group(tmp_path):
     results = Results(tmp_path / "per_prompt.csv")
     rows = [{"id": f"dog/{i:02d}", "group": "single subject", "prompt": "a dog", "subjects": "dog", "seed": 4 * i,
-             "images": 4, "dino": d, "clip_i": 0.5, "clip_t": t} for i, (d, t) in enumerate([(0.6, 0.3), (0.8, 0.2)])]
+             "images": 4, "dino": d, "clip_i": 0.5, "clip_t": t, "segmentation": "segmented", "decoder": "base"}
+            for i, (d, t) in enumerate([(0.6, 0.3), (0.8, 0.2)])]
     for row in rows:
         results.append(row)
     with open(results.path, "a") as f:
-        f.write("dog/02,single subject,a dog,dog,8,4,0.7")  # killed mid-write
+        f.write("dog/02,single subject,a dog,dog,8,4,0.7,0.5,0.2,segmented")  # killed mid-write
     read = results.read()
     assert [r["id"] for r in read] == ["dog/00", "dog/01"]
     assert results.path.read_text().count("\n") == 3  # rewritten without the torn row
     (summary,) = summarize(read, ("single subject",))
     assert summary == {"group": "single subject", "prompts": 2, "images": 8, "dino": 0.7, "clip_i": 0.5,
                        "clip_t": 0.25}
+
+
+def test_segmentation_failures_are_counted_per_subject():
+    rows = [{"segmentation": s} for s in ("segmented", "no box: dog", "no box: hat+dog", "off", "no box: hat")]
+    assert segmentation_failures(rows) == {"dog": 2, "hat": 2}
+    assert segmentation_failures(rows[:1]) == {}
