@@ -136,3 +136,25 @@ def test_segmentation_failures_are_counted_per_subject():
     rows = [{"segmentation": s} for s in ("segmented", "no box: dog", "no box: hat+dog", "off", "no box: hat")]
     assert segmentation_failures(rows) == {"dog": 2, "hat": 2}
     assert segmentation_failures(rows[:1]) == {}
+
+
+def test_the_evaluation_clip_is_not_the_conditioning_one_unless_asked():
+    from evaluation.config import load_eval_config
+    from evaluation.encoders import describe, load_eval_clip
+    from lambda_eclipse.config import ModelsConfig
+    from lambda_eclipse.models.clip import load_clip
+
+    cpu = torch.device("cpu")
+    conditioning = load_clip("tiny", ModelsConfig(), cpu, torch.float32)
+    cfg = load_eval_config()
+    own = load_eval_clip("tiny", cfg, conditioning, cpu, torch.float32)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert own is not conditioning and own.embed_dim == 24 and conditioning.embed_dim == 32
+    assert own.encode_images([image]).shape == (1, 24) and own.encode_text(["a dog"])[1].shape == (1, 24)
+    assert own.model_id == describe("tiny", cfg)["clip"]
+    assert describe("paper", cfg) == {"dino": "DINO ViT-S/16 facebook/dino-vits16",
+                                      "clip": "OpenCLIP ViT-B-32-quickgelu:openai, not the conditioning encoder"}
+    same = load_eval_config(overrides=["evaluate.clip_model=conditioning"])
+    assert load_eval_clip("tiny", same, conditioning, cpu, torch.float32) is conditioning
+    assert describe("paper", same)["clip"] == ("OpenCLIP ViT-bigG-14:laion2b_s39b_b160k, the generator's own "
+                                               "conditioning encoder")

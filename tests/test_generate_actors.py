@@ -76,3 +76,23 @@ def test_a_model_that_cannot_load_fails_in_one_line(fail, error, message):
     with pytest.raises(error) as raised:
         ModelPool("test", partial(Doubler, fail), gpus=0, cpus=0.5, actors=1)
     assert str(raised.value) == message
+
+
+def die_once(model: Doubler, marker: str) -> int:
+    """Kills its actor's process the first time (as an OOM kill or a lost node would), then answers."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return os.getpid()
+
+
+def test_a_killed_actor_is_restarted_and_its_call_retried(tmp_path):
+    pool = ModelPool("test", Doubler, gpus=0, cpus=0.5, actors=1)
+    try:
+        marker = tmp_path / "died"
+        pid = pool.call(die_once, str(marker), doing="dying once")
+        assert marker.exists() and pid == pool.call(die_once, str(marker), doing="answering")
+    finally:
+        pool.shutdown()
