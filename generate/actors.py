@@ -37,6 +37,15 @@ def placement(gpus: float, cpus: float, actors: int, cluster: dict[str, float]) 
                      threads=max(1, math.floor(cpu)))
 
 
+def gpu_shortfall(stage: str, p: Placement, cluster: dict[str, float]) -> str | None:
+    """A warning when the actors need more GPUs than the cluster has now (they would wait for an autoscaler)."""
+    need, have = p.gpus * p.actors, cluster.get("GPU", 0)
+    if need <= have:
+        return None
+    return (f"{stage}: {p.actors} actor(s) × {p.gpus:g} GPU need {need:g} GPUs, the cluster has {have:g} now: they "
+            "wait until nodes with GPUs join (an autoscaler); otherwise lower evaluate.actors or runtime.gpus")
+
+
 class ModelActor:
     """Builds its models once (`build()`: a Generator or an Evaluator) and runs `fn(models, *args)` calls.
 
@@ -70,7 +79,8 @@ class ModelActor:
 
 
 def _reason(exc: BaseException) -> str:
-    """The cause of a Ray error in one line: the original exception's type and last message line."""
+    """The cause of a Ray error in one line: the original exception's type (but a UserError's), its message's first
+    line and, when there are more, its last (a traceback's final line)."""
     cause = getattr(exc, "cause", None) or exc
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     if not lines:
@@ -82,13 +92,17 @@ def _reason(exc: BaseException) -> str:
 class ModelPool:
     """`actors` ModelActors of one stage ("generate", "evaluate"), loaded in parallel; calls spread over them."""
 
-    def __init__(self, stage: str, build: Callable[[], Any], gpus: float, cpus: float, actors: int):
+    def __init__(self, stage: str, build: Callable[[], Any], gpus: float, cpus: float, actors: int, log=None):
         import ray
 
         from lambda_eclipse.ray_session import cluster_resources
 
         self.stage = stage
-        self.placement = p = placement(gpus, cpus, actors, cluster_resources())
+        cluster = cluster_resources()
+        self.placement = p = placement(gpus, cpus, actors, cluster)
+        short = gpu_shortfall(stage, p, cluster)
+        if short and log is not None:
+            log.warning("%s", short)
         remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(ModelActor)
         self.actors: list = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
         self.where: list[dict] = [{} for _ in self.actors]
@@ -162,7 +176,7 @@ def model_pool(stage: str, build: Callable[[], Any], runtime: RuntimeSection, ac
     with ray_session(runtime.workers):
         pool = None
         try:
-            pool = ModelPool(stage, build, runtime.gpus, runtime.cpus, actors)
+            pool = ModelPool(stage, build, runtime.gpus, runtime.cpus, actors, log)
             log.info("%s", pool.describe())
             yield pool
         except (UserError, WorkerError) as exc:

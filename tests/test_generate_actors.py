@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from generate.actors import ModelPool, WorkerError, placement
+from generate.actors import ModelPool, WorkerError, gpu_shortfall, placement
 from lambda_eclipse.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -28,6 +28,10 @@ def test_gpus_only_where_the_cluster_has_them_and_cpus_scaled_to_fit():
     assert (shared.gpus, shared.cpus, shared.threads) == (0.5, 0.75, 1)  # 4 actors × 0.75 CPU fit 3 CPUs
     on_cpus = placement(1.0, 1.0, 3, {"CPU": 2})
     assert (on_cpus.gpus, on_cpus.cpus, on_cpus.threads) == (0.0, 0.6666, 1)
+    assert gpu_shortfall("evaluate", on_gpus, {"GPU": 2}) is None and gpu_shortfall("x", on_cpus, {"CPU": 2}) is None
+    assert gpu_shortfall("evaluate", placement(1.0, 1.0, 3, {"CPU": 8, "GPU": 2}), {"GPU": 2}) == (
+        "evaluate: 3 actor(s) × 1 GPU need 3 GPUs, the cluster has 2 now: they wait until nodes with GPUs join (an "
+        "autoscaler); otherwise lower evaluate.actors or runtime.gpus")
 
 
 class Doubler:

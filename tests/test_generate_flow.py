@@ -36,8 +36,8 @@ def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypat
     pools = []
     real_init = actors.ModelPool.__init__
 
-    def counted(self, stage, build, gpus, cpus, count):
-        real_init(self, stage, build, gpus, cpus, count)
+    def counted(self, stage, build, gpus, cpus, count, log):
+        real_init(self, stage, build, gpus, cpus, count, log)
         pools.append((stage, len(self.actors), gpus, self.placement.gpus))
 
     monkeypatch.setattr(actors.ModelPool, "__init__", counted)
