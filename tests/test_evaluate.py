@@ -230,3 +230,30 @@ def test_paper_profile_names_dino_among_the_missing_weights(bench, tmp_path, cap
     assert main(argv + sets("evaluate.clip_model=ViT-Q-99")) == 2
     assert ("evaluate.clip_model='ViT-Q-99' is not an OpenCLIP model; choose one of open_clip.list_models() (default "
             "ViT-B-32-quickgelu) or 'conditioning'") in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("prefect_harness", "ray_local")
+def test_a_failure_on_a_model_actor_is_one_line_in_the_run_log(tmp_path, bench, monkeypatch):
+    """A reference photo that the actor cannot read (gone after the check, or not on the actor's node)."""
+    import re
+
+    from test_generate_flow import wait_for_error_log
+
+    write_photos(tmp_path / "data" / "backpack", 2, size=64)
+    lost = []
+
+    def then_lost(*args, **kwargs):
+        plan = prepare_evaluation(*args, **kwargs)
+        lost.append(plan.prompts[0].subjects[0].photos[0])
+        Path(lost[0]).unlink()
+        return plan
+
+    monkeypatch.setattr(evaluate_flow, "prepare_evaluation", then_lost)
+    with pytest.raises(UserError) as raised:
+        evaluate(benchmark="dreambench", data=str(tmp_path / "data"), prior=bench["prior"],
+                 output=str(tmp_path / "out"), overrides=SMALL + ["evaluate.max_prompts=1"])
+    message = str(raised.value)
+    assert re.fullmatch(r"evaluate actor 0 \(node [0-9a-f]{8}\), scoring prompt backpack/00: subject 'backpack': image "
+                        + re.escape(lost[0]) + " does not exist", message), message
+    assert message in wait_for_error_log(message)
+    assert not (tmp_path / "out" / "per_prompt.csv").exists()
