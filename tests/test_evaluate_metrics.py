@@ -158,3 +158,20 @@ def test_the_evaluation_clip_is_not_the_conditioning_one_unless_asked():
     assert load_eval_clip("tiny", same, conditioning, cpu, torch.float32) is conditioning
     assert describe("paper", same)["clip"] == ("OpenCLIP ViT-bigG-14:laion2b_s39b_b160k, the generator's own "
                                                "conditioning encoder")
+
+
+def test_the_summary_names_the_encoders_labels_the_reported_rows_and_the_segmentation():
+    from evaluation.results import summary_markdown
+
+    summary = [{"group": "two subjects", "prompts": 3, "images": 12, "dino": 0.5, "clip_i": 0.7, "clip_t": 0.3}]
+    encoders = {"dino": "DINO ViT-S/16 facebook/dino-vits16", "clip": "OpenCLIP ViT-B-32-quickgelu:openai"}
+    text = summary_markdown("Multibench", summary, 5, "note.", encoders, {}, segment=False)
+    assert ("Encoders: DINO — DINO ViT-S/16 facebook/dino-vits16; CLIP-I and CLIP-T — OpenCLIP ViT-B-32-quickgelu:"
+            "openai." in text)
+    assert "| λ-ECLIPSE, this run: two subjects | 3 | 12 | 0.5000 | 0.7000 | 0.3000 |" in text
+    assert "| λ-ECLIPSE, reported (paper): two subjects | | | 0.4478 | 0.7409 | 0.3327 |" in text
+    assert text.endswith("Off (evaluate.segment=false): every reference photo was embedded whole.")
+    found = summary_markdown("Multibench", summary, 5, "note.", encoders, {}, segment=True)
+    assert found.endswith("Grounding DINO found the subject in every reference photo used.")
+    failed = summary_markdown("Multibench", summary, 5, "note.", encoders, {"dog": 3}, segment=True)
+    assert failed.endswith("(not segmented) in these prompts:\n\n| subject | prompts |\n|---|---:|\n| dog | 3 |")
