@@ -7,9 +7,12 @@ weights), writes synthetic subject photos, loads the models once (timed), then m
   - end to end: images/s of `Generator.generate` (prior + Kandinsky 2.2 decoder, DDIM with classifier-free guidance)
     for `--images` images per prompt, and seconds per image.
 Medians over the measured prompts (on a shared machine the median is the steadier number).
+With `--actors N`, the same prompts again through N Ray model actors (generate/actors.py, as the flows run them, on a
+local Ray or RAY_ADDRESS's cluster): seconds until every actor has loaded its models, and images/s of the prompts
+spread over the actors (rendered there, returned to this process).
 
-    python bench/generate.py [--profile tiny|paper-shapes] [--prompts 6] [--warmup 1] [--images 4] [--steps 50]
-                             [--size PX] [--threads N]
+    python -m bench.generate [--profile tiny|paper-shapes] [--prompts 6] [--warmup 1] [--images 4] [--steps 50]
+                              [--size PX] [--threads N] [--actors N]
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, help="image side [default: 64 tiny, 512 paper-shapes]")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads [default: 1 for tiny, whose ops are too small to split; else torch's]")
+    parser.add_argument("--actors", type=int, default=0, help="also measure through N Ray model actors [default: 0]")
     args = parser.parse_args(argv)
     if args.threads or args.profile == "tiny":
         torch.set_num_threads(args.threads or 1)
@@ -99,6 +103,32 @@ def main(argv: list[str] | None = None) -> None:
     rate = args.images / median(per_prompt)
     print(f"end to end: {rate:.2f} images/s ({median(per_prompt) / args.images:.3f} s per image; "
           f"{median(per_prompt):.2f} s per prompt of {args.images} images, median of {len(per_prompt)} prompts)")
+    if args.actors:
+        _through_actors(plan, args.actors, args.warmup)
+
+
+def _through_actors(plan, actors: int, warmup: int) -> None:
+    from generate.actors import ModelPool
+    from generate.run import render_job
+    from lambda_eclipse.ray_session import ray_session
+
+    runtime = plan.cfg.runtime
+    with ray_session(runtime.workers):
+        start = time.perf_counter()
+        pool = ModelPool("generate", partial(Generator, plan.profile, plan.cfg, plan.prior), runtime.gpus,
+                         runtime.cpus, actors)
+        loaded = time.perf_counter() - start
+        try:
+            # the warm-up prompts, one per actor, so that every actor has run once
+            list(pool.map(render_job, [(job, plan.settings) for job in plan.jobs[:warmup] * actors], str))
+            jobs = plan.jobs[warmup:]
+            start = time.perf_counter()
+            images = sum(len(out[0]) for _, out, _ in pool.map(render_job, [(j, plan.settings) for j in jobs], str))
+            seconds = time.perf_counter() - start
+        finally:
+            pool.shutdown()
+    print(f"through {actors} Ray actor(s) ({pool.describe()}): models loaded in {loaded:.1f} s; "
+          f"{images / seconds:.2f} images/s over {len(jobs)} prompts")
 
 
 if __name__ == "__main__":

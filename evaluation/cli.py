@@ -18,9 +18,17 @@ else its name with _ as a space).
 
 For each prompt: evaluate.images_per_prompt images (paper: 4), scored as DreamBooth defined the metrics: DINO
 (ViT-S/16 CLS cosine) and CLIP-I (CLIP image cosine), averaged over every (generated, real photo) pair and over the
-prompt's subjects, and CLIP-T (cosine of each image with the prompt). OUTPUT gets images/, per_prompt.csv,
-summary.md (this run next to the paper's rows) and summary.json. A rerun with the same OUTPUT continues where an
-interrupted run stopped; evaluate.max_prompts can grow between runs.
+prompt's subjects, and CLIP-T (cosine of each image with the prompt). CLIP-I and CLIP-T use evaluate.clip_model
+(default OpenAI CLIP ViT-B/32, as public DreamBooth-metric code does; not the generator's own conditioning encoder
+bigG, which would favour the method; "conditioning" uses bigG). OUTPUT gets images/, per_prompt.csv (with each
+prompt's segmentation: "no box: NAME" when Grounding DINO found nothing in a subject's reference photo, which is then
+embedded whole), summary.md (this run next to the paper's reported rows, the encoders used, segmentation failures per
+subject) and summary.json. A rerun with the same OUTPUT continues where an interrupted run stopped;
+evaluate.max_prompts can grow between runs.
+
+The models run in evaluate.actors Ray actors (RAY_ADDRESS joins a cluster, else a local Ray starts), each asking for
+runtime.gpus GPUs when the cluster has any; seeds follow each prompt's place in the benchmark, so the numbers do not
+depend on the number of actors. Paths (--data, --prior, --decoder) must be readable where the actors run.
 
 config keys (--set section.key=value), with their defaults (the paper's protocol):
 {config_keys}
@@ -46,8 +54,12 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--prior", required=True, metavar="DIR",
                         help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id")
     parser.add_argument("--output", required=True, metavar="DIR", help="results directory (created if missing)")
-    parser.add_argument("--profile", default="tiny", choices=("tiny", "paper"),
-                        help="tiny (random tiny models, offline) or paper (the paper's checkpoints) [default: tiny]")
+    parser.add_argument("--profile", choices=("tiny", "paper"),
+                        help="tiny (random tiny models, offline) or paper (the paper's checkpoints) [default: the "
+                        "prior checkpoint's own, from its embedding size: 32-d tiny, 1280-d paper]")
+    parser.add_argument("--decoder", metavar="DIR",
+                        help="a fine-tuned decoder: finetune-decoder's output directory (DIR/unet/, "
+                        "DIR/finetune.json) or its unet/ folder [default: the profile's Kandinsky 2.2 decoder]")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key (after --config); repeatable, see the list below")
@@ -59,15 +71,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from evaluation.run import prepare_evaluation
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
-    plan = prepare_evaluation(args.benchmark, args.data, args.prior, args.output, args.profile, args.config, args.set)
+    plan = prepare_evaluation(args.benchmark, args.data, args.prior, args.output, args.profile, args.config, args.set,
+                              args.decoder)
     for warning in plan.generate.warnings:
         print(f"lambda-eclipse evaluate: warning: {warning}", file=sys.stderr)
     from flows.evaluate import evaluate
 
     result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
-                      profile=args.profile, config_file=args.config, overrides=args.set)
+                      profile=args.profile, config_file=args.config, overrides=args.set, decoder=args.decoder)
     for row in result["summary"]:
         print(f"{row['group']}: {row['prompts']} prompts, DINO {row['dino']:.4f}, CLIP-I {row['clip_i']:.4f}, "
               f"CLIP-T {row['clip_t']:.4f}")
+    for subject, count in result["segmentation_failures"].items():
+        print(f"segmentation found no box in {subject}'s reference photo ({count} prompt(s) used it whole)")
     print(f"{result['evaluated']} of {result['prompts']} prompts → {result['output']}/summary.md")
     return 0

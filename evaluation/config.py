@@ -23,6 +23,11 @@ class EvaluateSection:
     segment: bool = True  # segment the subject photos before embedding them (paper §4)
     reference_image: int = 0  # which photo of a subject (sorted by name) conditions the prior
     benchmarks: str = ""  # a benchmarks.json to use instead of the bundled copy
+    actors: int = 1  # model actors the prompts are spread over (each asks for runtime.gpus); same numbers for any
+    # CLIP-I / CLIP-T encoder (evaluation/encoders.py): OpenAI's CLIP ViT-B/32, as DreamBooth-metric implementations
+    # use, not the generator's own conditioning encoder (bigG); "conditioning" scores with that one instead.
+    clip_model: str = "ViT-B-32-quickgelu"
+    clip_pretrained: str = "openai"
 
 
 @dataclass
@@ -48,11 +53,12 @@ class EvalConfig:
             ("evaluate.guidance", e.guidance >= 0, "must be ≥ 0"),
             ("evaluate.size", e.size >= 0, "must be ≥ 0 (0: the profile's default)"),
             ("evaluate.reference_image", e.reference_image >= 0, "must be ≥ 0"),
+            ("evaluate.actors", e.actors >= 1, "must be ≥ 1"),
         ]
         problems = [f"{key} {rule} (got {getattr(e, key.split('.')[1])!r})" for key, ok, rule in rules if not ok]
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
-        self.runtime.resolve()
+        self.runtime.check()
         return self
 
 

@@ -1,13 +1,18 @@
 """evaluate flow: DreamBench / Multibench prompts → images → DINO, CLIP-I, CLIP-T (evaluation/run.py).
 
-The models load once; one Prefect task per group of prompts (a DreamBench subject's 25 prompts, or one Multibench
-template's subject combinations). Finished prompts are skipped, so a rerun — or a task retry — continues where the
-evaluation stopped. Published: a progress artifact, a table artifact of per-prompt scores as they come, and at the
-end the summary as a table and a markdown artifact (the paper's Table 2 / Table 4 rows next to this run's).
+The models load in `evaluate.actors` Ray actors that ask for GPUs (generate/actors.py; `runtime.gpus`), so on a
+cluster they run on GPU nodes; this process plans, dispatches prompts to them and writes what they return. One Prefect
+task per group of prompts (a DreamBench subject's 25 prompts, or one Multibench template's subject combinations), its
+prompts spread over the actors. Finished prompts are skipped, so a rerun — or a task retry — continues where the
+evaluation stopped; seeds follow a prompt's place in the benchmark, so any number of actors gives the same numbers.
+Published: a progress artifact, a table artifact of per-prompt scores as they come, and at the end the summary as a
+table and a markdown artifact (the paper's reported Table 2 / Table 4 rows next to this run's).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from functools import partial
 from itertools import groupby
 
 from prefect import flow, get_run_logger, task
@@ -20,7 +25,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from evaluation.benchmarks import BenchPrompt
-from evaluation.run import EvalPlan, Evaluator, evaluate_prompts, finish, prepare_evaluation, start
+from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
+from generate.actors import ModelPool, WorkerError, model_pool
 from generate.requests import Job
 from storage.confine import confine
 
@@ -30,15 +36,24 @@ def group_of(prompt: BenchPrompt) -> str:
     return prompt.id.rsplit("/", 1)[0]
 
 
-@task(name="load-models", cache_policy=NO_CACHE)
-def load_models(plan: EvalPlan) -> Evaluator:
-    return Evaluator(plan)
-
-
 @task(name="evaluate-prompts", cache_policy=NO_CACHE, retries=1)
-def evaluate_group(evaluator: Evaluator, items: list[tuple[BenchPrompt, Job]]) -> list[dict]:
-    done = {row["id"] for row in evaluator.plan.results().read()}  # a retry skips what its failed try finished
-    return evaluate_prompts(evaluator, [(p, j) for p, j in items if p.id not in done])
+def evaluate_group(pool: ModelPool, plan: EvalPlan, items: list[tuple[BenchPrompt, Job]]) -> list[tuple[dict, int]]:
+    """Score the group's prompts on the pool's actors, writing each as it comes back: (row, actor index) each."""
+    done = {row["id"] for row in plan.results().read()}  # a retry skips what its failed try finished
+    items = [(p, j) for p, j in items if p.id not in done]
+    rows = []
+    for i, (row, images), actor in pool.map(score, items, lambda i: f"scoring prompt {items[i][0].id}"):
+        record(plan, items[i][0], row, images)
+        rows.append((row, actor))
+    return rows
+
+
+def _dtype(pool: ModelPool) -> str:
+    dtypes = {w["dtype"] for w in pool.where}
+    if len(dtypes) != 1:
+        raise WorkerError(f"evaluate actors run in different dtypes ({', '.join(sorted(dtypes))}); set runtime.dtype "
+                          "(and runtime.device) so that every actor computes alike")
+    return dtypes.pop()
 
 
 @flow(name="evaluate")
@@ -47,38 +62,49 @@ def evaluate(
     data: str,
     prior: str,
     output: str,
-    profile: str = "tiny",
+    profile: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
+    decoder: str | None = None,
 ) -> dict:
-    """Evaluate the prior in `prior` on `benchmark` (dreambench | multibench) with the subjects in `data`."""
+    """Evaluate the prior in `prior` on `benchmark` (dreambench | multibench) with the subjects in `data`.
+
+    `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's)."""
     logger = get_run_logger()
-    confine(data=data, prior=prior, output=output, config_file=config_file)
-    plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides)
+    confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
+    plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides, decoder)
     todo = plan.todo()
+    e = plan.cfg.evaluate
     for warning in plan.generate.warnings:
         logger.warning(warning)
-    logger.info("%s: %d of %d prompts in this run, %d already done, %d images per prompt, %s profile", benchmark,
-                len(plan.prompts), plan.total, len(plan.prompts) - len(todo), plan.cfg.evaluate.images_per_prompt,
-                profile)
-    start(plan)
+    logger.info("%s: %d of %d prompts in this run, %d already done, %d images per prompt, %s profile; DINO: %s; "
+                "CLIP-I/CLIP-T: %s", benchmark, len(plan.prompts), plan.total, len(plan.prompts) - len(todo),
+                e.images_per_prompt, plan.generate.profile, plan.encoders["dino"], plan.encoders["clip"])
     progress = create_progress_artifact(progress=100.0 * (len(plan.prompts) - len(todo)) / len(plan.prompts),
                                         key=f"evaluate-{benchmark}-progress", description="prompts done / total")
+    served: Counter = Counter()
+    where: list[dict] = []
     if todo:
-        evaluator = load_models(plan)
-        rows = []
-        for group, items in groupby(todo, key=lambda item: group_of(item[0])):
-            rows += evaluate_group(evaluator, list(items))
-            done = len(plan.prompts) - len(todo) + len(rows)
-            logger.info("%s done (%d/%d prompts)", group, done, len(plan.prompts))
-            # prefect's async_dispatch types the sync call's result as UUID | Coroutine; in a sync flow it is the UUID
-            update_progress_artifact(progress, 100.0 * done / len(plan.prompts))  # pyright: ignore[reportArgumentType]
-            create_table_artifact(table=rows, key=f"evaluate-{benchmark}-prompts",
-                                  description="DINO, CLIP-I, CLIP-T per prompt evaluated by this run")
+        actors = min(e.actors, len(todo))
+        with model_pool("evaluate", partial(Evaluator, plan), plan.cfg.runtime, actors, logger) as pool:
+            where = pool.where
+            start(plan, _dtype(pool))
+            rows = []
+            for group, items in groupby(todo, key=lambda item: group_of(item[0])):
+                scored = evaluate_group(pool, plan, list(items))
+                rows += [row for row, _ in scored]
+                served.update(actor for _, actor in scored)
+                done = len(plan.prompts) - len(todo) + len(rows)
+                logger.info("%s done (%d/%d prompts)", group, done, len(plan.prompts))
+                # prefect's async_dispatch types the sync call's result as UUID | Coroutine; in a sync flow it is the
+                # UUID
+                update_progress_artifact(progress, 100.0 * done / len(plan.prompts))  # pyright: ignore[reportArgumentType]
+                create_table_artifact(table=rows, key=f"evaluate-{benchmark}-prompts",
+                                      description="DINO, CLIP-I, CLIP-T per prompt evaluated by this run")
     result = finish(plan)
     create_table_artifact(table=result["summary"], key=f"evaluate-{benchmark}-summary",
                           description="mean DINO, CLIP-I, CLIP-T per group (paper Table 2 / Table 4)")
     create_markdown_artifact(markdown=result["markdown"], key=f"evaluate-{benchmark}-report",
-                             description="this run against the paper's λ-ECLIPSE rows")
+                             description="this run against the paper's reported λ-ECLIPSE rows")
     logger.info("done: %s", result["summary"])
-    return result
+    return result | {"actors": [w | {"prompts": served[i]} for i, w in enumerate(where)]}

@@ -22,7 +22,11 @@ embedding and (without --canny) as the control.
                                            {{"word": "dog", "image": "b.jpg"}}], "canny": "edges.jpg", "seed": 3}}
 
 OUTPUT gets NNNN-<prompt>-K.png with NNNN-<prompt>-K.json (prompt, subjects, seed, steps, guidance, model ids,
-prior sha256) per image, and contact_sheet.png when there is more than one image.
+prior sha256, decoder: "base" or the fine-tuned UNet's path and sha256) per image, and contact_sheet.png when there
+is more than one image.
+
+The models run in a Ray actor (RAY_ADDRESS joins a cluster, else a local Ray starts) that asks for runtime.gpus GPUs
+when the cluster has any; paths (--prior, --decoder, images) must be readable where the actor runs.
 
 config keys (--set section.key=value), with their defaults:
 {config_keys}
@@ -50,9 +54,14 @@ example (paper Fig. 7: two dogs × two hats):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="DIR",
                         help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id")
-    parser.add_argument("--profile", default="tiny", choices=PROFILES,
+    parser.add_argument("--profile", choices=PROFILES,
                         help="model profile: tiny (random tiny models, offline), paper (CLIP bigG + Kandinsky 2.2 "
-                        "decoder checkpoints), paper-shapes (full-size, random weights) [default: tiny]")
+                        "decoder checkpoints), paper-shapes (full-size, random weights) [default: the prior "
+                        "checkpoint's own, from its embedding size: 32-d tiny, 1280-d paper; a profile whose CLIP "
+                        "gives another size is an error]")
+    parser.add_argument("--decoder", metavar="DIR",
+                        help="a fine-tuned decoder: finetune-decoder's output directory (DIR/unet/, "
+                        "DIR/finetune.json) or its unet/ folder [default: the profile's Kandinsky 2.2 decoder]")
     parser.add_argument("--seed", type=int, default=0, help="[default: 0]")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale [default: 7.5]")
     parser.add_argument("--height", type=int, metavar="PX", help="[default: 64 on tiny, 512 otherwise]")
@@ -102,16 +111,17 @@ def add_parsers(subcommands) -> None:
 class _Settings(TypedDict):
     """The flags that `prepare` and both flows take alike."""
 
-    profile: str
+    profile: str | None
     guidance: float
     height: int | None
     width: int | None
     segment: bool
+    decoder: str | None
 
 
 def _settings(args: argparse.Namespace) -> _Settings:
     return _Settings(profile=args.profile, guidance=args.guidance, height=args.height, width=args.width,
-                     segment=args.segment)
+                     segment=args.segment, decoder=args.decoder)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -2,6 +2,10 @@
 
 Parsed like the build config (lambda_eclipse/config.py): defaults, then a YAML file, then `--set section.key=value`.
 The generation parameters themselves (prompt, seed, steps, guidance, size) are command-line flags.
+
+The models run in Ray actors (generate/actors.py), not in the flow process: `runtime.gpus` and `runtime.cpus` are what
+each actor asks Ray for, so that on a cluster the actors land on GPU nodes; `device` and `dtype` are resolved inside
+the actor, on the node that runs it.
 """
 
 from __future__ import annotations
@@ -37,20 +41,33 @@ class ModelsSection:
 
 @dataclass
 class RuntimeSection:
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when the actor has one, else cpu
     dtype: str = "auto"  # auto: float16 on cuda (the decoder's released precision), float32 on cpu
     batch_size: int = 8  # images per decoder call
+    gpus: float = 1.0  # GPUs per model actor when the Ray cluster has GPUs (0.5: two actors share one); 0: CPU only
+    cpus: float = 1.0  # CPUs per model actor (its torch threads), scaled down so that every actor fits the cluster
+    workers: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
 
-    def resolve(self):
-        """(torch.device, torch.dtype) to run on; a UserError for values that cannot run."""
-        import torch
-
+    def check(self) -> RuntimeSection:
+        """Range checks, in the flow process (which may have no GPU: the device is the actor's to resolve)."""
         if self.device not in DEVICES:
             raise UserError(f"runtime.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise UserError(f"runtime.dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise UserError(f"runtime.batch_size must be ≥ 1, got {self.batch_size}")
+        for key, value, least in (("batch_size", self.batch_size, 1), ("gpus", self.gpus, 0),
+                                  ("cpus", self.cpus, 0), ("workers", self.workers, 0)):
+            if value < least:
+                raise UserError(f"runtime.{key} must be ≥ {least}, got {value}")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise UserError(f"runtime.gpus above 1 must be a whole number of GPUs, got {self.gpus}")
+        return self
+
+    def resolve(self):
+        """(torch.device, torch.dtype) to run on, where this runs (a model actor); a UserError for values that
+        cannot run here."""
+        import torch
+
+        self.check()
         cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("runtime.device=cuda, but no CUDA device is visible; use runtime.device=cpu")
@@ -81,5 +98,5 @@ class ModelsAndRuntime(Protocol):
 
 def load_generate_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GenerateConfig:
     cfg = load_config(path, overrides, cls=GenerateConfig)
-    cfg.runtime.resolve()  # range checks now, before any model loads
+    cfg.runtime.check()  # range checks now, before any model loads
     return cfg

@@ -54,20 +54,31 @@ def interpolate(corner_embeddings: torch.Tensor, weights: np.ndarray) -> torch.T
     return torch.einsum("rck,kd->rcd", w, corner_embeddings)
 
 
-def render_grid(generator: Generator, corners: list[Job], steps: int, seed: int, settings: RenderSettings,
-                output: Path) -> dict:
-    """Write the grid PNG, the cells' embeddings (.npy) and the metadata; return the metadata."""
+def grid_images(generator: Generator, corners: list[Job], steps: int, seed: int,
+                settings: RenderSettings) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """The cells' images, their (rows, columns, d) embeddings and the grid's metadata (in a model actor)."""
     weights = bilinear_weights(len(corners), steps)
     embeddings = torch.cat([generator.predict(job, [seed]) for job in corners])
     cells = interpolate(embeddings, weights)
     rows, columns = weights.shape[:2]
     images = generator.render(cells.reshape(rows * columns, -1), [seed] * (rows * columns), settings)
-    grid(images, columns).save(output / GRID)
-    np.save(output / EMBEDDINGS, cells.cpu().numpy())
     metadata = {
         "seed": seed, "rows": rows, "columns": columns, "weights": weights.round(6).tolist(),
         "corners": [job_metadata(job, settings, generator) for job in corners],
         "settings": asdict(settings), "grid": GRID, "embeddings": EMBEDDINGS,
     }
+    return images, cells.cpu().numpy(), metadata
+
+
+def write_grid(images: list[np.ndarray], cells: np.ndarray, metadata: dict, output: Path) -> dict:
+    """Write the grid PNG, the cells' embeddings (.npy) and the metadata (in the flow process); the metadata."""
+    grid(images, metadata["columns"]).save(output / GRID)
+    np.save(output / EMBEDDINGS, cells)
     (output / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
+
+
+def render_grid(generator: Generator, corners: list[Job], steps: int, seed: int, settings: RenderSettings,
+                output: Path) -> dict:
+    """Both in one process (tests)."""
+    return write_grid(*grid_images(generator, corners, steps, seed, settings), output)

@@ -51,6 +51,7 @@ def job_metadata(job: Job, settings: RenderSettings, generator: Generator) -> di
         "scheduler": "DDIM", "profile": generator.profile, "dtype": str(generator.dtype).removeprefix("torch."),
         "models": generator.model_ids(),
         "prior_sha256": generator.checkpoint.sha256,
+        "decoder": generator.fine_tuned.describe() if generator.fine_tuned else "base",
     }
 
 

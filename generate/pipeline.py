@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from generate.config import ModelsAndRuntime
+from generate.decoder_checkpoint import DecoderCheckpoint, load_unet
 from generate.prior_checkpoint import PriorCheckpoint, load_prior
 from generate.requests import Job, RenderSettings
-from generate.subjects import Segmenter, SubjectSpec, as_given, mask_crop, read_image, read_mask
+from generate.subjects import NO_BOX, Segmenter, SubjectSpec, as_given, mask_crop, read_image, read_mask
 from lambda_eclipse.config import EdgeConfig
 from lambda_eclipse.models.clip import load_clip
 from lambda_eclipse.models.kandinsky import load_decoder
@@ -44,19 +45,23 @@ def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 class Generator:
-    def __init__(self, profile: str, cfg: ModelsAndRuntime, prior: PriorCheckpoint, segment: bool = False):
-        self.profile, self.cfg, self.checkpoint = profile, cfg, prior
+    def __init__(self, profile: str, cfg: ModelsAndRuntime, prior: PriorCheckpoint, segment: bool = False,
+                 decoder: DecoderCheckpoint | None = None):
+        self.profile, self.cfg, self.checkpoint, self.fine_tuned = profile, cfg, prior, decoder
         self.device, self.dtype = cfg.runtime.resolve()
         models = cfg.models.build_models()
         self.clip = load_clip(profile, models, self.device, self.dtype)
         self.prior = load_prior(prior, self.device)
         self.decoder = load_decoder(profile, cfg.models.decoder, self.clip.embed_dim, self.device, self.dtype)
+        if decoder is not None:  # the fine-tuned UNet in the base decoder's pipeline (same MoVQ, same scheduler)
+            self.decoder.pipeline.unet = load_unet(decoder, self.device, self.dtype)
         self.segmenter = Segmenter(profile, models, self.device.type) if segment else None
         self.zero_image = self.clip.zero_image_embedding()
         self._subjects: dict[SubjectSpec, SubjectEmbedding] = {}  # an evaluation reuses each subject's photos
 
     def model_ids(self) -> dict[str, str]:
-        ids = {"clip": self.clip.model_id, "decoder": self.decoder.model_id, "prior": self.checkpoint.source}
+        decoder = self.decoder.model_id + (f" + fine-tuned UNet {self.fine_tuned.unet}" if self.fine_tuned else "")
+        ids = {"clip": self.clip.model_id, "decoder": decoder, "prior": self.checkpoint.source}
         return ids | (self.segmenter.model_ids if self.segmenter else {})
 
     def subject(self, spec: SubjectSpec) -> SubjectEmbedding:
@@ -68,7 +73,7 @@ class Generator:
             elif self.segmenter is not None:
                 mask = self.segmenter.mask(image, spec.word)
                 crop, how = ((mask_crop(image, mask, spec.word), "segmented") if mask is not None
-                             else (as_given(image), "as given (segmentation found no box)"))
+                             else (as_given(image), NO_BOX))
             else:
                 crop, how = as_given(image), "as given"
             self._subjects[spec] = SubjectEmbedding(self.clip.encode_images([crop])[0], crop, how)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from generate.config import ModelsAndRuntime, ModelsSection, load_generate_config
+from generate.decoder_checkpoint import DecoderCheckpoint, open_decoder
 from generate.outputs import check_output
-from generate.prior_checkpoint import PriorCheckpoint, open_prior
+from generate.prior_checkpoint import PriorCheckpoint, open_prior, profile_of
 from generate.requests import GenerateRequest, Job, RenderSettings, check_requests
 from lambda_eclipse.config import PROFILES
 from lambda_eclipse.errors import UserError
@@ -32,6 +33,7 @@ class GeneratePlan:
     output: Path
     segment: bool
     warnings: list[str]  # for the user: a truncated prompt
+    decoder: DecoderCheckpoint | None = None  # a fine-tuned decoder UNet (--decoder); None: the profile's own
 
 
 def tokenizer() -> SimpleTokenizer:
@@ -87,19 +89,18 @@ def require(missing: list[str]) -> None:
         )
 
 
-def size_multiple(profile: str, models: ModelsSection, embed_dim: int) -> int:
+def decoder_configs(profile: str, models: ModelsSection, embed_dim: int) -> tuple[dict, dict]:
+    """The profile's decoder UNet and MoVQ configs, without loading weights."""
     if profile == "paper":
-        unet, movq = kandinsky.paper_configs(models.decoder)
-    else:
-        unet, movq = kandinsky.unet_config(profile, embed_dim), kandinsky.movq_config(profile)
-    return kandinsky.size_multiple(unet, movq)
+        return kandinsky.paper_configs(models.decoder)
+    return kandinsky.unet_config(profile, embed_dim), kandinsky.movq_config(profile)
 
 
 def prepare(
     requests: list[GenerateRequest],
     prior: str,
     output: str,
-    profile: str = "tiny",
+    profile: str | None = None,
     cfg: ModelsAndRuntime | None = None,
     steps: int = 50,
     guidance: float = 7.5,
@@ -107,12 +108,16 @@ def prepare(
     width: int | None = None,
     segment: bool = False,
     extra_missing: list[str] | None = None,
+    decoder: str | None = None,
 ) -> GeneratePlan:
-    """Check the profile, weights, prior, image size, every request and the output directory.
+    """Check the profile, weights, prior, decoder, image size, every request and the output directory.
 
-    `cfg` is a loaded config with `models` and `runtime` sections (GenerateConfig, or evaluate's EvalConfig); the
-    defaults when None. `extra_missing` lists further missing `paper` weights, reported in the same error.
+    `profile` None: the prior checkpoint's own (prior_checkpoint.profile_of). `cfg` is a loaded config with `models`
+    and `runtime` sections (GenerateConfig, or evaluate's EvalConfig); the defaults when None. `extra_missing` lists
+    further missing `paper` weights, reported in the same error. `decoder`: a fine-tuned decoder UNet directory.
     """
+    if profile is None:
+        profile = profile_of(prior)
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     cfg = cfg or load_generate_config()
@@ -120,9 +125,12 @@ def prepare(
         require(missing_paper_weights(cfg.models, prior, segment) + (extra_missing or []))
     embed_dim, what = clip_embed_dim(profile, cfg.models)
     checkpoint = open_prior(prior, embed_dim, what)
+    unet, movq = decoder_configs(profile, cfg.models, embed_dim)
+    fine_tuned = open_decoder(decoder, unet, f"{profile} Kandinsky 2.2 decoder") if decoder else None
     size = kandinsky.DEFAULT_SIZE[profile]
     settings = RenderSettings(steps, guidance, height or size, width or size).check()
-    kandinsky.check_size(settings.height, settings.width, size_multiple(profile, cfg.models, embed_dim),
+    kandinsky.check_size(settings.height, settings.width, kandinsky.size_multiple(unet, movq),
                          f"{profile} Kandinsky 2.2 decoder")
     jobs, warnings = check_requests(requests, tokenizer())
-    return GeneratePlan(profile, cfg, checkpoint, jobs, settings, check_output(output), segment, warnings)
+    return GeneratePlan(profile, cfg, checkpoint, jobs, settings, check_output(output), segment, warnings,
+                        fine_tuned)

@@ -3,6 +3,10 @@
 `--prior` takes a checkpoint directory (config.json + diffusion_pytorch_model.safetensors, what train-prior writes to
 RUN_DIR/final and RUN_DIR/checkpoints/step-N), a train-prior run directory (its final/ is used), or a hub id in the
 local Hugging Face cache (the released `ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0`).
+
+The checkpoint's config says which model profile it belongs to (its embedding size is the CLIP's): without
+`--profile`, generate and evaluate use that profile. A `--profile` whose CLIP gives another embedding size is an
+error, not a warning: the prior cannot read that CLIP's embeddings at all.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lambda_eclipse.errors import ModelNotFoundError, UserError
-from lambda_eclipse.models.clip import CONTEXT_LENGTH
+from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from storage.layout import read_json, sha256_file
 
 CONFIG, WEIGHTS, FINAL = "config.json", "diffusion_pytorch_model.safetensors", "final"  # prior/train.py's layout
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
+# The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
+PROFILE_OF_DIM = {TINY_EMBED_DIM: "tiny", 1280: "paper"}
 
 
 @dataclass(frozen=True)
@@ -50,16 +56,31 @@ def _directory(source: str) -> Path:
                     f"{RELEASED}")
 
 
-def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
-    """Check that the checkpoint fits the CLIP in use (`embed_dim`, described by `what`) without loading weights."""
-    path = _directory(source)
-    weights = path / WEIGHTS
-    if not weights.is_file():
+def read_prior_config(source: str) -> tuple[Path, dict]:
+    """The checkpoint directory (absolute: model actors may run elsewhere) and its config."""
+    path = _directory(source).resolve()
+    if not (path / WEIGHTS).is_file():
         raise UserError(f"prior {path} has {CONFIG} but no {WEIGHTS}")
     try:
-        config = read_json(path / CONFIG)
+        return path, read_json(path / CONFIG)
     except ValueError as exc:
         raise UserError(f"prior {path}/{CONFIG} is not valid JSON: {exc}") from None
+
+
+def profile_of(source: str) -> str:
+    """The model profile the prior at `source` was trained for, from its embedding size."""
+    path, config = read_prior_config(source)
+    dim = config.get("embedding_dim")
+    if dim not in PROFILE_OF_DIM:
+        raise UserError(f"prior {path} works on {dim}-d embeddings, which no profile's CLIP gives ("
+                        + ", ".join(f"{p}: {d}" for d, p in PROFILE_OF_DIM.items()) + "); choose --profile yourself")
+    return PROFILE_OF_DIM[dim]
+
+
+def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
+    """Check that the checkpoint fits the CLIP in use (`embed_dim`, described by `what`) without loading weights."""
+    path, config = read_prior_config(source)
+    weights = path / WEIGHTS
     dims = {key: config.get(key) or config.get("embedding_dim")
             for key in ("embedding_dim", "clip_embed_dim", "embedding_proj_dim")}
     wrong = {key: dim for key, dim in dims.items() if dim != embed_dim}
@@ -67,7 +88,8 @@ def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
         raise UserError(
             f"prior {path} works on {', '.join(f'{k}={v}' for k, v in wrong.items())}, but {what} gives "
             f"{embed_dim}-d embeddings; use a prior trained with this profile's CLIP (train-prior --profile tiny on a "
-            "tiny dataset for --profile tiny; the paper's 1280-d prior for --profile paper)"
+            "tiny dataset for --profile tiny; the paper's 1280-d prior for --profile paper), or leave --profile out "
+            "to use the prior's own"
         )
     if config.get("num_embeddings") != CONTEXT_LENGTH:
         raise UserError(f"prior {path} takes {config.get('num_embeddings')} text tokens; CLIP gives {CONTEXT_LENGTH}")

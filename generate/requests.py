@@ -13,6 +13,7 @@ Relative paths are relative to the batch file; `seed` and `num_images` default t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +104,12 @@ def check_request(request: GenerateRequest, index: int, tokenizer) -> tuple[Job,
             read_mask(spec.mask, image.shape[:2], f"{at}subject {spec.word!r}")
     if request.canny is not None:
         read_image(request.canny, f"{at}--canny")
-    subjects = [BoundSubject(spec, span, positions)
-                for spec, span, positions in zip(request.subjects, spans, tokens.positions)]
-    job = Job(index, prompt, subjects, request.canny, request.seed, request.num_images, tokens.truncated)
+    # Absolute paths: the model actors that read the images may run in another working directory.
+    specs = [SubjectSpec(s.word, os.path.abspath(s.image), s.mask and os.path.abspath(s.mask))
+             for s in request.subjects]
+    subjects = [BoundSubject(spec, span, positions) for spec, span, positions in zip(specs, spans, tokens.positions)]
+    canny = request.canny and os.path.abspath(request.canny)
+    job = Job(index, prompt, subjects, canny, request.seed, request.num_images, tokens.truncated)
     warning = truncation_warning(prompt, tokens)
     return job, [f"{at}{warning}"] if warning else []
 

@@ -25,6 +25,7 @@ from tasks.crops import subject_crop
 from tasks.decode import BadImage, decode_rgb
 
 CROP_SIZE = SubjectsConfig().crop_size
+NO_BOX = "as given (segmentation found no box)"  # how a subject was embedded when segmentation found nothing
 
 
 @dataclass(frozen=True)

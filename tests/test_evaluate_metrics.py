@@ -9,7 +9,7 @@ import torch
 
 from evaluation.benchmarks import benchmark_prompts, fill, load_benchmarks
 from evaluation.metrics import pairwise_similarity, subjects_similarity, text_similarity
-from evaluation.results import Results, summarize
+from evaluation.results import Results, segmentation_failures, summarize
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.dino import load_dino
 from lambda_eclipse.synthetic import write_photos
@@ -99,14 +99,60 @@ def test_a_subject_folder_without_photos(tmp_path):
 def test_results_drop_a_torn_last_row_and_summarize_per_group(tmp_path):
     results = Results(tmp_path / "per_prompt.csv")
     rows = [{"id": f"dog/{i:02d}", "group": "single subject", "prompt": "a dog", "subjects": "dog", "seed": 4 * i,
-             "images": 4, "dino": d, "clip_i": 0.5, "clip_t": t} for i, (d, t) in enumerate([(0.6, 0.3), (0.8, 0.2)])]
+             "images": 4, "dino": d, "clip_i": 0.5, "clip_t": t, "segmentation": "segmented", "decoder": "base"}
+            for i, (d, t) in enumerate([(0.6, 0.3), (0.8, 0.2)])]
     for row in rows:
         results.append(row)
     with open(results.path, "a") as f:
-        f.write("dog/02,single subject,a dog,dog,8,4,0.7")  # killed mid-write
+        f.write("dog/02,single subject,a dog,dog,8,4,0.7,0.5,0.2,segmented")  # killed mid-write
     read = results.read()
     assert [r["id"] for r in read] == ["dog/00", "dog/01"]
     assert results.path.read_text().count("\n") == 3  # rewritten without the torn row
     (summary,) = summarize(read, ("single subject",))
     assert summary == {"group": "single subject", "prompts": 2, "images": 8, "dino": 0.7, "clip_i": 0.5,
                        "clip_t": 0.25}
+
+
+def test_segmentation_failures_are_counted_per_subject():
+    rows = [{"segmentation": s} for s in ("segmented", "no box: dog", "no box: hat+dog", "off", "no box: hat")]
+    assert segmentation_failures(rows) == {"dog": 2, "hat": 2}
+    assert segmentation_failures(rows[:1]) == {}
+
+
+def test_the_evaluation_clip_is_not_the_conditioning_one_unless_asked():
+    from evaluation.config import load_eval_config
+    from evaluation.encoders import describe, load_eval_clip
+    from lambda_eclipse.config import ModelsConfig
+    from lambda_eclipse.models.clip import load_clip
+
+    cpu = torch.device("cpu")
+    conditioning = load_clip("tiny", ModelsConfig(), cpu, torch.float32)
+    cfg = load_eval_config()
+    own = load_eval_clip("tiny", cfg, conditioning, cpu, torch.float32)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert own is not conditioning and own.embed_dim == 24 and conditioning.embed_dim == 32
+    assert own.encode_images([image]).shape == (1, 24) and own.encode_text(["a dog"])[1].shape == (1, 24)
+    assert own.model_id == describe("tiny", cfg)["clip"]
+    assert describe("paper", cfg) == {"dino": "DINO ViT-S/16 facebook/dino-vits16",
+                                      "clip": "OpenCLIP ViT-B-32-quickgelu:openai, not the conditioning encoder"}
+    same = load_eval_config(overrides=["evaluate.clip_model=conditioning"])
+    assert load_eval_clip("tiny", same, conditioning, cpu, torch.float32) is conditioning
+    assert describe("paper", same)["clip"] == ("OpenCLIP ViT-bigG-14:laion2b_s39b_b160k, the generator's own "
+                                               "conditioning encoder")
+
+
+def test_the_summary_names_the_encoders_labels_the_reported_rows_and_the_segmentation():
+    from evaluation.results import summary_markdown
+
+    summary = [{"group": "two subjects", "prompts": 3, "images": 12, "dino": 0.5, "clip_i": 0.7, "clip_t": 0.3}]
+    encoders = {"dino": "DINO ViT-S/16 facebook/dino-vits16", "clip": "OpenCLIP ViT-B-32-quickgelu:openai"}
+    text = summary_markdown("Multibench", summary, 5, "note.", encoders, {}, segment=False)
+    assert ("Encoders: DINO — DINO ViT-S/16 facebook/dino-vits16; CLIP-I and CLIP-T — OpenCLIP ViT-B-32-quickgelu:"
+            "openai." in text)
+    assert "| λ-ECLIPSE, this run: two subjects | 3 | 12 | 0.5000 | 0.7000 | 0.3000 |" in text
+    assert "| λ-ECLIPSE, reported (paper): two subjects | | | 0.4478 | 0.7409 | 0.3327 |" in text
+    assert text.endswith("Off (evaluate.segment=false): every reference photo was embedded whole.")
+    found = summary_markdown("Multibench", summary, 5, "note.", encoders, {}, segment=True)
+    assert found.endswith("Grounding DINO found the subject in every reference photo used.")
+    failed = summary_markdown("Multibench", summary, 5, "note.", encoders, {"dog": 3}, segment=True)
+    assert failed.endswith("(not segmented) in these prompts:\n\n| subject | prompts |\n|---|---:|\n| dog | 3 |")

@@ -201,8 +201,17 @@ BAD = [
     (["--subject", "dog={dog}:{bad}/black_mask.png"], "mask {bad}/black_mask.png has no white pixels"),
     (["--subject", "dog"], "--subject 'dog': expected WORD=IMAGE or WORD=IMAGE:MASK"),
     (["--canny", "/nowhere/edges.png"], "--canny: image /nowhere/edges.png does not exist"),
-    (["--prior", "{prior16}"], "works on embedding_dim=16, clip_embed_dim=16, embedding_proj_dim=16, but the tiny "
-                               "profile's CLIP gives 32-d embeddings"),
+    (["--prior", "{prior16}"], "prior {prior16} works on 16-d embeddings, which no profile's CLIP gives (tiny: 32, "
+                               "paper: 1280); choose --profile yourself"),
+    (["--prior", "{prior16}", "--profile", "tiny"], "works on embedding_dim=16, clip_embed_dim=16, "
+                                                    "embedding_proj_dim=16, but the tiny profile's CLIP gives 32-d "
+                                                    "embeddings"),
+    (["--decoder", "/nowhere/decoder"], "--decoder /nowhere/decoder is not a directory; pass the output directory of "
+                                        "finetune-decoder"),
+    (["--decoder", "{bad}"], "has no unet/config.json (nor config.json); pass the output directory of "
+                             "finetune-decoder"),
+    (["--set", "runtime.gpus=-1"], "runtime.gpus must be ≥ 0, got -1"),
+    (["--set", "runtime.gpus=1.5"], "runtime.gpus above 1 must be a whole number of GPUs, got 1.5"),
     (["--prior", "/nowhere/prior"], "prior /nowhere/prior does not exist"),
     (["--prior", "{bad}"], "has no config.json (nor final/config.json)"),
     (["--height", "66"], "image size height 66 (nearest 64): the tiny Kandinsky 2.2 decoder renders multiples of 4 px "
@@ -266,11 +275,21 @@ def test_paper_profile_names_every_missing_model(assets, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
-def test_the_paper_prior_needs_the_paper_clip(tmp_path, capsys):
-    """A released-size (1280-d) prior on the tiny profile: refused before anything loads."""
+def test_the_profile_is_the_prior_checkpoints_own(tmp_path, capsys):
+    """A released-size (1280-d) prior: without --profile it runs on the paper profile (here: whose weights are
+    missing); with --profile tiny it is refused before anything loads. A tiny prior picks the tiny profile."""
     prior = tiny_prior(tmp_path / "prior1280", 1280)
     assert main(["generate", "--prompt", "a dog", "--prior", prior, "--output", str(tmp_path / "out")]) == 2
-    assert "gives 32-d embeddings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "weights missing for --profile paper: OpenCLIP models.clip_model=ViT-bigG-14" in err
+    assert "prior --prior" not in err  # the prior itself is here
+    argv = ["generate", "--prompt", "a dog", "--prior", prior, "--profile", "tiny", "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "works on embedding_dim=1280, clip_embed_dim=1280, embedding_proj_dim=1280, but the tiny profile's CLIP " \
+           "gives 32-d embeddings" in err and "or leave --profile out to use the prior's own" in err
+    tiny = prepare([GenerateRequest("a dog")], tiny_prior(tmp_path / "prior32"), str(tmp_path / "out"), steps=2)
+    assert tiny.profile == "tiny"
 
 
 def test_paper_shapes_are_the_released_architectures():

@@ -9,7 +9,7 @@ from test_generate import subject_photos, tiny_prior
 
 from lambda_eclipse.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness", "ray_local")]
 
 
 def artifact(key: str):
@@ -31,12 +31,16 @@ def assets(tmp_path_factory):
 
 
 def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypatch):
-    from generate import pipeline
+    from generate import actors
 
-    loads = []
-    real_init = pipeline.Generator.__init__
-    monkeypatch.setattr(pipeline.Generator, "__init__",
-                        lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
+    pools = []
+    real_init = actors.ModelPool.__init__
+
+    def counted(self, stage, build, gpus, cpus, count, log):
+        real_init(self, stage, build, gpus, cpus, count, log)
+        pools.append((stage, len(self.actors), gpus, self.placement.gpus))
+
+    monkeypatch.setattr(actors.ModelPool, "__init__", counted)
     dog, hat, cat = assets["photos"]
     batch = assets["root"] / "prompts.jsonl"
     lines = [
@@ -50,7 +54,8 @@ def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypat
             "--seed", "3", "--output", str(output)]
     assert main(argv) == 0
     assert "3 image(s) → " in capsys.readouterr().out
-    assert loads == [1]
+    # one model actor, loaded once; it asks for a GPU only where the cluster has one (this one has none)
+    assert pools == [("generate", 1, 1.0, 0.0)]
     pngs = sorted(p.name for p in output.glob("*.png"))
     assert pngs == ["0000-a-dog-wearing-a-hat-0.png", "0000-a-dog-wearing-a-hat-1.png", "0001-a-cat-and-a-dog-0.png",
                     "contact_sheet.png"]
@@ -87,3 +92,34 @@ def test_interpolate_command_writes_one_grid(assets, tmp_path, capsys):
     assert Image.open(tmp_path / "interpolation.png").size == (3 * 64, 64)
     assert artifact("interpolate-grid").startswith("data:image/png;base64,")
     assert "corners (top-left, top-right" in artifact("interpolate-summary")
+
+
+def wait_for_error_log(message: str, timeout: float = 120) -> list[str]:
+    """The latest ERROR log messages of every run, once `message` is among them (logs reach the API in batches)."""
+    import time
+
+    from prefect import get_client
+
+    body = {"logs": {"level": {"ge_": 40}}, "sort": "TIMESTAMP_DESC", "limit": 50}
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            messages = [log["message"] for log in client.request("POST", "/logs/filter", json=body).json()]
+            if message in messages or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)
+
+
+def test_a_model_actor_failure_is_one_line_in_the_run_log_naming_the_actor(assets, tmp_path, capsys):
+    """runtime.device=cuda on a machine without one: checked in the actor (the flow's node may have no GPU anyway),
+    reported as one line naming the stage and actor, in the CLI's error and in the Prefect run log."""
+    dog = assets["photos"][0]
+    argv = ["generate", "--prompt", "a dog", "--subject", f"dog={dog}", "--prior", assets["prior"], "--steps", "2",
+            "--set", "runtime.device=cuda", "--output", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = ("generate actor 0, loading its models: runtime.device=cuda, but no CUDA device is visible; use "
+            "runtime.device=cpu")
+    assert err.splitlines()[-1] == f"lambda-eclipse generate: error: {line}"
+    assert line in wait_for_error_log(line)
+    assert not list(tmp_path.glob("*.png"))

@@ -1,0 +1,187 @@
+"""The Ray adapter of generate, interpolate and evaluate: the models load and run in Ray actors, never in the flow
+process, which on a cluster sits on a node without a GPU. The flow plans, dispatches calls and writes what they return
+(images, metadata, scores: kilobytes to megabytes per prompt).
+
+Each actor asks Ray for `runtime.gpus` GPUs when the cluster has any (so it is placed on a GPU node) and
+`runtime.cpus` CPUs, scaled down so that every actor fits the cluster at once (tasks/actors.py does the same for the
+build's stages). An actor that dies (a killed process, a lost node) is restarted by Ray and the call retried on it;
+every call is a pure function of its arguments and the models, so a retried call, or one served by another actor,
+returns the same images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from generate.config import RuntimeSection
+from lambda_eclipse.errors import BuildError, UserError
+from tasks.actors import Placement
+
+IN_FLIGHT = 2  # calls queued per actor: the next prompt is already there when one finishes
+
+
+class WorkerError(BuildError):
+    """A model actor failed (not a user's input): one line naming the stage, the actor, its node and the cause."""
+
+
+def placement(gpus: float, cpus: float, actors: int, cluster: dict[str, float]) -> Placement:
+    """What each of `actors` actors asks Ray for: `gpus` only where the cluster has GPUs; CPUs scaled down so that
+    all of them fit (else Ray would wait forever for an actor it cannot place)."""
+    cpu = min(cpus, cluster.get("CPU", os.cpu_count() or 1) / actors)
+    cpu = math.floor(cpu * 10_000) / 10_000  # rounded down: shares that fill a node exactly still fit on it
+    return Placement(cpus=cpu, gpus=gpus if cluster.get("GPU", 0) > 0 else 0.0, actors=actors,
+                     threads=max(1, math.floor(cpu)))
+
+
+def gpu_shortfall(stage: str, p: Placement, cluster: dict[str, float]) -> str | None:
+    """A warning when the actors need more GPUs than the cluster has now (they would wait for an autoscaler)."""
+    need, have = p.gpus * p.actors, cluster.get("GPU", 0)
+    if need <= have:
+        return None
+    return (f"{stage}: {p.actors} actor(s) × {p.gpus:g} GPU need {need:g} GPUs, the cluster has {have:g} now: they "
+            "wait until nodes with GPUs join (an autoscaler); otherwise lower evaluate.actors or runtime.gpus")
+
+
+class ModelActor:
+    """Builds its models once (`build()`: a Generator or an Evaluator) and runs `fn(models, *args)` calls.
+
+    A model that fails to load is kept and raised by `ready()`: an exception in an actor's constructor reaches the
+    caller only as text, one raised by a call keeps its type (a UserError stays one)."""
+
+    def __init__(self, build: Callable[[], Any], threads: int, gpus: float):
+        if not gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # an actor that asked for no GPU must not use one
+        import torch
+
+        torch.set_num_threads(threads)
+        self.models, self.error = None, None
+        try:
+            self.models = build()
+        except Exception as exc:  # noqa: BLE001  (raised again by ready(), with its type)
+            self.error = exc
+
+    def ready(self) -> dict:
+        """Where the models run, once loaded: node, device, dtype."""
+        import ray
+
+        if self.error is not None:
+            raise self.error
+        device = getattr(self.models, "device", None)
+        dtype = str(getattr(self.models, "dtype", "")).removeprefix("torch.")
+        return {"node": ray.get_runtime_context().get_node_id(), "device": str(device), "dtype": dtype}
+
+    def run(self, fn: Callable, *args):
+        return fn(self.models, *args)
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a Ray error in one line: the original exception's type (but a UserError's), its message's first
+    line and, when there are more, its last (a traceback's final line)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(cause).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return text if isinstance(cause, UserError) else f"{type(cause).__name__}: {text}"
+
+
+class ModelPool:
+    """`actors` ModelActors of one stage ("generate", "evaluate"), loaded in parallel; calls spread over them."""
+
+    def __init__(self, stage: str, build: Callable[[], Any], gpus: float, cpus: float, actors: int, log=None):
+        import ray
+
+        from lambda_eclipse.ray_session import cluster_resources
+
+        self.stage = stage
+        cluster = cluster_resources()
+        self.placement = p = placement(gpus, cpus, actors, cluster)
+        short = gpu_shortfall(stage, p, cluster)
+        if short and log is not None:
+            log.warning("%s", short)
+        remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(ModelActor)
+        self.actors: list = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
+        self.where: list[dict] = [{} for _ in self.actors]
+        try:
+            self.where = [self._get(actor.ready.remote(), i, "loading its models")
+                          for i, actor in enumerate(self.actors)]
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def describe(self) -> str:
+        p = self.placement
+        places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.where)
+        return f"{self.stage}: {p.actors} actor(s) × ({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads): {places}"
+
+    def _get(self, ref, index: int, doing: str) -> Any:
+        """`ray.get(ref)`; a failure raised as one line naming the stage, actor and node (a UserError stays one)."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except Exception as exc:
+            node = self.where[index].get("node", "")
+            at = f"{self.stage} actor {index}" + (f" (node {node[:8]})" if node else "")
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UserError):
+                raise UserError(f"{at}, {doing}: {_reason(exc)}") from None
+            raise WorkerError(f"{at} failed {doing}: {_reason(exc)}") from exc
+
+    def call(self, fn: Callable, *args, doing: str = "") -> Any:
+        """`fn(models, *args)` on the first actor."""
+        return self._get(self.actors[0].run.remote(fn, *args), 0, doing or fn.__name__)
+
+    def map(self, fn: Callable, items: list[tuple], label: Callable[[int], str]) -> Iterator[tuple[int, Any, int]]:
+        """`fn(models, *items[i])` for every i, spread over the actors (each keeps up to IN_FLIGHT calls queued),
+        yielded as (i, result, actor index) in the order they finish. `label(i)` names item i in errors."""
+        import ray
+
+        pending = list(range(len(items)))
+        running: dict = {}
+
+        def submit(actor: int) -> None:
+            i = pending.pop(0)
+            running[self.actors[actor].run.remote(fn, *items[i])] = (i, actor)
+
+        for _ in range(IN_FLIGHT):
+            for actor in range(len(self.actors)):
+                if pending:
+                    submit(actor)
+        while running:
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            i, actor = running.pop(ready)
+            result = self._get(ready, actor, label(i))  # a failure ends the run: the caller shuts the pool down
+            if pending:
+                submit(actor)
+            yield i, result, actor
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+@contextlib.contextmanager
+def model_pool(stage: str, build: Callable[[], Any], runtime: RuntimeSection, actors: int, log) -> Iterator[ModelPool]:
+    """Ray (lambda_eclipse.ray_session: RAY_ADDRESS's cluster, else a local one) and a started pool, shut down on
+    exit. A model actor's failure is logged to `log` (the Prefect run logger) in one line before it propagates."""
+    from lambda_eclipse.ray_session import ray_session
+
+    with ray_session(runtime.workers):
+        pool = None
+        try:
+            pool = ModelPool(stage, build, runtime.gpus, runtime.cpus, actors, log)
+            log.info("%s", pool.describe())
+            yield pool
+        except (UserError, WorkerError) as exc:
+            log.error("%s", exc)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown()
