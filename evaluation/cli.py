@@ -12,9 +12,11 @@ BENCHMARKS = ("dreambench", "multibench")  # evaluation/benchmarks.py, without i
 
 EPILOG = """\
 DATA holds one folder of photos per subject. dreambench: the folders are DreamBench subjects (dog, backpack_dog, …;
-DreamBooth's dataset), each gets its 25 prompts with the class name as the subject word. multibench: the 2- and
-3-subject templates filled with every ordered choice of distinct folders (a folder's word: its DreamBench class,
-else its name with _ as a space).
+DreamBooth's dataset), each gets its 25 prompts with the class name as the subject word. multibench: the paper's
+2- and 3-subject templates (Appendix F, Table 8) filled by role: each slot takes the folders whose word belongs to
+the slot's Table 9 categories (a living subject first, then a scene, wearable or object where the template says),
+never the same word twice, sampled with a fixed seed to the paper's 904 / 1,476 prompts where more fit (a folder's
+word: its DreamBench class, else its name with _ as a space and a trailing _N dropped).
 
 For each prompt: evaluate.images_per_prompt images (paper: 4), scored as DreamBooth defined the metrics: DINO
 (ViT-S/16 CLS cosine) and CLIP-I (CLIP image cosine), averaged over every (generated, real photo) pair and over the
