@@ -139,6 +139,9 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
         raise UserError(f"--output {output}: the run directory must be visible to every Ray worker: a local path "
                         "(on a cluster, a shared one) or an object store URL such as s3://bucket/runs/prior")
     source = location(data)
+    if process_local(source):
+        raise UserError(f"--data {data}: the dataset must be visible to every Ray worker: a local path (on a "
+                        "cluster, a shared one) or an object store URL such as s3://bucket/data")
     dataset = open_dataset(source.resolve() if isinstance(source, Path) else source)
     profile, warning = choose_profile(profile, dataset.embed_dim)
     model_config = prior_config(profile, dataset.embed_dim if profile == "tiny" else None)
@@ -156,7 +159,10 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
     if existing and not resume:
         raise UserError(f"{output} already holds checkpoints (latest {name(existing[-1])}); pass --resume to "
                         "continue that run, or use a new --output")
-    start_from, same_run = (existing[-1], True) if existing else (None, False)
+    # Ray Train resumes from the latest checkpoint it registered; this one (the latest with its training state)
+    # serves when its record is missing
+    complete = [c for c in existing if is_file(join(c, STATE))]
+    start_from, same_run = (complete[-1], True) if complete else (None, False)
     if start_from is None and init_from:
         start_from = training_state(init_from)
     if start_from:
@@ -174,13 +180,13 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
 
 def run_training(job: TrainJob) -> dict:
     """Train on Ray Train, then return the run's summary (written by rank 0 to the run directory, read from there)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     r = job.cfg.runtime
-    with ray_session():
+    with ray_session():  # first: it sets what Ray reads when imported
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
         gpus = int(cluster_resources().get("GPU", 0))
         if r.device == "cuda" and not gpus:
             raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
