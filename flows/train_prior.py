@@ -75,10 +75,13 @@ def train_prior(
     job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume, init_from)
     if job.warning:
         logger.warning("warning: %s", job.warning)
+    start = ""
+    if job.start_from:
+        start = (f", resuming from {job.start_from}" if job.same_run
+                 else f", a new run from the training state in {job.start_from}")
     logger.info(
-        "%s prior (d = %d) on %s: %d train / %d val shards%s",
-        job.profile, job.model_config["embedding_dim"], data, len(job.data.splits["train"].shards),
-        len(job.data.splits["val"].shards), f", starting from {job.start_from}" if job.start_from else "",
+        "%s prior (d = %d) on %s: %d train / %d val shards%s", job.profile, job.model_config["embedding_dim"], data,
+        len(job.data.splits["train"].shards), len(job.data.splits["val"].shards), start,
     )
     try:
         summary = train(job)
