@@ -2,8 +2,9 @@
 
 Writes a synthetic dataset at the profile's embedding size (paper: d = 1280, ≈197 KB of fp16 text states per
 sample), then measures, after `--warmup` steps:
-  - loop:      samples/s of the full training loop (`run_training`: shards read from disk by the DataLoader workers,
-               interleaving, forward, backward, clipping, AdamW, schedule, logging);
+  - loop:      samples/s of the full training loop (`run_training`: one Ray Train worker holding as many CPUs as
+               this process has torch threads; shards read from disk by the DataLoader workers, interleaving,
+               forward, backward, clipping, AdamW, schedule, logging, checkpoints through Ray Train);
   - in memory: samples/s of the model's forward + backward alone, on the same batches already on the device;
 and their ratio: how close the loop comes to the model's own speed (goal ≥ 0.9 for the paper size on CPU with
 batch 32). Each as the median and the best of the per-step rates: on a shared machine the best step is the one
@@ -93,6 +94,7 @@ def loop_and_model(data: Path, run: Path, args: argparse.Namespace) -> None:
     settings = [
         f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"data.workers={args.workers}",
         "log.every=1", "val.max_batches=1", f"checkpoint.every={args.steps}", "train.warmup_steps=1",
+        f"runtime.cpus_per_worker={torch.get_num_threads()}",  # the in-memory measurement's threads
     ]
     cfg = load_train_config(None, settings)
     job = prepare_training(str(data), str(run), args.profile, cfg, False)

@@ -38,7 +38,8 @@ def _fail(flow_run_id: str | None, message: str) -> int:
 
 
 def main() -> int:
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    # Prefect's public API: `sync.concurrency` and the error it raises (re-exported by `prefect.concurrency.asyncio`)
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")

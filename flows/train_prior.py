@@ -1,5 +1,6 @@
-"""train-prior flow: one Prefect task runs the training (this process, or Ray Train workers when data-parallel);
-the flow publishes its dashboard, a metrics table and a train/val loss curve, and emits `EVENT` when the model is
+"""train-prior flow: one Prefect task runs the training on Ray Train workers, which write everything to the run
+directory (a path or URL); this process reads the summary and metrics from there, never from a worker's disk. The
+flow publishes its dashboard, a metrics table and a train/val loss curve, and emits `EVENT` when the model is
 trained, which a deployment trigger can react to (for example to run generation or evaluation on the new prior):
 
     triggers:
@@ -10,8 +11,8 @@ trained, which a deployment trigger can react to (for example to run generation 
 from __future__ import annotations
 
 import base64
+import io
 import logging
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 from prefect import flow, get_run_logger, task
@@ -22,6 +23,8 @@ from prefect.events import emit_event
 from prior.config import load_train_config
 from prior.train import TrainJob, prepare_training, read_metrics, run_training
 from storage.confine import confine
+from storage.fs import is_file, join, write_bytes
+from storage.layout import read_json
 
 EVENT = "lambda-eclipse.prior.trained"
 COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
@@ -55,35 +58,48 @@ def train(job: TrainJob) -> dict:
 def train_prior(
     data: str,
     output: str,
-    profile: str = "tiny",
+    profile: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
     resume: bool = False,
+    init_from: str | None = None,
 ) -> dict:
-    """Train the λ-ECLIPSE prior on the dataset in `data`, writing checkpoints and the final model to `output`."""
+    """Train the λ-ECLIPSE prior on the dataset in `data`, writing checkpoints and the final model to `output`.
+
+    `profile`: None picks it from the dataset (paper for 1280-d embeddings, else tiny). `init_from`: a run directory
+    (or its final/, or a checkpoint) whose latest training state starts this new run; it is only read. Returns the
+    run's summary.json plus `run_dir`, `data`, `dataset_hash` (dataset.json's config hash) and `metrics` (the last
+    validation's)."""
     logger = get_run_logger()
-    confine(data=data, output=output, config_file=config_file)
-    job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume)
+    confine(data=data, output=output, config_file=config_file, init_from=init_from)
+    job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume, init_from)
+    if job.warning:
+        logger.warning("warning: %s", job.warning)
+    start = ""
+    if job.start_from:
+        start = (f", resuming from {job.start_from}" if job.same_run
+                 else f", a new run from the training state in {job.start_from}")
     logger.info(
-        "%s prior (d = %d) on %s: %d train / %d val shards, %d trainer(s) on %s%s",
-        profile, job.model_config["embedding_dim"], data, len(job.data.splits["train"].shards),
-        len(job.data.splits["val"].shards), job.trainers, job.device,
-        f", resuming from {job.resume_from}" if job.resume_from else "",
+        "%s prior (d = %d) on %s: %d train / %d val shards%s", job.profile, job.model_config["embedding_dim"], data,
+        len(job.data.splits["train"].shards), len(job.data.splits["val"].shards), start,
     )
     try:
         summary = train(job)
     finally:  # a failed run (a non-finite loss) shows its curve up to the failure too
-        _publish(Path(output))
-    emit_event(
-        event=EVENT,
-        resource={"prefect.resource.id": f"lambda-eclipse.prior.{Path(output).resolve()}"},
-        payload=summary,
-    )
+        _publish(job.output)
+    meta = join(job.data.root, "dataset.json")
+    result = summary | {
+        "run_dir": job.output,
+        "data": data,
+        "dataset_hash": read_json(meta).get("config_hash") if is_file(meta) else None,
+        "metrics": summary["val"],
+    }
+    emit_event(event=EVENT, resource={"prefect.resource.id": f"lambda-eclipse.prior.{job.output}"}, payload=result)
     logger.info("done: step %d, final model %s", summary["step"], summary["final"])
-    return summary
+    return result
 
 
-def _publish(run: Path) -> None:
+def _publish(run: str) -> None:
     records = read_metrics(run)
     if not records:
         return
@@ -94,9 +110,10 @@ def _publish(run: Path) -> None:
         for v in records if v["split"] == "val"
     ]
     create_table_artifact(table=rows, key="train-prior-metrics", description="one row per validation")
-    png = loss_curve(records, run / "loss_curve.png")
+    png = loss_curve(records)
+    write_bytes(join(run, "loss_curve.png"), png)
     create_image_artifact(
-        image_url="data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
+        image_url="data:image/png;base64," + base64.b64encode(png).decode(),
         key="train-prior-loss-curve",
         description=f"train and val loss (Eq. 1) of {run}",
     )
@@ -106,7 +123,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 5)
 
 
-def loss_curve(records: list[dict], path: Path, size: tuple[int, int] = (720, 420)) -> Path:
+def loss_curve(records: list[dict], size: tuple[int, int] = (720, 420)) -> bytes:
     """Train and val loss against step, as a PNG (drawn with PIL: no plotting library needed)."""
     width, height = size
     left, right, top, bottom = 70, 20, 30, 40
@@ -134,5 +151,6 @@ def loss_curve(records: list[dict], path: Path, size: tuple[int, int] = (720, 42
             draw.line(line, fill=COLORS[split], width=2)
         for x, y in line:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLORS[split])
-    image.save(path)
-    return path
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return png.getvalue()

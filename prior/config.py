@@ -24,6 +24,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class TrainSection:
     batch_size: int = 512  # per data-parallel trainer (paper: 512 on each of 2 GPUs)
     max_steps: int = 100_000  # paper: ~100k iterations
+    # > 0: train this many steps beyond the step the run starts from (--resume, init_from) instead of up to
+    # max_steps, with the lr schedule (warm-up, then the decay) spanning those steps; nightly retraining continues
+    # the current prior this way on the current dataset
+    steps_per_run: int = 0
     lr: float = 5e-5  # peak learning rate (paper)
     warmup_steps: int = 1000  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # after warm-up, down to min_lr_ratio · lr at max_steps: cosine | linear | constant
@@ -76,9 +80,11 @@ class LogSection:
 
 @dataclass
 class RuntimeSection:
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when the Ray cluster has GPUs, else cpu
     precision: str = "auto"  # autocast dtype; auto: bf16 on cuda, fp32 on cpu
-    workers: int = 0  # data-parallel trainers (Ray Train); 0: one per visible GPU; 1: this process only
+    workers: int = 1  # data-parallel trainers (Ray Train workers); 0: one per GPU of the Ray cluster
+    cpus_per_worker: float = 1  # Ray CPUs each trainer reserves (its torch threads)
+    max_failures: int = 3  # trainer failures (a killed worker, a lost node) Ray recovers from, from the last checkpoint
 
 
 @dataclass
@@ -100,6 +106,7 @@ class TrainConfig:
         rules = [
             ("train.batch_size", t.batch_size >= 1, "must be ≥ 1"),
             ("train.max_steps", t.max_steps >= 1, "must be ≥ 1"),
+            ("train.steps_per_run", t.steps_per_run >= 0, "must be ≥ 0"),
             ("train.lr", t.lr > 0, "must be > 0"),
             ("train.warmup_steps", t.warmup_steps >= 0, "must be ≥ 0"),
             ("train.schedule", t.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
@@ -121,6 +128,8 @@ class TrainConfig:
             ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("runtime.precision", r.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
+            ("runtime.cpus_per_worker", r.cpus_per_worker > 0, "must be > 0"),
+            ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
         ]
         problems = [f"{key} {rule} (got {_value(self, key)!r})" for key, ok, rule in rules if not ok]
         if problems:

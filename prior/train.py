@@ -1,17 +1,21 @@
 """Training of the λ-ECLIPSE prior on a built dataset (paper §3, Appendix C): Eq. 1 with AdamW.
 
 `prepare_training` checks everything a run depends on and fails with a UserError before any work starts;
-`run_training` runs `train_loop` in this process, or in one Ray Train worker per data-parallel trainer
-(`TorchTrainer`, DistributedDataParallel) when `runtime.workers` asks for more than one.
+`run_training` runs `train_loop` on Ray Train (`TorchTrainer`: one worker per data-parallel trainer,
+DistributedDataParallel when there are several, on the cluster's GPUs when it has any). Checkpoints go through
+`ray.train.report` to the run directory, a local path or an fsspec URL (`s3://…`), never to a worker's own disk:
+a training worker that dies is restarted by Ray (`FailureConfig(max_failures=runtime.max_failures)`) and the run
+resumes from its last checkpoint, on any node, with the same result as an uninterrupted run.
 
 RUN_DIR layout:
     checkpoints/step-NNNNNNNN/  config.json + diffusion_pytorch_model.safetensors (diffusers layout, loadable by the
                                 released inference code) + training_state.pt (optimizer, scheduler, grad scaler, RNG
-                                of every trainer, data position, step); written under a temporary name and renamed,
-                                so a kill never leaves a half checkpoint; the last `checkpoint.keep` are kept
+                                of every trainer, data position, step, the metrics so far); the last
+                                `checkpoint.keep` are kept (Ray Train's checkpoint manager, whose record of them is
+                                checkpoints/checkpoint_manager_snapshot.json)
     final/                      the last model, diffusers layout
     metrics.jsonl               one record per training window and per validation; tensorboard/ holds the same
-    summary.json                the run's last step, paths and metrics
+    summary.json                the run's last step, paths and metrics; written last
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import posixpath
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -36,13 +42,25 @@ from prior.config import PROFILES, TrainConfig
 from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior, prior_config
-from storage.fs import is_local
+from storage.fs import (
+    Location,
+    arrow,
+    is_file,
+    join,
+    location,
+    name,
+    process_local,
+    read_bytes,
+    resolve,
+    write_bytes,
+)
 from storage.layout import read_json, write_json_atomic
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-METRICS, SUMMARY = "metrics.jsonl", "summary.json"
+METRICS, SUMMARY, TENSORBOARD = "metrics.jsonl", "summary.json", "tensorboard"
 AMP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PAPER_DIM = 1280  # the paper prior's CLIP (ViT-bigG-14) embedding size
 
 log = logging.getLogger(__name__)
 
@@ -52,178 +70,294 @@ class TrainJob:
     """Everything a trainer process needs (sent to Ray workers as is)."""
 
     data: Dataset
-    output: str
+    output: str  # the run directory: an absolute local path or an fsspec URL
+    profile: str
     cfg: TrainConfig
     model_config: dict
-    device: str  # "cpu" or "cuda"
-    trainers: int  # data-parallel trainers; 1: this process
-    resume_from: str | None  # checkpoint directory
+    start_from: str | None  # checkpoint to start from when Ray Train holds none of this run's
+    same_run: bool  # start_from is this run's (--resume: data position kept) or another's (init_from: a new run)
+    fit: str  # identifies this call of run_training: a worker restarted by Ray keeps its stopping step
+    warning: str | None = None  # for the user, before training starts
+    device: str = "cpu"  # "cpu" or "cuda": decided by run_training from the cluster's resources
+    trainers: int = 1  # data-parallel trainers (Ray Train workers)
 
 
-def checkpoints(run: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary `.step-*.tmp` directories do not match)."""
-    base = Path(run) / CHECKPOINTS
-    return sorted(base.glob("step-*")) if base.is_dir() else []
+def checkpoints(run: Location) -> list[str]:
+    """The run's checkpoints, oldest first, as locations (paths or URLs)."""
+    fs, path = resolve(join(run, CHECKPOINTS))
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = sorted(n for n in (posixpath.basename(str(e).rstrip("/")) for e in entries) if n.startswith("step-"))
+    return [str(join(run, CHECKPOINTS, n)) for n in names]
 
 
-def prepare_training(data: str, output: str, profile: str, cfg: TrainConfig, resume: bool) -> TrainJob:
+def choose_profile(profile: str | None, embed_dim: int) -> tuple[str, str | None]:
+    """The prior size for a dataset of `embed_dim`-d embeddings: paper for the paper CLIP's 1280, else tiny, unless
+    `profile` says which; and a warning when a tiny prior is asked for on a paper dataset."""
+    if profile is None:
+        return ("paper" if embed_dim == PAPER_DIM else "tiny"), None
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    dataset = open_dataset(data)
+    if profile == "tiny" and embed_dim == PAPER_DIM:
+        return profile, (f"training a tiny prior (2 layers) on a {PAPER_DIM}-d dataset, which the paper-size prior "
+                         "is made for (--profile tiny was given; leave --profile out to train the paper size)")
+    return profile, None
+
+
+def _parent(loc: Location) -> Location:
+    loc = location(loc)
+    return loc.parent if isinstance(loc, Path) else posixpath.dirname(loc)
+
+
+def training_state(source: str) -> str:
+    """The checkpoint holding the latest full training state of `source`: a checkpoint itself, a run directory (the
+    checkpoint its summary.json names, or else its latest), or a run's final/."""
+    loc = location(source)
+    if isinstance(loc, Path):
+        loc = loc.resolve()
+    if is_file(join(loc, STATE)):
+        return str(loc)
+    run = _parent(loc) if name(loc) == FINAL and not checkpoints(loc) else loc
+    candidates = checkpoints(run)
+    if is_file(join(run, SUMMARY)):
+        candidates.append(str(read_json(join(run, SUMMARY)).get("checkpoint", "")))
+    for checkpoint in reversed(candidates):
+        if checkpoint and is_file(join(checkpoint, STATE)):
+            return checkpoint
+    raise UserError(f"--init-from {source}: no training state there; give a train-prior run directory, its "
+                    "final/, or one of its checkpoints/step-NNNNNNNN")
+
+
+def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConfig, resume: bool,
+                     init_from: str | None = None) -> TrainJob:
+    out = location(output)
+    if isinstance(out, Path):
+        out = out.resolve()  # Ray Train workers run in directories of their own
+    elif process_local(out):
+        raise UserError(f"--output {output}: the run directory must be visible to every Ray worker: a local path "
+                        "(on a cluster, a shared one) or an object store URL such as s3://bucket/runs/prior")
+    source = location(data)
+    if process_local(source):
+        raise UserError(f"--data {data}: the dataset must be visible to every Ray worker: a local path (on a "
+                        "cluster, a shared one) or an object store URL such as s3://bucket/data")
+    dataset = open_dataset(source.resolve() if isinstance(source, Path) else source)
+    profile, warning = choose_profile(profile, dataset.embed_dim)
     model_config = prior_config(profile, dataset.embed_dim if profile == "tiny" else None)
     if model_config["embedding_dim"] != dataset.embed_dim:
         raise UserError(
             f"the {profile} prior takes {model_config['embedding_dim']}-d CLIP embeddings, but dataset {data} has "
             f"{dataset.embed_dim}-d ones; build the dataset with the paper CLIP (ViT-bigG-14), or use --profile tiny"
         )
-    if not is_local(output):
-        raise UserError(f"--output {output}: the run directory must be a local path (checkpoints and TensorBoard "
-                        "logs are written in place); --data may be a URL")
-    run = Path(output)
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        fs, path = resolve(out)
+        fs.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the run directory {run}: {exc.strerror}") from None
-    existing = checkpoints(run)
+        raise UserError(f"cannot create the run directory {output}: {exc.strerror or exc}") from None
+    existing = checkpoints(out)
     if existing and not resume:
-        raise UserError(f"{run} already holds checkpoints (latest {existing[-1].name}); pass --resume to continue "
-                        "that run, or use a new --output")
-    if existing:
-        saved = read_json(existing[-1] / "config.json")
+        raise UserError(f"{output} already holds checkpoints (latest {name(existing[-1])}); pass --resume to "
+                        "continue that run, or use a new --output")
+    # Ray Train resumes from the latest checkpoint it registered; this one (the latest with its training state)
+    # serves when its record is missing
+    complete = [c for c in existing if is_file(join(c, STATE))]
+    start_from, same_run = (complete[-1], True) if complete else (None, False)
+    if start_from is None and init_from:
+        start_from = training_state(init_from)
+    if start_from:
+        saved = read_json(join(start_from, "config.json"))
         differ = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
         if differ:
-            raise UserError(f"checkpoint {existing[-1]} is another model than profile {profile!r} on this dataset "
+            raise UserError(f"checkpoint {start_from} is another model than profile {profile!r} on this dataset "
                             f"(checkpoint, this run): {differ}")
-    cuda = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and torch.cuda.is_available())
-    device = "cuda" if cuda else "cpu"
-    trainers = cfg.runtime.workers or max(torch.cuda.device_count() if device == "cuda" else 1, 1)
     shards = len(dataset.splits["train"].shards)
-    if shards < trainers:
-        raise UserError(f"dataset {data} has {shards} shards with training samples; {trainers} data-parallel "
-                        "trainers need at least one each (lower runtime.workers)")
-    return TrainJob(dataset, str(run), cfg, model_config, device, trainers,
-                    str(existing[-1]) if existing else None)
+    if shards < cfg.runtime.workers:
+        raise UserError(f"dataset {data} has {shards} shards with training samples; {cfg.runtime.workers} "
+                        "data-parallel trainers need at least one each (lower runtime.workers)")
+    return TrainJob(dataset, str(out), profile, cfg, model_config, start_from, same_run, uuid.uuid4().hex, warning)
 
 
 def run_training(job: TrainJob) -> dict:
-    """Train, then return the run's summary (the same in both placements: rank 0 writes it to RUN_DIR)."""
-    if job.trainers == 1:
-        train_loop(job)
-    else:
-        from ray.train import RunConfig, ScalingConfig
+    """Train on Ray Train, then return the run's summary (written by rank 0 to the run directory, read from there)."""
+    from lambda_eclipse.ray_session import cluster_resources, ray_session
+
+    r = job.cfg.runtime
+    with ray_session():  # first: it sets what Ray reads when imported
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
-        from ray.train.v2.api.exceptions import WorkerGroupError
 
-        from lambda_eclipse.ray_session import ray_session
-
+        gpus = int(cluster_resources().get("GPU", 0))
+        if r.device == "cuda" and not gpus:
+            raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
+        device = "cuda" if gpus and r.device != "cpu" else "cpu"
+        trainers = r.workers or (gpus if device == "cuda" else 1)
+        shards = len(job.data.splits["train"].shards)
+        if shards < trainers:
+            raise UserError(f"dataset {job.data.root} has {shards} shards with training samples; {trainers} "
+                            "data-parallel trainers need at least one each (set runtime.workers)")
+        job = replace(job, device=device, trainers=trainers)
+        filesystem, path = arrow(job.output)
+        log.info("training on %d Ray Train worker(s) on %s; checkpoints in %s", trainers, device,
+                 join(job.output, CHECKPOINTS))
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config={"job": job},
-            scaling_config=ScalingConfig(num_workers=job.trainers, use_gpu=job.device == "cuda"),
-            run_config=RunConfig(name="train-prior", storage_path=str(Path(job.output).resolve() / "ray")),
+            scaling_config=ScalingConfig(num_workers=trainers, use_gpu=device == "cuda",
+                                         resources_per_worker={"CPU": r.cpus_per_worker}),
+            run_config=RunConfig(
+                name=CHECKPOINTS, storage_path=path, storage_filesystem=filesystem,
+                checkpoint_config=CheckpointConfig(num_to_keep=job.cfg.checkpoint.keep),
+                failure_config=FailureConfig(max_failures=r.max_failures),
+            ),
         )
-        with ray_session():
-            try:
-                trainer.fit()
-            except WorkerGroupError as exc:  # a UserError in a trainer (a non-finite loss) reaches the user as is
-                for failure in exc.worker_failures.values():
-                    cause = getattr(failure, "cause", failure)
-                    if isinstance(cause, UserError):
-                        raise cause from None
-                raise
-    return read_json(Path(job.output) / SUMMARY)
+        result = trainer.fit()
+    if isinstance(result.return_value, str):  # a UserError in the trainers (a non-finite loss): no retry helps
+        raise UserError(result.return_value)
+    return read_json(join(job.output, SUMMARY))
 
 
-def _ray_worker(config: dict) -> None:
-    train_loop(config["job"])
+def _ray_worker(config: dict) -> str | None:
+    try:
+        train_loop(config["job"])
+    except UserError as exc:  # raised by every trainer alike (its cause is all-reduced); Ray would retry errors
+        return str(exc)
+    return None
 
 
-def lr_factor(t, step: int) -> float:
-    """Multiplier of the peak lr at `step`: linear warm-up, then the schedule down to min_lr_ratio at max_steps."""
+def lr_factor(t, step: int, start: int = 0, stop: int | None = None) -> float:
+    """Multiplier of the peak lr at `step` of a schedule window from `start` to `stop` (default: 0 to max_steps):
+    linear warm-up, then the schedule down to min_lr_ratio at `stop`."""
+    stop = t.max_steps if stop is None else stop
+    step -= start
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    progress = min(1.0, (step - t.warmup_steps) / max(1, stop - start - t.warmup_steps))
     decay = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}[t.schedule]
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * decay
 
 
+def _start_state(job: TrainJob) -> tuple[dict[str, torch.Tensor], dict, bool] | None:
+    """Weights, training state and whether they are this run's: Ray Train's latest checkpoint of this run (after a
+    restart, or --resume), else `job.start_from`, else None (a fresh start)."""
+    import ray.train
+
+    checkpoint, same_run = ray.train.get_checkpoint(), True
+    if checkpoint is None and job.start_from:
+        filesystem, path = arrow(job.start_from)
+        checkpoint, same_run = ray.train.Checkpoint(path, filesystem=filesystem), job.same_run
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as local:
+        weights = load_file(Path(local) / WEIGHTS)
+        state = torch.load(Path(local) / STATE, map_location="cpu", weights_only=True)
+    log.info("starting from checkpoint %s (step %d, %s)", checkpoint.path, state["step"],
+             "this run's" if same_run else "initialising a new run")
+    return weights, state, same_run
+
+
 def train_loop(job: TrainJob) -> None:
     cfg, t = job.cfg, job.cfg.train
-    rank, world, device = _placement(job)
+    rank, world, device = _placement()
     amp = AMP_DTYPES[cfg.runtime.precision] if cfg.runtime.precision != "auto" else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     torch.manual_seed(t.seed)
     model = EclipsePrior(**job.model_config)
-    if job.resume_from:
-        model.load_state_dict(load_file(Path(job.resume_from) / WEIGHTS))
+    start = _start_state(job)
+    if start:
+        model.load_state_dict(start[0])
     model.to(device)  # pyright: ignore[reportArgumentType]  (diffusers' @wraps(Module.to) hides self)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over all parameters, on CPU too, where it is ~4× faster than the default per-parameter loop
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # fp16 needs loss scaling, bf16 not
     # Every trainer's loader streams must hold shards: at most (train shards / trainers) loader workers each.
     workers = min(cfg.data.workers, len(job.data.splits["train"].shards) // world)
-    step = 0
-    if job.resume_from:
-        step = _restore(Path(job.resume_from), optimizer, scheduler, scaler, rank, world, workers, t.batch_size)
+    step, batches, history, same_run, window, state = 0, 0, [], False, None, {}
+    if start:
+        _, state, same_run = start
+        step = state["step"]
+        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        if same_run:
+            batches, history = _restore(state, scaler, rank, world, workers, t.batch_size, job.output)
+            saved = state.get("schedule") or {}
+            window = (saved["start"], saved["stop"]) if saved.get("fit") == job.fit else None
+        else:  # a new run from another's state: the moments carry over, the hyperparameters are this run's
+            for group in optimizer.param_groups:
+                group.update(lr=t.lr, initial_lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    # The learning-rate schedule spans 0…max_steps, or with train.steps_per_run this run's own steps (a warm
+    # restart); a worker restarted by Ray within this run keeps the window its checkpoint recorded.
+    window = window or ((step, step + t.steps_per_run) if t.steps_per_run else (0, t.max_steps))
+    first, stop = window
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s, first, stop))
+    if same_run:
+        scheduler.load_state_dict(state["scheduler"])
+    scheduler.last_epoch = step
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * lr_factor(t, step, first, stop)  # this step's (the window may be new)
     net = model
     if world > 1:
         import ray.train.torch
 
         net = ray.train.torch.prepare_model(model)  # DistributedDataParallel
     common: dict[str, Any] = dict(rank=rank, world=world, seed=t.seed, pin_memory=device.type == "cuda")
-    batches = iter(loader(job.data, "train", t.batch_size, workers, start=step, buffer=cfg.data.shuffle_buffer,
-                          zero_control_prob=cfg.data.zero_control_prob, **common))
+    train_batches = iter(loader(job.data, "train", t.batch_size, workers, start=batches, buffer=cfg.data.shuffle_buffer,
+                                zero_control_prob=cfg.data.zero_control_prob, **common))
     val_batches = loader(job.data, "val", cfg.val.batch_size, cfg.data.workers, **common)
-    records = Records(Path(job.output), step, enabled=rank == 0)
-    window = Window(device, world, t.batch_size)
+    records = Records(job.output, history, step, enabled=rank == 0)
+    meter = Window(device, world, t.batch_size, step)
+    checkpoint = CheckpointWriter(job, window, rank, world, workers)
     if rank == 0:
-        log.info("training from step %d to %d on %d × %s, batch %d per trainer",
-                 step, t.max_steps, world, device, t.batch_size)
-    while step < t.max_steps:
-        batch = to_device(next(batches), device)
+        log.info("training from step %d to %d on %d × %s, batch %d per trainer", step, stop, world, device,
+                 t.batch_size)
+    if step >= stop and not same_run:  # a new run with nothing to train: it holds its start model, validated
+        records.write("val", step, validate(model, val_batches, device, amp, cfg, world))
+        checkpoint.save(step, batches, model, optimizer, scheduler, scaler, records)
+    while step < stop:
+        batch = to_device(next(train_batches), device)
         target = batch.pop("target")
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             predicted = net(**batch, return_dict=False)
-        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau)
+        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
+                            reduction=cfg.loss.reduction, similarity=cfg.loss.similarity)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip or math.inf, foreach=True)
         scaler.step(optimizer)
         scaler.update()
-        lr = scheduler.get_last_lr()[0]  # the one this step used
+        lr = optimizer.param_groups[0]["lr"]  # the one this step used
         scheduler.step()
-        step += 1
-        window.add(losses, grad_norm)
+        step, batches = step + 1, batches + 1
+        meter.add(losses, grad_norm)
 
-        last = step == t.max_steps
+        last = step == stop
         validate_now = last or (cfg.val.every > 0 and step % cfg.val.every == 0)
         checkpoint_now = last or step % cfg.checkpoint.every == 0
         if validate_now or checkpoint_now or step % cfg.log.every == 0:
             # Checked here, not every step, to keep the GPU queue free of host syncs; nothing is saved after it.
-            train_metrics = window.flush(step, job.output)
+            train_metrics = meter.flush(step, job.output)
             records.write("train", step, train_metrics | {"lr": lr})
         if validate_now:
             records.write("val", step, validate(model, val_batches, device, amp, cfg, world))
         if checkpoint_now:
-            save_checkpoint(Path(job.output), step, model, optimizer, scheduler, scaler, rank, world, workers, cfg)
+            checkpoint.save(step, batches, model, optimizer, scheduler, scaler, records)
     if rank == 0:
-        _save_final(model, Path(job.output) / FINAL)
-        write_json_atomic(Path(job.output) / SUMMARY, {
+        _save_final(model, join(job.output, FINAL))
+        own = str(join(job.output, CHECKPOINTS, f"step-{step:08d}"))
+        write_json_atomic(join(job.output, SUMMARY), {
             "step": step,
-            "final": str(Path(job.output) / FINAL),
-            "checkpoint": str(checkpoints(job.output)[-1]),
+            "final": str(join(job.output, FINAL)),
+            "checkpoint": own if is_file(join(own, STATE)) else checkpoints(job.output)[-1],
+            "profile": job.profile,
+            "started_from": job.start_from if not same_run else None,
             "train": records.last.get("train"),
             "val": records.last.get("val"),
         })
     records.close()
 
 
-def _placement(job: TrainJob) -> tuple[int, int, torch.device]:
-    if job.trainers == 1:
-        return 0, 1, torch.device(job.device)
+def _placement() -> tuple[int, int, torch.device]:
     import ray.train
     import ray.train.torch
 
@@ -240,9 +374,9 @@ def _all_reduce(tensor: torch.Tensor, world: int) -> torch.Tensor:
 class Window:
     """Loss terms and gradient norms summed on the device between two records (no host sync per step)."""
 
-    def __init__(self, device: torch.device, world: int, batch_size: int):
+    def __init__(self, device: torch.device, world: int, batch_size: int, step: int):
         self.device, self.world, self.batch_size = device, world, batch_size
-        self._reset(0)
+        self._reset(step)
 
     def _reset(self, step: int) -> None:
         # steps, total, mse, contrastive, grad_norm, non-finite steps
@@ -283,7 +417,8 @@ def validate(model: EclipsePrior, batches, device: torch.device, amp: torch.dtyp
         target = batch.pop("target")
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             predicted = model(**batch, return_dict=False).float()
-        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau)
+        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
+                            reduction=cfg.loss.reduction, similarity=cfg.loss.similarity)
         similarity = F.normalize(predicted, dim=-1) @ F.normalize(target, dim=-1).T
         n = len(predicted)
         hits = (similarity.argmax(dim=1) == torch.arange(n, device=device)).sum()
@@ -303,41 +438,51 @@ def _rng_state() -> dict:
     return state
 
 
-def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, scaler, rank: int, world: int, workers: int,
-                    cfg: TrainConfig) -> None:
-    rng: list[dict | None] = [None] * world
-    if world > 1:
-        torch.distributed.all_gather_object(rng, _rng_state())
-    else:
-        rng[0] = _rng_state()
-    target = run / CHECKPOINTS / f"step-{step:08d}"
-    if rank != 0 or target.exists():  # exists: this run resumed from it and had no step left to train
-        return
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-    model.save_pretrained(tmp)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng,
-            # Batches consumed per trainer; the order they came in depends on the layout, stored to compare on resume.
-            "data": {"batches": step, "world": world, "workers": workers, "batch_size": cfg.train.batch_size},
-        },
-        tmp / STATE,
-    )
-    os.replace(tmp, target)
-    for old in checkpoints(run)[: -cfg.checkpoint.keep]:
-        shutil.rmtree(old)
-    log.info("step %d: checkpoint %s", step, target)
+class CheckpointWriter:
+    """Checkpoints through `ray.train.report`: rank 0 writes one into a local temporary directory and Ray Train
+    uploads it to RUN_DIR/checkpoints/step-NNNNNNNN, registers it (the latest is what a restarted worker gets from
+    `ray.train.get_checkpoint`) and deletes those beyond `checkpoint.keep`. Every trainer calls it: it is a barrier."""
+
+    def __init__(self, job: TrainJob, window: tuple[int, int], rank: int, world: int, workers: int):
+        self.job, self.window, self.rank, self.world, self.workers = job, window, rank, world, workers
+
+    def save(self, step: int, batches: int, model, optimizer, scheduler, scaler, records: Records) -> None:
+        import ray.train
+
+        rng: list[dict | None] = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(rng, _rng_state())
+        else:
+            rng[0] = _rng_state()
+        with tempfile.TemporaryDirectory(prefix="prior-checkpoint-", ignore_cleanup_errors=True) as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                model.save_pretrained(tmp)
+                torch.save(
+                    {
+                        "step": step,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng,
+                        # Batches consumed per trainer from this run's dataset; the order they came in depends on
+                        # the layout, stored to compare on resume.
+                        "data": {"batches": batches, "world": self.world, "workers": self.workers,
+                                 "batch_size": self.job.cfg.train.batch_size},
+                        "schedule": {"start": self.window[0], "stop": self.window[1], "fit": self.job.fit},
+                        "metrics": records.history,
+                    },
+                    Path(tmp) / STATE,
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}")
+        if self.rank == 0:
+            log.info("step %d: checkpoint %s", step, join(self.job.output, CHECKPOINTS, f"step-{step:08d}"))
 
 
-def _restore(path: Path, optimizer, scheduler, scaler, rank: int, world: int, workers: int, batch_size: int) -> int:
-    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-    scheduler.load_state_dict(state["scheduler"])
+def _restore(state: dict, scaler, rank: int, world: int, workers: int, batch_size: int,
+             run: str) -> tuple[int, list[dict]]:
+    """Restore this run's grad scaler and RNG; its data position and metrics history."""
     scaler.load_state_dict(state["scaler"])
     data = state["data"]
     if (data["world"], data["workers"], data["batch_size"]) != (world, workers, batch_size):
@@ -349,51 +494,72 @@ def _restore(path: Path, optimizer, scheduler, scaler, rank: int, world: int, wo
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return data["batches"]
+    history = state["metrics"] if "metrics" in state else read_metrics(run)  # checkpoints before they held them
+    return data["batches"], history
 
 
-def _save_final(model: EclipsePrior, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)  # a previous, shorter run of this directory
-    os.replace(tmp, path)
+def _upload(local: Path, loc: Location) -> None:
+    """Copy the files of a local directory to `loc` (a path or URL), replacing what was there."""
+    fs, path = resolve(loc)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    for file in sorted(local.iterdir()):
+        fs.put_file(str(file), f"{path}/{file.name}")
+
+
+def _save_final(model: EclipsePrior, loc: Location) -> None:
+    with tempfile.TemporaryDirectory(prefix="prior-final-") as tmp:
+        model.save_pretrained(tmp)
+        _upload(Path(tmp), loc)
 
 
 class Records:
-    """metrics.jsonl and TensorBoard, written by rank 0; a resumed run drops what a killed run logged after its
-    checkpoint, so both show one consistent history."""
+    """metrics.jsonl and TensorBoard, written by rank 0 into a scratch directory of its node and copied to the run
+    directory after each record (so they are there whatever happens to the node); a resumed run starts from the
+    history its checkpoint holds, so both show one consistent history."""
 
-    def __init__(self, run: Path, step: int, enabled: bool):
-        self.last: dict[str, dict] = {}
-        self.enabled = enabled
+    def __init__(self, run: str, history: list[dict], step: int, enabled: bool):
+        self.history = [r for r in history if r["step"] <= step]
+        self.last: dict[str, dict] = {r["split"]: r for r in self.history}
+        self.enabled, self.run = enabled, run
         if not enabled:
             return
-        self.path = run / METRICS
-        kept = [r for r in read_metrics(run) if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        for r in kept:
-            self.last[r["split"]] = r
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tensorboard = SummaryWriter(str(run / "tensorboard"), purge_step=step + 1 if step else None)
+        self.scratch = Path(tempfile.mkdtemp(prefix="train-prior-records-"))
+        # purge_step: TensorBoard drops what an interrupted attempt logged after the step this one starts from
+        self.tensorboard = SummaryWriter(str(self.scratch), purge_step=step + 1 if step else None)
+        self._sync()
 
     def write(self, split: str, step: int, values: dict) -> None:
+        record = {"step": step, "split": split} | values
+        self.history.append(record)
+        self.last[split] = record
         if not self.enabled:
             return
-        record = {"step": step, "split": split} | values
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for name, value in values.items():
-            self.tensorboard.add_scalar(f"{split}/{name}", value, step)
-        self.last[split] = record
+        for key, value in values.items():
+            self.tensorboard.add_scalar(f"{split}/{key}", value, step)
+        self._sync()
         log.info("step %d %s: %s", step, split, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def _sync(self) -> None:
+        write_bytes(join(self.run, METRICS), "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        self.tensorboard.flush()
+        fs, path = resolve(join(self.run, TENSORBOARD))
+        fs.makedirs(path, exist_ok=True)
+        for file in self.scratch.iterdir():
+            fs.put_file(str(file), f"{path}/{file.name}")
 
     def close(self) -> None:
         if self.enabled:
             self.tensorboard.close()
+            self._sync()
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def read_metrics(run: str | Path) -> list[dict]:
-    path = Path(run) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+def read_metrics(run: Location) -> list[dict]:
+    loc = join(run, METRICS)
+    if not is_file(loc):
+        return []
+    return [json.loads(line) for line in read_bytes(loc).decode().splitlines()]

@@ -237,7 +237,7 @@ def test_memory_inputs_and_outputs_are_refused_for_the_ray_workers(mem, tmp_path
 # --- the prior reads from a URL -------------------------------------------------------------------------------------
 
 
-def test_the_prior_reads_and_trains_on_a_dataset_at_a_url(tmp_path, mem, one_torch_thread):
+def test_the_prior_reads_and_trains_on_a_dataset_at_a_url(tmp_path, mem, ray_local):
     local = write_dataset(tmp_path / "data", [(6, 2), (5, 2)])
     MEMORY.put(str(local), f"{mem}/data", recursive=True)
     here = open_dataset(local)
@@ -247,10 +247,16 @@ def test_the_prior_reads_and_trains_on_a_dataset_at_a_url(tmp_path, mem, one_tor
         for a, b in zip(PriorBatches(remote, "val", 2), PriorBatches(here, "val", 2), strict=True):
             for name in a:
                 torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    # Ray Train workers read the data and write the run directory themselves: both as file:// URLs here
     settings = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "train.max_steps=2", "val.every=0"]
-    job = prepare_training(f"{mem}/data", str(tmp_path / "run"), "tiny", load_train_config(None, settings), False)
+    run = tmp_path / "run"
+    job = prepare_training(local.as_uri(), run.as_uri(), "tiny", load_train_config(None, settings), False)
     summary = run_training(job)
-    assert summary["step"] == 2 and (tmp_path / "run" / "final").is_dir()  # the run directory stays local
+    assert summary["step"] == 2 and summary["final"] == str(run / "final") and (run / "final").is_dir()
+    # memory:// lives in this process: the workers could not see it
+    for data, output in ((f"{mem}/data", str(tmp_path / "b")), (str(local), f"{mem}/run")):
+        with pytest.raises(UserError, match=r"memory://.* must be visible to every Ray worker"):
+            prepare_training(data, output, "tiny", load_train_config(None, settings), False)
 
 
 # --- the flow -------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The prior's training loop on the tiny profile: it learns, resumes exactly, stops clearly; its config and CLI."""
+"""The prior's training loop on the tiny profile, on Ray Train (the session's local Ray): it learns, resumes exactly,
+stops clearly, starts a new run from another's state, picks the prior size from the dataset; its config and CLI."""
 
 import argparse
 import json
@@ -11,15 +12,23 @@ from safetensors.torch import load_file
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior import loss as loss_module
-from prior import train as train_module
 from prior.cli import add_parser
 from prior.config import TrainConfig, load_train_config
 from prior.model import EclipsePrior
-from prior.train import checkpoints, lr_factor, prepare_training, read_metrics, run_training
+from prior.train import (
+    checkpoints,
+    choose_profile,
+    lr_factor,
+    prepare_training,
+    read_metrics,
+    run_training,
+    training_state,
+)
+from storage.fs import name
 
 FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +36,27 @@ def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("train-data"), [(9, 3), (7, 3), (6, 2)])
 
 
+FINISHED = FAST + ["train.max_steps=3", "val.max_batches=1", "runtime.precision=fp16"]
 
 
-def train(data, run, settings, resume=False, profile="tiny"):
-    return run_training(prepare_training(str(data), str(run), profile, load_train_config(None, settings), resume))
+@pytest.fixture(scope="module")
+def finished(dataset, tmp_path_factory):
+    """A finished run of 3 steps, in fp16 autocast with loss scaling (the GPU path; CPU autocast runs the same code)."""
+    run = tmp_path_factory.mktemp("finished")
+    return run, train(dataset, run, FINISHED)
 
 
-def _weights(run):
-    return load_file(run / "final" / "diffusion_pytorch_model.safetensors")
+def train(data, run, settings, resume=False, profile=None, init_from=None):
+    job = prepare_training(str(data), str(run), profile, load_train_config(None, settings), resume, init_from)
+    return run_training(job)
 
 
-def _history(run):
-    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(run)]
+def _weights(path):
+    return load_file(path / "diffusion_pytorch_model.safetensors")
+
+
+def _names(run):
+    return [name(p) for p in checkpoints(run)]
 
 
 def test_training_overfits_a_small_dataset(dataset, tmp_path):
@@ -48,75 +66,59 @@ def test_training_overfits_a_small_dataset(dataset, tmp_path):
     assert losses[-1] <= 0.5 * losses[0]
     assert summary["step"] == 150 and set(summary["train"]) >= {"loss", "mse", "contrastive", "lr", "grad_norm"}
     assert set(summary["val"]) >= {"loss", "mse", "contrastive", "cosine", "top1"}
+    assert summary["profile"] == "tiny" and summary["checkpoint"] == str(tmp_path / "checkpoints" / "step-00000150")
     model = EclipsePrior.from_pretrained(summary["final"])  # diffusers layout, loadable as released
     assert model.config["embedding_dim"] == 32
-    assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
+    assert any((tmp_path / "tensorboard").iterdir())  # copied from rank 0's scratch directory
 
 
-def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path, monkeypatch):
-    """A crash in step 7 (after the checkpoint of step 4), then --resume: same weights and history as one run.
-
-    Two loader workers, a small shuffle buffer, epochs wrapping and the control drop exercise the data position.
-    """
+def test_a_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
+    """A run stopped at step 7, then --resume to 12: same weights as one run of 12 steps (a constant schedule after
+    warm-up, so that max_steps changes nothing else). Two loader workers, a small shuffle buffer, epochs wrapping and
+    the control drop exercise the data position; the optimizer, RNG and schedule cross the restart."""
     settings = FAST + ["data.workers=2", "data.shuffle_buffer=5", "data.zero_control_prob=0.3", "train.batch_size=5",
-                       "train.max_steps=12", "checkpoint.every=4", "checkpoint.keep=2", "log.every=2", "val.every=6"]
-    train(dataset, tmp_path / "once", settings)
-
-    calls = []
-
-    def crash_in_step_7(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
-            raise RuntimeError("simulated kill")
-        return loss_module.prior_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "prior_loss", crash_in_step_7)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train(dataset, tmp_path / "twice", settings)
-    assert [p.name for p in checkpoints(tmp_path / "twice")] == ["step-00000004"]  # step 6's val ran, no checkpoint
-    monkeypatch.undo()
-    summary = train(dataset, tmp_path / "twice", settings, resume=True)
+                       "checkpoint.every=4", "checkpoint.keep=2", "log.every=2", "val.every=6",
+                       "train.schedule=constant"]
+    train(dataset, tmp_path / "once", settings + ["train.max_steps=12"])
+    train(dataset, tmp_path / "twice", settings + ["train.max_steps=7"])
+    assert _names(tmp_path / "twice") == ["step-00000004", "step-00000007"]
+    summary = train(dataset, tmp_path / "twice", settings + ["train.max_steps=12"], resume=True)
 
     assert summary["step"] == 12
-    once, twice = _weights(tmp_path / "once"), _weights(tmp_path / "twice")
+    once, twice = _weights(tmp_path / "once" / "final"), _weights(tmp_path / "twice" / "final")
     assert once.keys() == twice.keys()
-    for name in once:
-        assert torch.equal(once[name], twice[name]), name
-    assert _history(tmp_path / "once") == _history(tmp_path / "twice")
-    assert [p.name for p in checkpoints(tmp_path / "twice")] == ["step-00000008", "step-00000012"]  # keep 2
-    state = torch.load(checkpoints(tmp_path / "twice")[-1] / "training_state.pt", weights_only=True)
+    for key in once:
+        assert torch.equal(once[key], twice[key]), key
+    assert _names(tmp_path / "twice") == ["step-00000008", "step-00000012"]  # keep 2
+    state = torch.load(tmp_path / "twice" / "checkpoints" / "step-00000012" / "training_state.pt", weights_only=True)
     assert state["step"] == 12 and state["data"]["batches"] == 12
-    assert {"optimizer", "scheduler", "scaler", "rng"} <= state.keys()
+    assert {"optimizer", "scheduler", "scaler", "rng", "metrics"} <= state.keys()
+    steps = [(r["split"], r["step"]) for r in read_metrics(tmp_path / "twice")]
+    assert steps == sorted(steps, key=lambda s: s[1]) and ("val", 7) in steps and ("val", 12) in steps
 
 
-def test_a_non_finite_loss_stops_with_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
-    calls = []
-
-    def nan_in_step_6(*args, **kwargs):
-        losses = loss_module.prior_loss(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 6:
-            losses["total"] = losses["total"] * float("nan")
-        return losses
-
-    monkeypatch.setattr(train_module, "prior_loss", nan_in_step_6)
-    settings = FAST + ["train.max_steps=10", "checkpoint.every=4", "log.every=1", "val.every=0"]
-    with pytest.raises(UserError, match="NaN or infinite between steps 5 and 6; .*last good checkpoint is .*step-0+4"):
+def test_a_non_finite_loss_stops_the_run_without_retries(dataset, tmp_path):
+    """A learning rate that blows the weights up: the run fails at once (Ray does not retry it) and saves nothing
+    after the loss went bad."""
+    settings = FAST + ["train.max_steps=20", "train.lr=1e30", "train.warmup_steps=0", "checkpoint.every=1",
+                       "log.every=1", "val.every=0", "runtime.max_failures=3"]
+    with pytest.raises(UserError, match=r"NaN or infinite between steps (\d+) and \1?\d*; stopped without saving; "
+                                        r"the last good checkpoint is .*step-0+\d+: resume from it with a lower"):
         train(dataset, tmp_path, settings)
-    assert [p.name for p in checkpoints(tmp_path)] == ["step-00000004"]
-    assert not (tmp_path / "final").exists()
+    assert not (tmp_path / "final").exists() and not (tmp_path / "summary.json").exists()
+    for checkpoint in checkpoints(tmp_path):  # every checkpoint written is a finite one
+        assert all(torch.isfinite(v).all() for v in load_file(f"{checkpoint}/diffusion_pytorch_model.safetensors")
+                   .values())
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_runs(dataset, tmp_path, precision):
-    """The autocast and fp16 loss-scaling paths (meant for GPUs; CPU autocast runs the same code)."""
-    summary = train(dataset, tmp_path, FAST + ["train.max_steps=3", f"runtime.precision={precision}"])
+def test_mixed_precision_runs(finished):
+    run, summary = finished
     assert summary["step"] == 3 and all(math.isfinite(summary["val"][k]) for k in ("loss", "cosine"))
-    state = torch.load(checkpoints(tmp_path)[-1] / "training_state.pt", weights_only=True)
-    assert bool(state["scaler"]) == (precision == "fp16")  # the loss scale is saved for resume
+    state = torch.load(checkpoints(run)[-1] + "/training_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0  # the fp16 loss scale is saved for resume
 
 
-def test_run_errors_are_clear(dataset, tmp_path):
+def test_run_errors_are_clear(dataset, finished, tmp_path):
     with pytest.raises(UserError, match="the paper prior takes 1280-d CLIP embeddings, but dataset .* has 32-d"):
         prepare_training(str(dataset), str(tmp_path / "a"), "paper", TrainConfig(), False)
     with pytest.raises(UserError, match="is not a λ-ECLIPSE dataset"):
@@ -124,21 +126,64 @@ def test_run_errors_are_clear(dataset, tmp_path):
     with pytest.raises(UserError, match="3 shards with training samples; 4 data-parallel trainers"):
         cfg = load_train_config(None, ["runtime.workers=4"])
         prepare_training(str(dataset), str(tmp_path / "c"), "tiny", cfg, False)
-    with pytest.raises(UserError, match="--output memory://runs/d: the run directory must be a local path"):
+    with pytest.raises(UserError, match="--output memory://runs/d: the run directory must be visible to every Ray"):
         prepare_training(str(dataset), "memory://runs/d", "tiny", TrainConfig(), False)
-    train(dataset, tmp_path / "run", FAST + ["train.max_steps=2", "val.max_batches=1"])
-    with pytest.raises(UserError, match="already holds checkpoints .*step-00000002.*pass --resume"):
-        prepare_training(str(dataset), str(tmp_path / "run"), "tiny", TrainConfig(), False)
+    with pytest.raises(UserError, match="runtime.device=cuda, but the Ray cluster has no GPUs"):
+        cfg = load_train_config(None, FAST + ["runtime.device=cuda"])
+        run_training(prepare_training(str(dataset), str(tmp_path / "e"), None, cfg, False))
+    run, _ = finished
+    with pytest.raises(UserError, match="already holds checkpoints .*step-00000003.*pass --resume"):
+        prepare_training(str(dataset), str(run), "tiny", TrainConfig(), False)
     other = write_dataset(tmp_path / "d16", [(3, 1)], d=16)
     with pytest.raises(UserError, match="is another model than profile 'tiny'.*embedding_dim"):
-        prepare_training(str(other), str(tmp_path / "run"), "tiny", TrainConfig(), True)
+        prepare_training(str(other), str(run), "tiny", TrainConfig(), True)
+    with pytest.raises(UserError, match="is another model than profile 'tiny'.*embedding_dim"):
+        prepare_training(str(other), str(tmp_path / "f"), "tiny", TrainConfig(), False, init_from=str(run))
+    with pytest.raises(UserError, match=f"--init-from {tmp_path / 'nothing'}: no training state there"):
+        prepare_training(str(dataset), str(tmp_path / "g"), "tiny", TrainConfig(), False, str(tmp_path / "nothing"))
 
 
-def test_resume_without_steps_left_keeps_the_run(dataset, tmp_path):
-    first = train(dataset, tmp_path, FAST + ["train.max_steps=3"])
-    again = train(dataset, tmp_path, FAST + ["train.max_steps=3"], resume=True)
+def test_resume_without_steps_left_keeps_the_run(dataset, finished):
+    run, first = finished
+    again = train(dataset, run, FINISHED, resume=True)
     assert again["step"] == 3 and again["val"] == first["val"]
-    assert [p.name for p in checkpoints(tmp_path)] == ["step-00000003"]
+    assert _names(run) == ["step-00000003"]
+
+
+def test_init_from_starts_a_new_run_from_another_runs_state(dataset, finished, tmp_path):
+    """The retraining step: continue a finished run for train.steps_per_run more steps in a new run directory; the
+    old run is only read. Its final/ and its checkpoint name the same training state."""
+    run, first = finished
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert training_state(str(run)) == training_state(str(run / "final")) == first["checkpoint"]
+    assert training_state(first["checkpoint"]) == first["checkpoint"]
+    summary = train(dataset, tmp_path, FAST + ["train.max_steps=3", "train.steps_per_run=2", "val.max_batches=1"],
+                    init_from=str(run / "final"))
+    assert summary["step"] == 5 and summary["started_from"] == first["checkpoint"]
+    assert _names(tmp_path) == ["step-00000005"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    state = torch.load(tmp_path / "checkpoints" / "step-00000005" / "training_state.pt", weights_only=True)
+    assert state["data"]["batches"] == 2  # a new run: its dataset from its first batch
+    assert state["schedule"]["start"] == 3 and state["schedule"]["stop"] == 5
+    assert [r["step"] for r in state["metrics"]] == [r["step"] for r in read_metrics(tmp_path)] == [5, 5]
+    moved = _weights(tmp_path / "final")
+    assert any(not torch.equal(moved[k], v) for k, v in _weights(run / "final").items())
+
+
+def test_the_prior_size_follows_the_dataset(tmp_path):
+    assert choose_profile(None, 1280) == ("paper", None)
+    assert choose_profile(None, 32) == ("tiny", None)
+    assert choose_profile("paper", 1280) == ("paper", None)
+    profile, warning = choose_profile("tiny", 1280)
+    assert profile == "tiny" and warning is not None and "tiny prior (2 layers) on a 1280-d dataset" in warning
+    with pytest.raises(UserError, match="unknown profile 'huge'"):
+        choose_profile("huge", 32)
+    paper = write_dataset(tmp_path / "paper", [(2, 1)], d=1280)
+    job = prepare_training(str(paper), str(tmp_path / "run"), None, TrainConfig(), False)
+    assert (job.profile, job.model_config["num_layers"], job.warning) == ("paper", 10, None)
+    job = prepare_training(str(paper), str(tmp_path / "run"), "tiny", TrainConfig(), False)
+    assert (job.profile, job.model_config["num_layers"], job.model_config["embedding_dim"]) == ("tiny", 2, 1280)
+    assert job.warning == warning
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
@@ -146,6 +191,9 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
     t.warmup_steps, t.max_steps, t.min_lr_ratio = 10, 110, 0.1
     assert lr_factor(t, 0) == pytest.approx(0.1) and lr_factor(t, 9) == pytest.approx(1.0)
     assert lr_factor(t, 60) == pytest.approx(0.55) and lr_factor(t, 110) == pytest.approx(0.1)
+    # a steps_per_run window from step 1000 to 1110: the same curve, shifted
+    assert lr_factor(t, 1000, 1000, 1110) == pytest.approx(0.1)
+    assert lr_factor(t, 1060, 1000, 1110) == pytest.approx(0.55)
     t.schedule = "linear"
     assert lr_factor(t, 60) == pytest.approx(0.55) and lr_factor(t, 35) == pytest.approx(0.775)
     t.schedule = "constant"
@@ -155,6 +203,7 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
 def test_config_defaults_file_overrides_and_checks(tmp_path):
     cfg = TrainConfig()
     assert (cfg.train.lr, cfg.train.batch_size, cfg.data.zero_control_prob) == (5e-5, 512, 0.01)
+    assert (cfg.train.steps_per_run, cfg.runtime.workers, cfg.runtime.max_failures) == (0, 1, 3)
     assert (cfg.loss.lam, cfg.loss.tau) == (loss_module.LAMBDA, loss_module.TAU)
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1.0e-4\n  max_steps: 50\n")
@@ -162,23 +211,24 @@ def test_config_defaults_file_overrides_and_checks(tmp_path):
     assert (cfg.train.lr, cfg.train.max_steps, cfg.runtime.precision) == (1e-4, 20, "bf16")
     with pytest.raises(UserError, match="unknown config key 'train.steps'; valid keys in train: batch_size"):
         load_train_config(None, ["train.steps=3"])
-    with pytest.raises(UserError, match="train.schedule must be one of cosine, linear, constant .got 'step'.; "
-                                        "runtime.workers must be ≥ 0"):
-        load_train_config(None, ["train.schedule=step", "runtime.workers=-1"])
+    with pytest.raises(UserError, match="train.steps_per_run must be ≥ 0 .got -1.; train.schedule must be one of "
+                                        "cosine, linear, constant .got 'step'.; runtime.workers must be ≥ 0"):
+        load_train_config(None, ["train.schedule=step", "runtime.workers=-1", "train.steps_per_run=-1"])
 
 
 def test_cli_parses_and_lists_every_config_key(dataset, tmp_path, capsys):
     top = argparse.ArgumentParser(prog="lambda-eclipse")
     add_parser(top.add_subparsers(dest="command"))
     args = top.parse_args(["train-prior", "--data", str(dataset), "--output", str(tmp_path), "--set", "train.lr=1e-4",
-                           "--resume"])
-    assert (args.profile, args.set, args.resume) == ("tiny", ["train.lr=1e-4"], True)
+                           "--resume", "--init-from", "runs/prior"])
+    assert (args.profile, args.set, args.resume, args.init_from) == (None, ["train.lr=1e-4"], True, "runs/prior")
     with pytest.raises(SystemExit):
         top.parse_args(["train-prior", "--help"])
     text = capsys.readouterr().out
     for section, values in TrainConfig().to_dict().items():
         for key, value in values.items():
             assert f"{section}.{key}={value}" in text
+    assert "Nightly retraining is exactly that: continue the current\nprior for train.steps_per_run more steps" in text
     bad = top.parse_args(["train-prior", "--data", str(dataset), "--output", str(tmp_path), "--set", "val.evry=3"])
     with pytest.raises(UserError, match="unknown config key 'val.evry'"):
         bad.run(bad)

@@ -1,5 +1,6 @@
-"""The train-prior flow end to end: the CLI runs it in this process and the dashboard (metrics table, loss curve)
-and the completion event come out; a resumed run goes data-parallel through Ray Train."""
+"""The train-prior flow end to end: the CLI runs it (training on Ray Train workers) and the dashboard (metrics table,
+loss curve) and the completion event come out; a new run started from it goes data-parallel, and the flow returns
+what the retraining loop needs."""
 
 import argparse
 import json
@@ -12,8 +13,9 @@ from lambda_eclipse.synthetic_features import write_feature_dataset as write_dat
 from prior.cli import add_parser
 from prior.model import EclipsePrior
 from prior.train import checkpoints, read_metrics
+from storage.fs import name
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
             "log.every=1"]
 
@@ -36,6 +38,8 @@ def first_run(tmp_path_factory, prefect_harness):
     """The CLI's run of 4 steps in this process; the emitted events are captured."""
     root = tmp_path_factory.mktemp("train-flow")
     data, run, events = write_dataset(root / "data", [(6, 2), (5, 2)]), root / "run", []
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps(meta | {"config_hash": "0123abcd"}))  # as build-dataset writes it
     top = argparse.ArgumentParser(prog="lambda-eclipse")
     add_parser(top.add_subparsers(dest="command"))
     args = top.parse_args(["train-prior", "--data", str(data), "--output", str(run), "--profile", "tiny"]
@@ -50,7 +54,9 @@ def test_cli_run_publishes_the_dashboard_and_the_completion_event(first_run):
     _, run, events = first_run
     assert [e["event"] for e in events] == ["lambda-eclipse.prior.trained"]
     assert events[0]["resource"]["prefect.resource.id"].endswith(str(run))
-    assert events[0]["payload"]["step"] == 4 and events[0]["payload"]["final"] == str(run / "final")
+    payload = events[0]["payload"]
+    assert payload["step"] == 4 and payload["final"] == str(run / "final") and payload["run_dir"] == str(run)
+    assert payload["metrics"] == payload["val"] and payload["metrics"]["step"] == 4
     table = _artifact("train-prior-metrics")
     assert [row["step"] for row in table] == [2, 4]
     assert {"train loss", "val loss", "val cosine", "val top1"} <= table[0].keys()
@@ -58,32 +64,31 @@ def test_cli_run_publishes_the_dashboard_and_the_completion_event(first_run):
     assert Image.open(run / "loss_curve.png").size == (720, 420)
 
 
-def test_a_failed_run_still_publishes_its_curve(first_run, tmp_path, monkeypatch):
+def test_a_failed_run_still_publishes_its_curve(first_run, tmp_path):
     from lambda_eclipse.errors import UserError
-    from prior import train as train_module
 
-    real, calls = train_module.prior_loss, []
-
-    def nan_in_step_3(*args, **kwargs):
-        calls.append(1)
-        losses = real(*args, **kwargs)
-        return losses | {"total": losses["total"] * float("nan")} if len(calls) == 3 else losses
-
-    monkeypatch.setattr(train_module, "prior_loss", nan_in_step_3)
-    with pytest.raises(UserError, match="NaN or infinite between steps 2 and 3"):
-        settings = SETTINGS + ["train.max_steps=5", "val.every=0"]
+    settings = SETTINGS + ["train.max_steps=20", "val.every=0", "train.lr=1e30", "train.warmup_steps=0"]
+    with pytest.raises(UserError, match="NaN or infinite between steps"):
         flow_module.train_prior(data=str(first_run[0]), output=str(tmp_path), overrides=settings)
     assert (tmp_path / "loss_curve.png").is_file()
 
 
-def test_data_parallel_resume_through_ray_train(first_run, ray_local, monkeypatch):
-    """Two Ray Train workers (DistributedDataParallel, gloo on CPU) continue the single-process run from step 4."""
+def test_a_new_run_from_the_first_goes_data_parallel_and_returns_what_retraining_needs(first_run, tmp_path,
+                                                                                       monkeypatch):
+    """init_from: the first run's state (step 4) continues for train.steps_per_run=2 steps on two Ray Train workers
+    (DistributedDataParallel, gloo on CPU) in a new run directory."""
     data, run, _ = first_run
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
-    summary = flow_module.train_prior(data=str(data), output=str(run), profile="tiny", resume=True,
-                                      overrides=SETTINGS + ["train.max_steps=6", "runtime.workers=2"])
-    assert summary["step"] == 6 and events[0]["payload"]["step"] == 6
-    assert [p.name for p in checkpoints(run)][-2:] == ["step-00000004", "step-00000006"]
-    assert [r["step"] for r in read_metrics(run) if r["split"] == "val"] == [2, 4, 6]
-    assert EclipsePrior.from_pretrained(summary["final"]).config["num_layers"] == 2
+    new = tmp_path / "new"
+    result = flow_module.train_prior(data=str(data), output=str(new), init_from=str(run),
+                                     overrides=SETTINGS + ["train.steps_per_run=2", "runtime.workers=2"])
+    assert result["step"] == 6 and events[0]["payload"] == result
+    assert result["run_dir"] == str(new) and result["final"] == str(new / "final") and result["data"] == str(data)
+    assert result["dataset_hash"] == "0123abcd"
+    assert result["metrics"]["step"] == 6 and {"loss", "cosine", "top1"} <= result["metrics"].keys()
+    assert result["started_from"] == str(run / "checkpoints" / "step-00000004")
+    assert [name(p) for p in checkpoints(new)] == ["step-00000006"]
+    assert [r["step"] for r in read_metrics(new) if r["split"] == "val"] == [6]
+    assert [name(p) for p in checkpoints(run)][-1] == "step-00000004"  # the first run is only read
+    assert EclipsePrior.from_pretrained(result["final"]).config["num_layers"] == 2

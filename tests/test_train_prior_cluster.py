@@ -1,0 +1,104 @@
+"""train-prior on a 2-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node), driven as a user would
+(`RAY_ADDRESS=… lambda-eclipse train-prior --output file://…`): two Ray Train workers (DistributedDataParallel,
+gloo), checkpoints through Ray Train to a `file://` run directory. One training worker is SIGKILLed mid-run; Ray
+restarts the worker group, it resumes from the last checkpoint, and the run ends on its own with the same weights
+and history as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from lambda_eclipse.ray_session import local_cluster
+from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
+from prior.train import read_metrics
+
+pytestmark = pytest.mark.slow
+STEPS = 120
+SETTINGS = ["runtime.workers=2", "data.workers=0", "train.batch_size=4", "train.warmup_steps=5", "val.every=0",
+            "val.batch_size=4", "checkpoint.every=10", "log.every=10", f"train.steps_per_run={STEPS}"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(nodes=2, cpus_per_node=1) as address:
+        yield address
+
+
+def _train_prior(data, run, address, api_url) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "train-prior", "--data", str(data), "--output",
+           run.as_uri(), *[a for s in SETTINGS for a in ("--set", s)]]
+    env = os.environ | {"RAY_ADDRESS": address, "PREFECT_API_URL": api_url}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _workers() -> set[int]:
+    """The Ray Train worker processes of the clusters this test started (its descendants)."""
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                found.add(process.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _exactly_two(found: set[int]) -> set[int] | None:
+    return found if len(found) == 2 else None
+
+
+def _wait(condition, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(cluster, prefect_harness,
+                                                                                   tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = str(PREFECT_API_URL.value())
+    data = write_dataset(tmp_path / "data", [(40, 4), (40, 4)])
+    once = _train_prior(data, tmp_path / "once", cluster, api_url)
+    out, _ = once.communicate(timeout=900)
+    assert once.returncode == 0, out[-4000:]
+
+    run = tmp_path / "killed"
+    killed = _train_prior(data, run, cluster, api_url)
+    try:
+        # A checkpoint registered by Ray Train (its manager's record is written after the upload), not yet the end.
+        _wait(lambda: (run / "checkpoints" / "checkpoint_manager_snapshot.json").is_file(), "the first checkpoint")
+        workers = _wait(lambda: _exactly_two(_workers()), "two training workers", 60)
+        assert not (run / "summary.json").exists(), "the run ended before the kill: make it longer"
+        victim = max(workers)
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE,
+              "the killed worker to go")
+        restarted = _wait(lambda: _exactly_two(_workers() - workers), "Ray's restarted workers")
+        out, _ = killed.communicate(timeout=900)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert killed.returncode == 0, out[-4000:]
+    assert victim not in restarted
+    assert f"trained to step {STEPS}" in out
+
+    final = {name: load_file(tmp_path / name / "final" / "diffusion_pytorch_model.safetensors")
+             for name in ("once", "killed")}
+    assert final["once"].keys() == final["killed"].keys()
+    for key, value in final["once"].items():
+        assert (value == final["killed"][key]).all(), key
+    without_speed = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(tmp_path / name)]
+                     for name in ("once", "killed")]
+    assert without_speed[0] == without_speed[1]
+    assert [r["step"] for r in without_speed[1] if r["split"] == "val"] == [STEPS]
