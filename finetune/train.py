@@ -115,13 +115,13 @@ def _missing_paper_weights(cfg: FinetuneConfig) -> None:
 
 
 def _resolution(profile: str, cfg: FinetuneConfig) -> int:
-    from generate.plan import clip_embed_dim, size_multiple
+    from generate.plan import clip_embed_dim, decoder_configs
     from lambda_eclipse.models import kandinsky
 
     resolution = cfg.data.resolution or kandinsky.DEFAULT_SIZE[profile]
     embed_dim, _ = clip_embed_dim(profile, cfg.models)
-    kandinsky.check_size(resolution, resolution, size_multiple(profile, cfg.models, embed_dim),
-                         f"{profile} Kandinsky 2.2 decoder (data.resolution)")
+    multiple = kandinsky.size_multiple(*decoder_configs(profile, cfg.models, embed_dim))
+    kandinsky.check_size(resolution, resolution, multiple, f"{profile} Kandinsky 2.2 decoder (data.resolution)")
     return resolution
 
 
