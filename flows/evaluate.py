@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, evaluate_prompts, finish, prepare_evaluation, start
 from generate.requests import Job
+from prior.registry import resolve_prior
 from storage.confine import confine
 
 
@@ -45,14 +46,16 @@ def evaluate_group(evaluator: Evaluator, items: list[tuple[BenchPrompt, Job]]) -
 def evaluate(
     benchmark: str,
     data: str,
-    prior: str,
+    prior: str | None,
     output: str,
     profile: str = "tiny",
     config_file: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Evaluate the prior in `prior` on `benchmark` (dreambench | multibench) with the subjects in `data`."""
+    """Evaluate the prior in `prior` (None: the prior registry's current prior) on `benchmark` (dreambench |
+    multibench) with the subjects in `data`."""
     logger = get_run_logger()
+    prior = resolve_prior(prior)
     confine(data=data, prior=prior, output=output, config_file=config_file)
     plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides)
     todo = plan.todo()

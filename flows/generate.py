@@ -18,6 +18,7 @@ from generate.pipeline import Generator
 from generate.plan import GeneratePlan, prepare
 from generate.requests import Job, corner_requests, requests_from_args
 from generate.run import generate_job, write_contact_sheet
+from prior.registry import resolve_prior
 from storage.confine import confine
 
 
@@ -50,7 +51,7 @@ def _report(plan: GeneratePlan) -> None:
 
 @flow(name="generate")
 def generate(
-    prior: str,
+    prior: str | None,
     output: str,
     prompt: str | None = None,
     subjects: list[str] | None = None,
@@ -67,7 +68,9 @@ def generate(
     config_file: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Generate images of `prompt` with `subjects` ("WORD=IMAGE[:MASK]"), or of every line of the `batch` JSONL file."""
+    """Generate images of `prompt` with `subjects` ("WORD=IMAGE[:MASK]"), or of every line of the `batch` JSONL file.
+    `prior` None: the prior registry's current prior."""
+    prior = resolve_prior(prior)
     confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file)
     cfg = load_generate_config(config_file, overrides or [])
     requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
@@ -96,7 +99,7 @@ def grid_task(generator: Generator, plan: GeneratePlan, steps: int, seed: int) -
 
 @flow(name="interpolate")
 def interpolate(
-    prior: str,
+    prior: str | None,
     output: str,
     prompts: list[str],
     corners: list[str],
@@ -111,7 +114,9 @@ def interpolate(
     config_file: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side."""
+    """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side; `prior` None:
+    the prior registry's current prior."""
+    prior = resolve_prior(prior)
     confine(prior=prior, output=output, config_file=config_file)
     check_grid(len(corners), steps)
     cfg = load_generate_config(config_file, overrides or [])
