@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -116,7 +117,8 @@ def retrain(
     # a retried run continues its own run directory; init_from (h1's train-prior) starts it from the current prior
     start = {"init_from": current["run_dir"]} if started_from and current else {}
     with gpu_slots("train-prior"):
-        summary = train_prior(data, output, profile, None, overrides or [], True, **start)
+        # cast: the keyword splat hides from the type checker that this is the flow's plain (not return_state) call
+        summary = cast(dict, train_prior(data, output, profile, None, overrides or [], True, **start))
     record = reg.put({
         "run": output.rstrip("/").rsplit("/", 1)[-1], "run_dir": output, "final": summary["final"], "data": data,
         "dataset_hash": load_dataset_meta(data).get("config_hash"), "profile": profile, "steps": summary["step"],

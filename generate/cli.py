@@ -119,7 +119,6 @@ def _generate(args: argparse.Namespace) -> int:
     from generate.config import load_generate_config
     from generate.plan import prepare
     from generate.requests import requests_from_args
-
     from prior.registry import resolve_prior
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lambda_eclipse.errors import UserError
 from storage.fs import Location, is_file, join, location, makedirs, resolve
@@ -31,7 +31,7 @@ PRIORS, CURRENT = "priors", "current.json"
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def registry_location(registry: str | None = None) -> Location:
@@ -139,9 +139,10 @@ def decide(candidate: dict[str, float], current: dict[str, float] | None, tolera
     rows = [{"metric": METRICS[m], "candidate": candidate[m], "current": current[m], "floor": current[m] - tolerance,
              "ok": candidate[m] >= current[m] - tolerance} for m in METRICS]
     worse = [r["metric"] for r in rows if not r["ok"]]
+    floor = f"− {tolerance:g}" if tolerance >= 0 else f"+ {-tolerance:g}"  # negative: must improve by that much
     if worse:
-        return Decision(False, f"not promoted: {', '.join(worse)} below the current prior's − {tolerance:g}", rows)
-    return Decision(True, f"promoted: every metric ≥ the current prior's − {tolerance:g}", rows)
+        return Decision(False, f"not promoted: {', '.join(worse)} below the current prior's {floor}", rows)
+    return Decision(True, f"promoted: every metric ≥ the current prior's {floor}", rows)
 
 
 def decision_markdown(decision: Decision, candidate: dict, current: dict | None, tolerance: float) -> str:
