@@ -3,9 +3,11 @@ command), deploy/automations.yaml, the Ray cluster config (validated as `ray up`
 Dockerfile; and deploy/gpu_slot.py fails a run with the reason when the `gpu` limit is missing."""
 
 import importlib.util
-import inspect
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,8 @@ def test_prefect_yaml_declares_the_deployments(spec):
     deployments = _by_name(spec)
     assert set(deployments) == DEPLOYMENTS
     assert {d["entrypoint"] for d in deployments.values()} == {
-        "flows/build_dataset.py:build_dataset", "flows/train_prior.py:train_prior", "flows/generate.py:generate",
-        "flows/evaluate.py:evaluate", "flows/validate_dataset.py:validate_dataset", "flows/retrain.py:retrain"}
+        "flows.build_dataset:build_dataset", "flows.train_prior:train_prior", "flows.generate:generate",
+        "flows.evaluate:evaluate", "flows.validate_dataset:validate_dataset", "flows.retrain:retrain"}
     pools = {name: d["work_pool"]["name"] for name, d in deployments.items()}
     assert pools == {"build-dataset": "lambda-gpu", "train-prior": "lambda-gpu", "generate": "lambda-gpu",
                      "evaluate": "lambda-gpu", "validate-dataset": "lambda-cpu", "retrain-on-new-dataset": "lambda-gpu",
@@ -51,25 +53,38 @@ def test_prefect_yaml_declares_the_deployments(spec):
                              {"directory": "{{ $LAMBDA_ECLIPSE_ROOT }}"}}]
 
 
+LOAD = """
+import inspect, json, sys
+from prefect.flows import load_flow_from_entrypoint
+flow = load_flow_from_entrypoint(sys.argv[1], use_placeholder_flow=False)
+parameters = inspect.signature(flow.fn).parameters
+print(json.dumps({"name": flow.name, "accepted": list(parameters),
+                  "required": [p for p, v in parameters.items() if v.default is inspect.Parameter.empty]}))
+"""
+
+
 def test_deployment_parameters_are_parameters_of_their_flows(spec):
-    """A default for a parameter the flow does not take would fail every run: checked for each flow file present."""
+    """Each entrypoint loads as a worker's flow-run process loads it (a fresh process, no placeholder flow: a flow
+    file that imports a sibling's name, like flows/generate.py for `generate`, fails there), and a default for a
+    parameter the flow does not take would fail every run."""
+    entrypoints = sorted({d["entrypoint"] for d in spec["deployments"]})
+    assert all(".py" not in e for e in entrypoints), "module entrypoints: a file's folder would shadow the packages"
+    loads = {e: subprocess.Popen([sys.executable, "-c", LOAD, e], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for e in entrypoints}
+    flows = {}
+    for entrypoint, proc in loads.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{entrypoint}: {err[-2000:]}"
+        flows[entrypoint] = json.loads(out.strip().splitlines()[-1])
     for d in spec["deployments"]:
-        path, name = d["entrypoint"].split(":")
-        if not (ROOT / path).is_file():
-            continue  # another change adds it
-        module_spec = importlib.util.spec_from_file_location(f"_deploy_check_{name}", ROOT / path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        flow = getattr(module, name)
+        flow = flows[d["entrypoint"]]
         expected = "retrain" if d["name"] in RETRAIN else d["name"]  # the loop's two deployments share one flow
-        assert flow.name == expected, f"{path}:{name} is flow {flow.name!r}, deployment {d['name']!r}"
-        accepted = set(inspect.signature(flow.fn).parameters)
+        assert flow["name"] == expected, f"{d['entrypoint']} is flow {flow['name']!r}, deployment {d['name']!r}"
+        accepted = set(flow["accepted"])
         assert set(d.get("parameters") or {}) <= accepted, f"{d['name']}: {set(d['parameters']) - accepted}"
-        required = {p for p, v in inspect.signature(flow.fn).parameters.items() if v.default is inspect.Parameter.empty}
         if d["name"] in ("build-dataset", "train-prior", "validate-dataset", *RETRAIN):
-            assert required <= set(d["parameters"]), (
-                f"{d['name']} runs on a schedule or trigger: defaults for {required}")
+            assert set(flow["required"]) <= set(d["parameters"]), (
+                f"{d['name']} runs on a schedule or trigger: defaults for {flow['required']}")
         for trigger in d.get("triggers") or []:
             assert set(trigger.get("parameters") or {}) <= accepted
 

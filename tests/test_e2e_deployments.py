@@ -241,7 +241,8 @@ def stack(tmp_path_factory):
 def _deploy_all(stack: Stack) -> list[str]:
     """`prefect deploy --all`; while a deployment's flow file is not in this checkout yet, the others by name."""
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    present = [d["name"] for d in spec["deployments"] if (ROOT / d["entrypoint"].split(":")[0]).is_file()]
+    present = [d["name"] for d in spec["deployments"]
+               if (ROOT / (d["entrypoint"].split(":")[0].replace(".", "/") + ".py")).is_file()]
     if len(present) == len(spec["deployments"]):
         stack.prefect("--no-prompt", "deploy", "--all")
     else:
