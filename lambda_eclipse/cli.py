@@ -125,9 +125,14 @@ def parser() -> argparse.ArgumentParser:
 
 PRIORS_EPILOG = """\
 The registry is a folder (or fsspec URL): $LAMBDA_ECLIPSE_REGISTRY, else $LAMBDA_ECLIPSE_RUNS/registry. The retrain
-deployments (prefect.yaml) record every prior they train and promote a candidate when each of its DreamBench scores
-(DINO, CLIP-I, CLIP-T) is at least the current prior's minus the configured tolerance. `generate` and `evaluate` use
-the current prior when --prior is not given.
+deployments (prefect.yaml, flows/retrain.py) record every prior they train and promote a candidate when each of its
+DreamBench scores (DINO, CLIP-I, CLIP-T) is at least the current prior's minus the configured tolerance (the first
+prior always is). `generate`, `interpolate` and `evaluate` use the current prior when --prior is not given.
+
+  retrain-on-new-dataset  on every completed build-dataset run: validate its dataset, then (only if valid) train a
+                          candidate from scratch on it, evaluate, promote
+  retrain-nightly         03:00 UTC: continue the current prior from its last training state for
+                          train.steps_per_run more steps on the dataset it was trained on, evaluate, promote
 
 examples:
   lambda-eclipse priors list

@@ -2,6 +2,8 @@
 or an fsspec URL), `resolve_prior` for generate/evaluate, and `lambda-eclipse priors list|promote`."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +156,12 @@ def test_priors_list_and_promote(runs, capsys):
     assert lines[3] == "* current: prior-b → /runs/prior-b/final"
     assert main(["priors", "promote", "prior-z", "--registry", str(runs / "registry")]) == 2
     assert "error: no prior 'prior-z' in the registry" in capsys.readouterr().err
+
+
+def test_priors_commands_import_nothing_heavy(runs):
+    """`priors list|promote` answer at once: no torch, Ray or Prefect."""
+    code = ("import sys\nfrom lambda_eclipse.cli import main\nmain(['priors', 'list'])\n"
+            "print(sorted(m for m in ('torch', 'ray', 'prefect') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr
+    assert "the prior registry" in run.stderr and "is empty" in run.stderr
