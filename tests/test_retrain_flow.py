@@ -2,11 +2,13 @@
 registry; a worse candidate is recorded but not promoted, its current prior re-evaluated like for like; an invalid
 dataset stops the run before training; `generate` without --prior uses the promoted prior."""
 
+import inspect
 import json
 
 import pytest
 
-from flows.retrain import retrain, scores
+from flows.retrain import gpu_slots, retrain, scores
+from flows.train_prior import train_prior
 from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
@@ -86,6 +88,20 @@ def test_a_worse_candidate_is_recorded_but_not_promoted(loop):
     assert "❌" in _artifact("retrain-promotion")
 
 
+@pytest.mark.skipif("init_from" not in inspect.signature(train_prior.fn).parameters,
+                    reason="needs train-prior's init_from and train.steps_per_run (Ray Train rework, issue 10 item 1)")
+def test_nightly_continues_the_current_prior_for_steps_per_run_more_steps(loop):
+    first = loop["first"]
+    overrides = [o for o in TRAIN if not o.startswith("train.max_steps=")] + ["train.steps_per_run=2"]
+    nightly = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
+                      continue_current=True, check_dataset=False, overrides=overrides, eval_overrides=EVAL,
+                      tolerance=1.0)
+    record = loop["reg"].get(nightly["run"])
+    assert record["started_from"] == first["run"] and record["data"] == str(loop["data"])  # the current's dataset
+    assert nightly["steps"] == first["steps"] + 2 and nightly["run"] != first["run"]
+    assert nightly["promoted"] and loop["reg"].current()["run"] == nightly["run"]  # tolerance 1: any cosine passes
+
+
 def test_an_invalid_dataset_trains_nothing(loop):
     bad = write_feature_dataset(loop["root"] / "bad", [(6, 2)])
     (bad / "shards" / "00000.parquet").write_bytes(b"not parquet")
@@ -100,3 +116,12 @@ def test_nightly_without_a_current_prior_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="continue_current: the prior registry .* has no current prior to continue"):
         retrain(runs=str(tmp_path), benchmark_data=str(tmp_path), continue_current=True,
                 registry=str(tmp_path / "registry"))
+
+
+def test_a_missing_gpu_limit_is_named_with_the_command_to_create_it(monkeypatch):
+    monkeypatch.setenv("LAMBDA_ECLIPSE_GPU_SLOTS", "1")
+    monkeypatch.setenv("LAMBDA_ECLIPSE_GPU_LIMIT", "gpu-missing-in-this-test")
+    with pytest.raises(UserError, match=r"the global concurrency limit 'gpu-missing-in-this-test' does not exist: "
+                                        r"create it with `prefect gcl create gpu-missing-in-this-test --limit N`"):
+        with gpu_slots("train-prior"):
+            pass
