@@ -28,6 +28,8 @@ import yaml
 
 from lambda_eclipse.synthetic import write_photos
 from storage.layout import complete_shards, shard_paths
+from storage.shard_writer import split_of
+from storage.sources import sample_key
 from storage.validate import validate
 
 pytestmark = pytest.mark.slow
@@ -253,8 +255,7 @@ def _deploy_all(stack: Stack) -> list[str]:
 @pytest.fixture(scope="module")
 def built(stack):
     """Deploy everything, start a worker, run build-dataset on the tiny profile through its deployment."""
-    photos = stack.tmp / "data" / "photos"  # inside the deployments' data roots
-    write_photos(photos, 6, size=128)
+    photos = _photos_in_both_splits(stack.tmp / "data", 6)  # inside the deployments' data roots
     output = stack.tmp / "data" / "dataset-ui"
     before = (ROOT / "prefect.yaml").read_bytes()
     start = time.monotonic()
@@ -276,7 +277,21 @@ def built(stack):
     run = stack.wait(run_id)
     stack.timings["prefect deploy → completed tiny build-dataset run (s)"] = round(time.monotonic() - start, 1)
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.run_logs(run_id)[-4000:]}"
-    return {"run_id": run_id, "output": output, "deployed": deployed}
+    return {"run_id": run_id, "output": output, "deployed": deployed, "photos": photos}
+
+
+def _photos_in_both_splits(root: Path, count: int) -> Path:
+    """A folder of `count` synthetic photos of which some fall in the train split and some in val (a sample's split
+    follows the hash of its path, so of this temporary folder's name): the retraining loop trains and validates on
+    them. The first of root/photos-0, photos-1, … that has both."""
+    folder = root / "photos-0"
+    write_photos(folder, count, size=128)
+    for k in range(1, 100):
+        splits = {split_of(sample_key(str(p)), 0.8) for p in folder.iterdir()}  # 0.8: split.train_fraction
+        if splits == {"train", "val"}:
+            return folder
+        folder = folder.rename(root / f"photos-{k}")
+    raise AssertionError("no folder name gave both splits")
 
 
 def _registry(stack: Stack) -> dict:
@@ -476,7 +491,7 @@ def test_bad_parameter_fails_fast_with_the_reason(stack, built):
     # A wrong value fails the run before any work, with the reason as its state message.
     output = stack.tmp / "data" / "bad"
     created = time.monotonic()
-    photos = stack.tmp / "data" / "photos"
+    photos = built["photos"]
     run_id = stack.run_deployment("build-dataset", {"inputs": [str(photos)], "output": str(output),
                                                     "profile": "huge", "gpus_per_stage": {}})
     run = stack.wait(run_id, timeout=300)
