@@ -1,11 +1,11 @@
 """End to end, as an operator runs it (README "Deploy and operate"): `prefect server start` on 127.0.0.1 with a private
 PREFECT_HOME, the work pools and the `gpu` global concurrency limit made with the CLI, `prefect deploy --all`, a
 process worker, a tiny build-dataset run through the deployment; the retraining loop it triggers (validate → train →
-evaluate → promote; `generate` without --prior then uses the promoted prior; an invalid dataset trains nothing; a
-worse candidate is not promoted); its artifacts opened in the Prefect UI in headless Chromium; a bad parameter failing
-fast; and a worker killed mid-run whose run, retried after a restart, continues without redoing complete shards
-(build-dataset) or from its last checkpoint (train-prior). Every process started here (server, workers, flow runs,
-Ray, browser) is ended, also on failure.
+evaluate → promote; `generate` without a prior, from the CLI and its deployment, then uses the promoted prior; an
+invalid dataset trains nothing; a worse candidate is not promoted); its artifacts opened in the Prefect UI in headless
+Chromium; a bad parameter failing fast; and a worker killed mid-run whose run, retried after a restart, continues
+without redoing complete shards (build-dataset) or from its last checkpoint (train-prior). Every process started here
+(server, workers, flow runs, Ray, browser) is ended, also on failure.
 """
 
 from __future__ import annotations
@@ -358,6 +358,19 @@ def test_a_completed_build_runs_the_loop_and_promotes_the_prior(stack, built):
                              f"dog={dog}", "--steps", "2", "--output", str(generated)], cwd=ROOT, env=stack.env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (meta,) = [json.loads(p.read_text()) for p in generated.rglob("*.json")]
+    assert final in json.dumps(meta)
+    # and the generate deployment, whose `prior` parameter defaults to null
+    generated = stack.tmp / "data" / "generated-deployment"
+    stack.start_worker("worker-inference", "lambda-gpu", "inference")
+    try:
+        run_id = stack.run_deployment("generate", {"prompt": "a dog", "subjects": [f"dog={dog}"], "steps": 2,
+                                                   "profile": "tiny", "num_images": 1, "output": str(generated)})
+        run = stack.wait(run_id)
+    finally:
+        stack.stop("worker-inference")
+    assert run["parameters"]["prior"] is None
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.run_logs(run_id)[-4000:]}"
     (meta,) = [json.loads(p.read_text()) for p in generated.rglob("*.json")]
     assert final in json.dumps(meta)
 
