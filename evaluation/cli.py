@@ -53,8 +53,9 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     )
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument("--data", required=True, metavar="DIR", help="one folder of photos per subject")
-    parser.add_argument("--prior", required=True, metavar="DIR",
-                        help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id")
+    parser.add_argument("--prior", metavar="DIR",
+                        help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id "
+                        "[default: the prior registry's current prior, `lambda-eclipse priors list`]")
     parser.add_argument("--output", required=True, metavar="DIR", help="results directory (created if missing)")
     parser.add_argument("--profile", choices=("tiny", "paper"),
                         help="tiny (random tiny models, offline) or paper (the paper's checkpoints) [default: the "
@@ -71,8 +72,10 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from evaluation.run import prepare_evaluation
+    from prior.registry import resolve_prior
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
+    args.prior = resolve_prior(args.prior)
     plan = prepare_evaluation(args.benchmark, args.data, args.prior, args.output, args.profile, args.config, args.set,
                               args.decoder)
     for warning in plan.generate.warnings:

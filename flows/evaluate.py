@@ -28,6 +28,7 @@ from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
 from generate.actors import ModelPool, WorkerError, model_pool
 from generate.requests import Job
+from prior.registry import resolve_prior
 from storage.confine import confine
 
 
@@ -60,17 +61,19 @@ def _dtype(pool: ModelPool) -> str:
 def evaluate(
     benchmark: str,
     data: str,
-    prior: str,
+    prior: str | None,
     output: str,
     profile: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
     decoder: str | None = None,
 ) -> dict:
-    """Evaluate the prior in `prior` on `benchmark` (dreambench | multibench) with the subjects in `data`.
+    """Evaluate the prior in `prior` (None: the prior registry's current prior) on `benchmark` (dreambench |
+    multibench) with the subjects in `data`.
 
     `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's)."""
     logger = get_run_logger()
+    prior = resolve_prior(prior)
     confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
     plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides, decoder)
     todo = plan.todo()

@@ -22,6 +22,7 @@ from generate.pipeline import Generator
 from generate.plan import GeneratePlan, prepare
 from generate.requests import Job, corner_requests, requests_from_args
 from generate.run import render_job, write_contact_sheet, write_job
+from prior.registry import resolve_prior
 from storage.confine import confine
 
 
@@ -60,7 +61,7 @@ def _report(plan: GeneratePlan) -> None:
 
 @flow(name="generate")
 def generate(
-    prior: str,
+    prior: str | None,
     output: str,
     prompt: str | None = None,
     subjects: list[str] | None = None,
@@ -80,7 +81,9 @@ def generate(
 ) -> dict:
     """Generate images of `prompt` with `subjects` ("WORD=IMAGE[:MASK]"), or of every line of the `batch` JSONL file.
 
-    `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's)."""
+    `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's).
+    `prior` None: the prior registry's current prior."""
+    prior = resolve_prior(prior)
     confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file, decoder=decoder)
     cfg = load_generate_config(config_file, overrides or [])
     requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
@@ -111,7 +114,7 @@ def grid_task(pool: ModelPool, plan: GeneratePlan, steps: int, seed: int) -> dic
 
 @flow(name="interpolate")
 def interpolate(
-    prior: str,
+    prior: str | None,
     output: str,
     prompts: list[str],
     corners: list[str],
@@ -127,7 +130,9 @@ def interpolate(
     overrides: list[str] | None = None,
     decoder: str | None = None,
 ) -> dict:
-    """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side."""
+    """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side; `prior` None:
+    the prior registry's current prior."""
+    prior = resolve_prior(prior)
     confine(prior=prior, output=output, config_file=config_file, decoder=decoder)
     check_grid(len(corners), steps)
     cfg = load_generate_config(config_file, overrides or [])

@@ -52,8 +52,9 @@ example (paper Fig. 7: two dogs × two hats):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prior", required=True, metavar="DIR",
-                        help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id")
+    parser.add_argument("--prior", metavar="DIR",
+                        help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id "
+                        "[default: the prior registry's current prior, `lambda-eclipse priors list`]")
     parser.add_argument("--profile", choices=PROFILES,
                         help="model profile: tiny (random tiny models, offline), paper (CLIP bigG + Kandinsky 2.2 "
                         "decoder checkpoints), paper-shapes (full-size, random weights) [default: the prior "
@@ -128,8 +129,10 @@ def _generate(args: argparse.Namespace) -> int:
     from generate.config import load_generate_config
     from generate.plan import prepare
     from generate.requests import requests_from_args
+    from prior.registry import resolve_prior
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
+    args.prior = resolve_prior(args.prior)
     cfg = load_generate_config(args.config, args.set)
     requests = requests_from_args(args.prompt, args.subject, args.canny, args.batch, args.seed, args.num_images)
     settings = _settings(args)
@@ -151,7 +154,9 @@ def _interpolate(args: argparse.Namespace) -> int:
     from generate.interpolate import check_grid
     from generate.plan import prepare
     from generate.requests import corner_requests
+    from prior.registry import resolve_prior
 
+    args.prior = resolve_prior(args.prior)
     check_grid(len(args.corners), args.steps)
     cfg = load_generate_config(args.config, args.set)
     settings = _settings(args)

@@ -1,0 +1,146 @@
+"""retrain flow: the retraining loop, validate-dataset → train-prior → evaluate → promote, as subflows of one run.
+
+Two deployments run it (prefect.yaml): `retrain-on-new-dataset`, triggered by every completed build-dataset run, trains
+a candidate on the new dataset in a new run directory; `retrain-nightly` continues the current prior for
+`train.steps_per_run` more steps on its dataset. The candidate is recorded in the prior registry (prior/registry.py),
+evaluated on a DreamBench subset, and promoted to `current` when every metric is at least the current prior's minus
+`tolerance`; the decision, metric by metric, is the markdown artifact `retrain-promotion`. An invalid dataset fails
+the run at validation: nothing is trained.
+
+Training and evaluation each hold LAMBDA_ECLIPSE_GPU_SLOTS slots of the `gpu` global concurrency limit while they
+run (0, the default outside a deployment: no slot); validation and the decision take none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from flows.evaluate import evaluate
+from flows.train_prior import train_prior
+from flows.validate_dataset import validate_dataset
+from lambda_eclipse.errors import UserError
+from prior.registry import METRICS, Registry, decide, decision_markdown, now
+from storage.confine import confine
+from storage.fs import join
+from storage.reader import load_dataset_meta
+
+EVENT = "lambda-eclipse.prior.promoted"
+BENCHMARK = "dreambench"
+
+
+@contextmanager
+def gpu_slots(what: str) -> Iterator[None]:
+    """Hold LAMBDA_ECLIPSE_GPU_SLOTS slots of the global concurrency limit LAMBDA_ECLIPSE_GPU_LIMIT (default `gpu`)."""
+    slots = int(os.environ.get("LAMBDA_ECLIPSE_GPU_SLOTS", "0"))
+    if slots == 0:
+        yield
+        return
+    from prefect import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectNotFound
+
+    limit = os.environ.get("LAMBDA_ECLIPSE_GPU_LIMIT", "gpu")
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            raise UserError(f"the global concurrency limit {limit!r} does not exist: create it with "
+                            f"`prefect gcl create {limit} --limit N` (N = the GPUs of the cluster)") from None
+    logger = get_run_logger()
+    logger.info("%s: waiting for %d slot(s) of %r", what, slots, limit)
+    # the lease is renewed while this process lives; a killed run's slots come back about a minute later
+    with concurrency(limit, occupy=slots, strict=True, lease_duration=60):
+        logger.info("%s: holding %d slot(s) of %r", what, slots, limit)
+        yield
+
+
+def prior_profile(data: str) -> str:
+    """The prior that fits the dataset's features: tiny features need the tiny prior, bigG ones the paper prior."""
+    return "tiny" if load_dataset_meta(data).get("profile") == "tiny" else "paper"
+
+
+def scores(summary: list[dict]) -> dict[str, float]:
+    """Each metric's mean over the evaluated prompts (the summary's groups weighted by their prompts)."""
+    prompts = sum(row["prompts"] for row in summary)
+    if not prompts:
+        raise UserError("the evaluation scored no prompt: check the benchmark data and evaluate.max_prompts")
+    return {m: round(sum(row[m] * row["prompts"] for row in summary) / prompts, 4) for m in METRICS}
+
+
+def _evaluate(prior: str, settings: dict, output: str) -> dict:
+    with gpu_slots("evaluate"):
+        result = evaluate(benchmark=settings["benchmark"], data=settings["data"], prior=prior, output=output,
+                          profile=settings["profile"], config_file=None, overrides=settings["overrides"])
+    return {"metrics": scores(result["summary"]), "evaluation": {"settings": settings, "output": output}}
+
+
+@flow(name="retrain")
+def retrain(
+    runs: str,
+    benchmark_data: str,
+    data: str | None = None,
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    continue_current: bool = False,
+    check_dataset: bool = True,
+    eval_overrides: list[str] | None = None,
+    tolerance: float = 0.0,
+    registry: str | None = None,
+) -> dict:
+    """Train a candidate prior into RUNS/prior-<this run's name>, evaluate it on BENCHMARK_DATA and promote it if it
+    is no worse than the current prior (minus `tolerance`). `data`: the dataset; with `continue_current`, the current
+    prior's (when not given), and training starts from the current prior's last state."""
+    logger = get_run_logger()
+    confine(runs=runs, benchmark_data=benchmark_data, data=data, registry=registry)
+    reg = Registry.open(registry)
+    current = reg.current()
+    started_from = None
+    if continue_current:
+        if current is None:
+            raise UserError(f"continue_current: the prior registry {reg.root} has no current prior to continue; "
+                            "train one on a dataset first (retrain with data=DATASET)")
+        started_from, data = current["run"], data or current["data"]
+    if data is None:
+        raise UserError("data: give the dataset to train on, or continue_current=true to continue the current prior")
+    if check_dataset:
+        validate_dataset(data)  # an invalid dataset fails this run here, before any training
+    profile = profile or prior_profile(data)
+    output = str(join(runs, f"prior-{flow_run.get_name()}"))
+    # a retried run continues its own run directory (resume); init_from starts a new one from the current prior
+    init_from = current["run_dir"] if started_from and current else None
+    with gpu_slots("train-prior"):
+        summary = train_prior(data, output, profile, None, overrides or [], True, init_from=init_from)
+    record = reg.put({
+        "run": output.rstrip("/").rsplit("/", 1)[-1], "run_dir": output, "final": summary["final"], "data": data,
+        "dataset_hash": load_dataset_meta(data).get("config_hash"), "profile": profile, "steps": summary["step"],
+        "train_metrics": summary["metrics"], "started_from": started_from,
+        "trained_at": now(), "flow_run": flow_run.get_name(), "metrics": None, "evaluation": None,
+    })
+    settings = {"benchmark": BENCHMARK, "data": benchmark_data, "profile": profile, "overrides": eval_overrides or []}
+    record = reg.put(record | _evaluate(record["final"], settings, str(join(output, "evaluation"))))
+    baseline = None
+    if current is not None:
+        baseline = current["metrics"]
+        if (current.get("evaluation") or {}).get("settings") != settings:  # scores are only comparable like for like
+            logger.info("current prior %s was evaluated otherwise: evaluating it with this run's settings",
+                        current["run"])
+            baseline = _evaluate(current["final"], settings, str(join(output, f"evaluation-{current['run']}")))[
+                "metrics"]
+    decision = decide(record["metrics"], baseline, tolerance)
+    compared = current | {"metrics": baseline} if current else None
+    create_markdown_artifact(markdown=decision_markdown(decision, record, compared, tolerance), key="retrain-promotion",
+                             description=f"candidate {record['run']} against the current prior")
+    logger.info("%s: %s", record["run"], decision.reason)
+    if decision.promote:
+        reg.promote(record["run"], by=f"retrain flow run {flow_run.get_name()}", reason=decision.reason)
+        emit_event(event=EVENT, resource={"prefect.resource.id": f"lambda-eclipse.prior.{record['run']}"},
+                   payload={"run": record["run"], "final": record["final"], "metrics": record["metrics"]})
+    return {"run": record["run"], "final": record["final"], "steps": record["steps"], "metrics": record["metrics"],
+            "current_metrics": baseline, "promoted": decision.promote, "reason": decision.reason}

@@ -1,0 +1,172 @@
+"""The prior registry: every trained prior, and which one is `current` (what generate and evaluate use without
+--prior).
+
+A folder (a local path or an fsspec URL; default `$LAMBDA_ECLIPSE_RUNS/registry`, or `$LAMBDA_ECLIPSE_REGISTRY`):
+
+    priors/<run>.json   one record per trained prior: run, run_dir, final (the checkpoint to load), data and its
+                        config hash, profile, steps, training metrics (val), evaluation metrics and their settings,
+                        started_from (the prior it continued, or null), trained_at, promotions
+    current.json        the pointer: {run, final, promoted_at, by, reason, previous}
+
+Every file is written whole and atomically (a rename locally; one PUT on object stores), so a reader never sees half
+a record; a record is only ever replaced by its own run, so concurrent retraining runs do not collide.
+
+`decide` is the automatic promotion rule: the candidate is promoted when each evaluation metric is at least the
+current prior's minus `tolerance` (all three are cosine similarities, higher is better); the first prior is promoted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from lambda_eclipse.errors import UserError
+from storage.fs import Location, is_file, join, location, makedirs, resolve
+from storage.layout import read_json, write_json_atomic
+
+REGISTRY_ENV, RUNS_ENV = "LAMBDA_ECLIPSE_REGISTRY", "LAMBDA_ECLIPSE_RUNS"
+METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # evaluation metrics, higher is better
+PRIORS, CURRENT = "priors", "current.json"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def registry_location(registry: str | None = None) -> Location:
+    """`registry`, else $LAMBDA_ECLIPSE_REGISTRY, else $LAMBDA_ECLIPSE_RUNS/registry."""
+    if registry:
+        return location(registry)
+    if os.environ.get(REGISTRY_ENV):
+        return location(os.environ[REGISTRY_ENV])
+    if os.environ.get(RUNS_ENV):
+        return join(os.environ[RUNS_ENV], "registry")
+    raise UserError(f"no prior registry: set {RUNS_ENV} (the registry is then ${RUNS_ENV}/registry) or "
+                    f"{REGISTRY_ENV} (a folder or a URL)")
+
+
+class Registry:
+    def __init__(self, root: Location):
+        self.root = location(root)
+
+    @classmethod
+    def open(cls, registry: str | None = None) -> Registry:
+        return cls(registry_location(registry))
+
+    def _record_path(self, run: str) -> Location:
+        return join(self.root, PRIORS, f"{run}.json")
+
+    def records(self) -> list[dict]:
+        """Every record, oldest first."""
+        fs, base = resolve(join(self.root, PRIORS))
+        if not fs.isdir(base):
+            return []
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(base, detail=False)]
+        found = [read_json(join(self.root, PRIORS, n)) for n in names if n.endswith(".json") and not n.startswith(".")]
+        return sorted(found, key=lambda r: (r.get("trained_at") or "", r["run"]))
+
+    def get(self, run: str) -> dict:
+        path = self._record_path(run)
+        if "/" in run or not is_file(path):
+            known = [r["run"] for r in self.records()]
+            if not known:
+                raise UserError(f"the prior registry {self.root} is empty: no prior has been trained into it yet "
+                                "(run a retrain deployment)")
+            raise UserError(f"no prior {run!r} in the registry {self.root}; known: {', '.join(known)} "
+                            "(`lambda-eclipse priors list`)")
+        return read_json(path)
+
+    def put(self, record: dict) -> dict:
+        """Add or replace the record of `record["run"]`."""
+        makedirs(join(self.root, PRIORS))
+        write_json_atomic(self._record_path(record["run"]), record)
+        return record
+
+    def current(self) -> dict | None:
+        """The current prior's record, with the pointer's fields under "promotion"; None when nothing is promoted."""
+        path = join(self.root, CURRENT)
+        if not is_file(path):
+            return None
+        pointer = read_json(path)
+        return self.get(pointer["run"]) | {"promotion": pointer}
+
+    def promote(self, run: str, by: str, reason: str) -> dict:
+        """Make `run` current (an unknown run is a UserError); returns the pointer written."""
+        record = self.get(run)
+        before = self.current()
+        pointer = {"run": run, "final": record["final"], "promoted_at": now(), "by": by, "reason": reason,
+                   "previous": before["run"] if before else None}
+        record.setdefault("promotions", []).append({k: pointer[k] for k in ("promoted_at", "by", "reason")})
+        self.put(record)
+        makedirs(self.root)
+        write_json_atomic(join(self.root, CURRENT), pointer)
+        return pointer
+
+
+def resolve_prior(prior: str | None, registry: str | None = None) -> str:
+    """`prior` when given, else the registry's current prior (its final/ checkpoint)."""
+    if prior:
+        return prior
+    try:
+        reg = Registry.open(registry)
+    except UserError as exc:
+        raise UserError(f"no --prior given and {exc}; or pass --prior DIR") from None
+    current = reg.current()
+    if current is None:
+        raise UserError(f"no --prior given and the prior registry {reg.root} has no current prior: train one (the "
+                        "retrain deployments promote it), promote one with `lambda-eclipse priors promote RUN`, or "
+                        "pass --prior DIR")
+    return current["final"]
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+    rows: list[dict] = field(default_factory=list)  # per metric: candidate, current, floor, ok
+
+
+def decide(candidate: dict[str, float], current: dict[str, float] | None, tolerance: float) -> Decision:
+    """Promote when every metric of the candidate is ≥ the current prior's − tolerance; the first prior always is."""
+    missing = [METRICS[m] for m in METRICS if m not in candidate]
+    if missing:
+        raise UserError(f"the candidate has no {', '.join(missing)} score: its evaluation did not finish")
+    if current is None:
+        rows = [{"metric": METRICS[m], "candidate": candidate[m], "current": None, "floor": None, "ok": True}
+                for m in METRICS]
+        return Decision(True, "no current prior: the first trained prior is promoted", rows)
+    rows = [{"metric": METRICS[m], "candidate": candidate[m], "current": current[m], "floor": current[m] - tolerance,
+             "ok": candidate[m] >= current[m] - tolerance} for m in METRICS]
+    worse = [r["metric"] for r in rows if not r["ok"]]
+    floor = f"− {tolerance:g}" if tolerance >= 0 else f"+ {-tolerance:g}"  # negative: must improve by that much
+    if worse:
+        return Decision(False, f"not promoted: {', '.join(worse)} below the current prior's {floor}", rows)
+    return Decision(True, f"promoted: every metric ≥ the current prior's {floor}", rows)
+
+
+def decision_markdown(decision: Decision, candidate: dict, current: dict | None, tolerance: float) -> str:
+    def score(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
+    lines = ["# prior promotion", "", f"**{decision.reason}**", "",
+             f"candidate `{candidate['run']}` (step {candidate['steps']}, dataset `{candidate['data']}`) against "
+             + (f"current `{current['run']}` (step {current['steps']})" if current else "no current prior")
+             + f"; tolerance {tolerance:g}.", "",
+             "| metric | candidate | current | floor (current − tolerance) | ok |", "|---|---:|---:|---:|:---:|"]
+    lines += [f"| {r['metric']} | {score(r['candidate'])} | {score(r['current'])} | {score(r['floor'])} | "
+              f"{'✅' if r['ok'] else '❌'} |" for r in decision.rows]
+    return "\n".join(lines)
+
+
+def table(records: list[dict], current: str | None) -> str:
+    """`lambda-eclipse priors list`: one row per prior, oldest first, `*` on the current one."""
+    header = ["", "RUN", "STEPS", "DINO", "CLIP-I", "CLIP-T", "TRAINED", "DATASET (CONFIG HASH)", "FROM"]
+    rows = [header] + [[
+        "*" if r["run"] == current else "", r["run"], str(r["steps"]),
+        *(f"{(r.get('metrics') or {})[m]:.4f}" if m in (r.get("metrics") or {}) else "—" for m in METRICS),
+        r.get("trained_at") or "—", f"{r['data']} ({(r.get('dataset_hash') or '?')[:12]})",
+        r.get("started_from") or "—",
+    ] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
