@@ -93,6 +93,20 @@ def checkpoints(run: Location) -> list[str]:
     return [str(join(run, CHECKPOINTS, n)) for n in names]
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
+CHECKPOINT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", STATE)
+
+
+def registered(run: Location, existing: list[str]) -> list[str]:
+    """The checkpoints among `existing` that are whole: those Ray Train registered after uploading them, or, without
+    its record, those holding every file. A run killed mid-upload leaves a partial step directory behind."""
+    snapshot = join(run, CHECKPOINTS, SNAPSHOT)
+    if is_file(snapshot):
+        names = {r["checkpoint_dir_name"] for r in read_json(snapshot).get("checkpoint_results", [])}
+        return [c for c in existing if name(c) in names]
+    return [c for c in existing if all(is_file(join(c, f)) for f in CHECKPOINT_FILES)]
+
+
 def choose_profile(profile: str | None, embed_dim: int) -> tuple[str, str | None]:
     """The prior size for a dataset of `embed_dim`-d embeddings: paper for the paper CLIP's 1280, else tiny, unless
     `profile` says which; and a warning when a tiny prior is asked for on a paper dataset."""
@@ -159,9 +173,9 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
     if existing and not resume:
         raise UserError(f"{output} already holds checkpoints (latest {name(existing[-1])}); pass --resume to "
                         "continue that run, or use a new --output")
-    # Ray Train resumes from the latest checkpoint it registered; this one (the latest with its training state)
-    # serves when its record is missing
-    complete = [c for c in existing if is_file(join(c, STATE))]
+    # Ray Train resumes from the latest checkpoint it registered; this one (the latest registered, or complete when
+    # the record is missing) serves when Ray holds none
+    complete = registered(out, existing)
     start_from, same_run = (complete[-1], True) if complete else (None, False)
     if start_from is None and init_from:
         start_from = training_state(init_from)

@@ -603,11 +603,10 @@ def test_killed_train_prior_restarted_resumes_from_its_last_checkpoint(stack, bu
     stack.start_worker("worker-train", "lambda-gpu", "train")
     run_id = stack.run_deployment("train-prior", {"data": str(data), "output": str(run_dir), "profile": "tiny",
                                                   "overrides": settings, "resume": True})
-    checkpoints = run_dir / "checkpoints"
-    _kill_worker_when(stack, "worker-train",
-                      lambda: checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir()),
-                      tree=2)
-    saved = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))
+    # Ray Train records a checkpoint once it is uploaded whole (a step directory alone may be mid-upload)
+    snapshot = run_dir / "checkpoints" / "checkpoint_manager_snapshot.json"
+    _kill_worker_when(stack, "worker-train", snapshot.is_file, tree=2)
+    saved = sorted(r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
     assert saved and not (run_dir / "final").exists(), "the kill must land mid-training"
     stack.start_worker("worker-train", "lambda-gpu", "train")
     stack.crash(run_id)
