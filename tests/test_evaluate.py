@@ -157,11 +157,12 @@ def test_a_reference_photo_without_a_box_is_recorded_per_prompt_and_per_subject(
         record(plan, prompt, row, images)
     run_module.start(plan, "float32")
     result = finish(plan)
-    assert [r["segmentation"] for r in rows(output)] == ["segmented", "no box: dog+backpack", "no box: backpack+dog"]
-    assert result["segmentation_failures"] == {"backpack": 2, "dog": 2}
+    assert [r["segmentation"] for r in rows(output)] == ["segmented", "no box: dog+backpack", "no box: cat+dog"]
+    assert result["segmentation_failures"] == {"backpack": 1, "cat": 1, "dog": 2}
     summary = (output / "summary.md").read_text()
-    assert ("Grounding DINO found no box in the reference photo of 2 subject(s); that photo was embedded whole (not "
-            "segmented) in these prompts:\n\n| subject | prompts |\n|---|---:|\n| backpack | 2 |\n| dog | 2 |"
+    assert ("Grounding DINO found no box in the reference photo of 3 subject(s); that photo was embedded whole (not "
+            "segmented) in these prompts:\n\n| subject | prompts |\n|---|---:|\n"
+            "| backpack | 1 |\n| cat | 1 |\n| dog | 2 |"
             in summary)
 
 

@@ -246,7 +246,7 @@ def test_deployment_parameters_are_the_flow_s():
 
     (deployment,) = [d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
                      if d["name"] == "finetune-decoder"]
-    assert deployment["entrypoint"] == "flows/finetune_decoder.py:finetune_decoder"
+    assert deployment["entrypoint"] == "flows.finetune_decoder:finetune_decoder"
     assert deployment["work_pool"]["name"] == "lambda-gpu"
     assert deployment["work_pool"]["job_variables"]["command"] == "python deploy/gpu_slot.py"
     assert set(deployment["parameters"]) == set(inspect.signature(finetune_decoder.fn).parameters)

@@ -26,6 +26,7 @@ def test_every_paper_model_is_cached_once():
     assert sorted(repos) == sorted([
         "Salesforce/blip2-flan-t5-xl", "IDEA-Research/grounding-dino-tiny", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
         "kandinsky-community/kandinsky-2-2-decoder", "facebook/dino-vits16", RELEASED,
+        "timm/vit_base_patch32_clip_224.openai",  # evaluate.clip_model: OpenAI ViT-B/32 (evaluation/encoders.py)
     ])
     (sam,) = [m for m in models if not m.repo]
     assert sam.path == "/models/sam/sam_vit_h_4b8939.pth" and sam.url.endswith("/sam_vit_h_4b8939.pth")
