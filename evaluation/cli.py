@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from evaluation.config import EvalConfig
-from lambda_eclipse.config import describe_keys
+from lambda_eclipse.config import add_config_options, describe_keys
 
 BENCHMARKS = ("dreambench", "multibench")  # evaluation/benchmarks.py, without importing it for --help
 
@@ -63,9 +63,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--decoder", metavar="DIR",
                         help="a fine-tuned decoder: finetune-decoder's output directory (DIR/unet/, "
                         "DIR/finetune.json) or its unet/ folder [default: the profile's Kandinsky 2.2 decoder]")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key (after --config); repeatable, see the list below")
+    add_config_options(parser)
     parser.set_defaults(run=_evaluate)
     return parser
 

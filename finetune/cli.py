@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from finetune.config import PROFILES, FinetuneConfig, load_finetune_config
-from lambda_eclipse.config import describe_keys
+from lambda_eclipse.config import add_config_options, describe_keys
 
 EPILOG = """\
 Concept fine-tuning of the Kandinsky 2.2 decoder (paper §3.3, Eq. 2, Appendix D): only the decoder's UNet is trained,
@@ -55,11 +55,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
         help="model profile: tiny (random tiny models, offline), paper (CLIP bigG, Grounding DINO, SAM and the "
         "kandinsky-2-2-decoder checkpoints), paper-shapes (full-size, random weights: for throughput) [default: tiny]",
     )
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config key (after --config); repeatable, see the list below",
-    )
+    add_config_options(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from DIR's latest checkpoint (with the same subjects and settings), or start "
                         "afresh if it has none")

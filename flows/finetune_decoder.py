@@ -3,7 +3,6 @@ trained (subjects, how each photo was embedded, loss, speed) as a markdown artif
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -14,33 +13,16 @@ from prefect.events import emit_event
 from finetune.config import load_finetune_config
 from finetune.subjects import parse_subject
 from finetune.train import FinetuneJob, finetune, prepare_finetune
+from flows.run_log import forwarded
 from storage.confine import confine
 
 EVENT = "lambda-eclipse.decoder.finetuned"
 
 
-class _ToRunLogger(logging.Handler):
-    """Shows the training loop's `logging` lines (it is framework-free) in this run's logs."""
-
-    def __init__(self, logger):
-        super().__init__()
-        self.logger = logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.logger.log(record.levelno, record.getMessage())
-
-
 @task(name="finetune", cache_policy=NO_CACHE)
 def train(job: FinetuneJob) -> dict:
-    source, handler = logging.getLogger(finetune.__module__), _ToRunLogger(get_run_logger())
-    source.addHandler(handler)
-    level = source.level
-    source.setLevel(logging.INFO)
-    try:
+    with forwarded(finetune.__module__):
         return finetune(job)[1]
-    finally:
-        source.removeHandler(handler)
-        source.setLevel(level)
 
 
 @flow(name="finetune-decoder")

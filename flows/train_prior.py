@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 
 from PIL import Image, ImageDraw
 from prefect import flow, get_run_logger, task
@@ -20,6 +19,7 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from flows.run_log import forwarded
 from prior.config import load_train_config
 from prior.train import TrainJob, prepare_training, read_metrics, run_training
 from storage.confine import confine
@@ -30,28 +30,10 @@ EVENT = "lambda-eclipse.prior.trained"
 COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
 
 
-class _ToRunLogger(logging.Handler):
-    """Shows the training loop's `logging` lines (it is framework-free: it also runs in Ray workers) in this run."""
-
-    def __init__(self, logger):
-        super().__init__()
-        self.logger = logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.logger.log(record.levelno, record.getMessage())
-
-
 @task(name="train", cache_policy=NO_CACHE)
 def train(job: TrainJob) -> dict:
-    source = logging.getLogger(run_training.__module__)
-    handler, level = _ToRunLogger(get_run_logger()), source.level
-    source.addHandler(handler)
-    source.setLevel(logging.INFO)
-    try:
+    with forwarded(run_training.__module__):
         return run_training(job)
-    finally:
-        source.removeHandler(handler)
-        source.setLevel(level)
 
 
 @flow(name="train-prior")

@@ -7,7 +7,7 @@ import sys
 from typing import TypedDict
 
 from generate.config import GenerateConfig
-from lambda_eclipse.config import PROFILES, describe_keys
+from lambda_eclipse.config import PROFILES, add_config_options, describe_keys
 
 GENERATE_EPILOG = """\
 Each --subject binds its WORD in the prompt (whole word, any case; the k-th --subject for a word binds its k-th
@@ -70,9 +70,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment", action="store_true",
                         help="segment subject images without a mask (Grounding DINO on the word, then SAM)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key (after --config); repeatable, see the list below")
+    add_config_options(parser)
 
 
 def add_parsers(subcommands) -> None:

@@ -9,7 +9,7 @@ import sys
 from evaluation.cli import add_parser as add_evaluate
 from finetune.cli import add_parser as add_finetune_decoder
 from generate.cli import add_parsers as add_generate_and_interpolate
-from lambda_eclipse.config import describe_keys
+from lambda_eclipse.config import add_config_options, describe_keys
 from lambda_eclipse.errors import BuildError, UserError
 from prior.cli import add_parser as add_train_prior
 from storage.validate import add_parser as add_validate_dataset
@@ -95,11 +95,7 @@ def parser() -> argparse.ArgumentParser:
         help="model profile: tiny (random tiny models, offline), paper (the paper's checkpoints), "
         "paper-shapes (full-size architectures, random weights) [default: tiny]",
     )
-    build.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
-    build.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config key (after --config); repeatable, see the list below",
-    )
+    add_config_options(build)
     build.add_argument(
         "--workers", type=int, default=0, metavar="N", help="CPUs for the local Ray cluster [default: all]"
     )

@@ -236,6 +236,13 @@ def config_from_dict(data: dict[str, Any], cls: type = BuildConfig):
     return cfg
 
 
+def add_config_options(parser) -> None:
+    """The --config and --set options every command with a config takes (the epilog lists the keys)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key (after --config); repeatable, see the list below")
+
+
 def describe_keys(cls: type = BuildConfig) -> str:
     """Every `section.key=default` of a config dataclass, wrapped for --help, so help cannot drift from code."""
     import textwrap

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lambda_eclipse.config import describe_keys
+from lambda_eclipse.config import add_config_options, describe_keys
 from prior.config import PROFILES, TrainConfig, load_train_config
 
 EPILOG = """\
@@ -59,11 +59,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
         "[default: paper for a 1280-d dataset (the paper CLIP's), else tiny; a tiny prior on a 1280-d dataset "
         "needs --profile tiny and warns]",
     )
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of {section: {key: value}} overrides")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config key (after --config); repeatable, see the list below",
-    )
+    add_config_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
     parser.add_argument(
         "--init-from", metavar="RUN", default=None,
