@@ -29,7 +29,6 @@ from lambda_eclipse.errors import UserError
 from prior.registry import METRICS, Registry, decide, decision_markdown, now
 from storage.confine import confine
 from storage.fs import join
-from storage.reader import load_dataset_meta
 
 EVENT = "lambda-eclipse.prior.promoted"
 BENCHMARK = "dreambench"
@@ -59,11 +58,6 @@ def gpu_slots(what: str) -> Iterator[None]:
     with concurrency(limit, occupy=slots, strict=True, lease_duration=60):
         logger.info("%s: holding %d slot(s) of %r", what, slots, limit)
         yield
-
-
-def prior_profile(data: str) -> str:
-    """The prior that fits the dataset's features: tiny features need the tiny prior, bigG ones the paper prior."""
-    return "tiny" if load_dataset_meta(data).get("profile") == "tiny" else "paper"
 
 
 def scores(summary: list[dict]) -> dict[str, float]:
@@ -111,7 +105,6 @@ def retrain(
         raise UserError("data: give the dataset to train on, or continue_current=true to continue the current prior")
     if check_dataset:
         validate_dataset(data)  # an invalid dataset fails this run here, before any training
-    profile = profile or prior_profile(data)
     output = str(join(runs, f"prior-{flow_run.get_name()}"))
     # a retried run continues its own run directory (resume); init_from starts a new one from the current prior
     init_from = current["run_dir"] if started_from and current else None
@@ -119,11 +112,13 @@ def retrain(
         summary = train_prior(data, output, profile, None, overrides or [], True, init_from=init_from)
     record = reg.put({
         "run": output.rstrip("/").rsplit("/", 1)[-1], "run_dir": output, "final": summary["final"], "data": data,
-        "dataset_hash": load_dataset_meta(data).get("config_hash"), "profile": profile, "steps": summary["step"],
+        "dataset_hash": summary["dataset_hash"], "profile": summary["profile"], "steps": summary["step"],
         "train_metrics": summary["metrics"], "started_from": started_from,
         "trained_at": now(), "flow_run": flow_run.get_name(), "metrics": None, "evaluation": None,
     })
-    settings = {"benchmark": BENCHMARK, "data": benchmark_data, "profile": profile, "overrides": eval_overrides or []}
+    # profile None: train-prior's choice from the dataset, which the evaluation then uses too
+    settings = {"benchmark": BENCHMARK, "data": benchmark_data, "profile": record["profile"],
+                "overrides": eval_overrides or []}
     record = reg.put(record | _evaluate(record["final"], settings, str(join(output, "evaluation"))))
     baseline = None
     if current is not None:
