@@ -472,6 +472,9 @@ def loader(data: Dataset, split: str, batch_size: int, workers: int, *, pin_memo
     `pin_memory` the batches come in page-locked memory, for asynchronous copies to the GPU: made there by this
     process's loader, copied there by the DataLoader from its workers' shared memory."""
     dataset = PriorBatches(data, split, batch_size, lanes=max(workers, 1), pin_memory=pin_memory, **kwargs)
+    # forkserver: a forked copy of a Ray process (a Ray Train worker) inherits Ray's and gRPC's threads and exits with
+    # status 1; the workers start from a clean process instead (an import of torch each, once a run: persistent).
     return DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )
