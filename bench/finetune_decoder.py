@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from finetune.config import load_finetune_config
-from finetune.train import Trainer, prepare_finetune
+from finetune.train import Trainer, place, prepare_finetune
 from lambda_eclipse.synthetic import write_photos
 
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
                      *args.set]
         job = prepare_finetune([f"dog={Path(tmp) / 'dog'}"], str(Path(tmp) / "out"), args.profile,
                                load_finetune_config(None, overrides))
+        job = place(job, torch.cuda.device_count())  # the training loop in this process: this machine's GPUs
         start = time.perf_counter()
         trainer = Trainer(job)
         print(f"{args.profile}: {job.resolution} px, batch {args.batch}, {job.precision} on {job.device}, "

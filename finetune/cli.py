@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from finetune.config import PROFILES, FinetuneConfig, load_finetune_config
 from lambda_eclipse.config import add_config_options, describe_keys
@@ -64,11 +65,15 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _finetune_decoder(args: argparse.Namespace) -> int:
-    from finetune.train import prepare_finetune
+    from finetune.train import place, prepare_finetune
 
     # Validate everything before Prefect starts: bad input fails in one line, in a second.
-    prepare_finetune(args.subject, args.output, args.profile, load_finetune_config(args.config, args.set),
-                     args.resume)
+    job = prepare_finetune(args.subject, args.output, args.profile, load_finetune_config(args.config, args.set),
+                           args.resume)
+    if not os.environ.get("RAY_ADDRESS"):  # the flow starts a local Ray: this machine's GPUs are the cluster's
+        import torch
+
+        place(job, torch.cuda.device_count())
     from flows.finetune_decoder import finetune_decoder
 
     record = finetune_decoder(subjects=args.subject, output=args.output, profile=args.profile,

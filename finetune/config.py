@@ -61,9 +61,12 @@ class LogSection:
 
 @dataclass
 class RuntimeSection:
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when the Ray cluster has GPUs (the training task then takes one), else cpu
     precision: str = "auto"  # autocast dtype of the UNet's forward; auto: bf16 on cuda, fp32 on cpu
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30 % slower
+    cpus: float = 1.0  # Ray CPUs the training task reserves (its torch threads)
+    max_failures: int = 3  # times Ray restarts a training task that died (a killed worker, a lost node), resuming it
+    workers: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
 
 
 @dataclass
@@ -97,6 +100,9 @@ class FinetuneConfig:
             ("log.every", self.log.every >= 1, "must be ≥ 1"),
             ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("runtime.precision", r.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+            ("runtime.cpus", r.cpus > 0, "must be > 0"),
+            ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
+            ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
         ]
         problems = [f"{key} {rule} (got {_value(self, key)!r})" for key, ok, rule in rules if not ok]
         if problems:

@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +51,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneJob:
-    """Everything the training needs, checked (sent to the flow's task as is)."""
+    """Everything the training needs, checked (sent to the Ray task as is)."""
 
     subjects: list[Subject]
     output: str
     profile: str
     cfg: FinetuneConfig
-    device: str  # "cpu" or "cuda"
-    precision: str  # fp32 | bf16 | fp16
+    device: str  # "cpu" or "cuda"; "" until `place`d
+    precision: str  # fp32 | bf16 | fp16; "" until `place`d
     resolution: int
     identity: dict  # what a resumed run must share with its checkpoint
     resume_from: str | None  # checkpoint directory
@@ -70,13 +70,13 @@ def checkpoints(output: str | Path) -> list[Path]:
     return sorted(base.glob("step-*")) if base.is_dir() else []
 
 
-def _device_and_precision(cfg: FinetuneConfig) -> tuple[str, str]:
-    import torch
-
+def _device_and_precision(cfg: FinetuneConfig, gpus: float) -> tuple[str, str]:
+    """Where the training task runs: on a GPU when the Ray cluster has any (the task then asks Ray for one), so the
+    choice is the cluster's, not the flow process's node's (which on a cluster has none)."""
     r = cfg.runtime
-    if r.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("runtime.device=cuda, but no CUDA device is visible; use runtime.device=cpu")
-    device = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if r.device == "cuda" and not gpus:
+        raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
+    device = "cuda" if gpus and r.device != "cpu" else "cpu"
     precision = r.precision if r.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     if precision == "fp16" and device == "cpu":
         raise UserError("runtime.precision=fp16 needs a CUDA device (loss scaling); use fp32 or bf16 on the CPU")
@@ -127,11 +127,13 @@ def _resolution(profile: str, cfg: FinetuneConfig) -> int:
 
 def prepare_finetune(subjects: list[str], output: str, profile: str, cfg: FinetuneConfig,
                      resume: bool = False) -> FinetuneJob:
-    """Check the subjects, profile, weights, config and output before any model loads; bad input fails in one line."""
+    """Check the subjects, profile, weights, config and output before any model loads; bad input fails in one line.
+    Where it runs (device, precision) is `place`'s to decide, once the Ray cluster is known."""
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     read = read_subjects(subjects)
-    device, precision = _device_and_precision(cfg)
+    if cfg.runtime.device == "cpu":  # what needs no cluster to be known wrong
+        _device_and_precision(cfg, 0)
     if profile == "paper":
         _missing_paper_weights(cfg)
     resolution = _resolution(profile, cfg)
@@ -148,17 +150,64 @@ def prepare_finetune(subjects: list[str], output: str, profile: str, cfg: Finetu
         what = f"checkpoints (latest {existing[-1].name})" if existing else f"a fine-tuned decoder ({RECORD})"
         raise UserError(f"{out} already holds {what}; pass --resume to continue that run, or use a new --output")
     identity = {
-        "profile": profile, "resolution": resolution, "precision": precision,
+        "profile": profile, "resolution": resolution,
         "subjects": {s.name: [sha256_file(p) for p in s.photos] for s in read},
     } | cfg.training_identity()
-    if existing:
-        saved = read_json(existing[-1] / IDENTITY)
-        differ = [f"{k} ({saved.get(k)!r} then, {v!r} now)" for k, v in identity.items() if saved.get(k) != v]
-        if differ:
-            raise UserError(f"checkpoint {existing[-1]} was trained otherwise: {'; '.join(differ)}; resume with the "
-                            "same subjects, photos and settings, or use a new --output")
-    return FinetuneJob(read, str(out), profile, cfg, device, precision, resolution, identity,
-                       str(existing[-1]) if existing else None)
+    resume_from = str(existing[-1]) if existing else None
+    job = FinetuneJob(read, str(out), profile, cfg, "", "", resolution, identity, resume_from)
+    _same_identity(job, job.identity)
+    return job
+
+
+def place(job: FinetuneJob, gpus: float) -> FinetuneJob:
+    """`job` on the Ray cluster that has `gpus` GPUs: its device and precision, the precision part of the identity
+    a resumed run must share."""
+    device, precision = _device_and_precision(job.cfg, gpus)
+    placed = replace(job, device=device, precision=precision, identity=job.identity | {"precision": precision})
+    _same_identity(placed, {"precision": precision})
+    return placed
+
+
+def _same_identity(job: FinetuneJob, keys: dict) -> None:
+    if not job.resume_from:
+        return
+    saved = read_json(Path(job.resume_from) / IDENTITY)
+    differ = [f"{k} ({saved.get(k)!r} then, {v!r} now)" for k, v in keys.items() if saved.get(k) != v]
+    if differ:
+        raise UserError(f"checkpoint {job.resume_from} was trained otherwise: {'; '.join(differ)}; resume with the "
+                        "same subjects, photos and settings, or use a new --output")
+
+
+def run_finetune(job: FinetuneJob) -> dict:
+    """Run `finetune` as a Ray task (a Ray session open; `job` placed): on a GPU node when its device is cuda, never in
+    the flow process. A task that dies (a killed worker, a lost node) is run again by Ray, up to
+    runtime.max_failures times, and resumes from the run's last checkpoint. Returns finetune.json's record."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from lambda_eclipse.ray_logs import relayed_logs
+
+    r = job.cfg.runtime
+    task = ray.remote(num_cpus=r.cpus, num_gpus=1 if job.device == "cuda" else 0, max_retries=r.max_failures,
+                      retry_exceptions=False)(_finetune_task)
+    with relayed_logs() as logs:
+        try:
+            return ray.get(task.remote(job, logs))
+        except RayTaskError as exc:
+            if isinstance(exc.cause, UserError):  # a bad setting or a diverged loss: in one line, as if run here
+                raise exc.cause from None
+            raise
+
+
+def _finetune_task(job: FinetuneJob, logs) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(job.cfg.runtime.cpus)))
+    existing = checkpoints(job.output)
+    if existing and str(existing[-1]) != job.resume_from:  # a retried task: its own run's checkpoints
+        job = replace(job, resume_from=str(existing[-1]))
+    with logs.forwarding("finetune", __name__):
+        return finetune(job)[1]
 
 
 class Trainer:

@@ -1,5 +1,6 @@
-"""finetune-decoder flow: one Prefect task runs the fine-tuning (finetune/train.py); the flow publishes what was
-trained (subjects, how each photo was embedded, loss, speed) as a markdown artifact and emits `EVENT`."""
+"""finetune-decoder flow: one Prefect task runs the fine-tuning (finetune/train.py) in a Ray task, on a GPU node when
+the cluster has GPUs, and relays its progress to the run log; the flow publishes what was trained (subjects, how each
+photo was embedded, loss, speed) as a markdown artifact and emits `EVENT`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from prefect.events import emit_event
 
 from finetune.config import load_finetune_config
 from finetune.subjects import parse_subject
-from finetune.train import FinetuneJob, finetune, prepare_finetune
+from finetune.train import FinetuneJob, place, prepare_finetune, run_finetune
 from flows.run_log import forwarded
+from lambda_eclipse.ray_session import cluster_resources, ray_session
 from storage.confine import confine
 
 EVENT = "lambda-eclipse.decoder.finetuned"
@@ -21,8 +23,8 @@ EVENT = "lambda-eclipse.decoder.finetuned"
 
 @task(name="finetune", cache_policy=NO_CACHE)
 def train(job: FinetuneJob) -> dict:
-    with forwarded(finetune.__module__):
-        return finetune(job)[1]
+    with forwarded(run_finetune.__module__):
+        return run_finetune(job)
 
 
 @flow(name="finetune-decoder")
@@ -36,10 +38,14 @@ def finetune_decoder(
 ) -> dict:
     """Fine-tune the Kandinsky 2.2 decoder UNet on the photos of `subjects` ("NAME=DIR"), into `output`."""
     confine(subjects=[parse_subject(s)[1] for s in subjects], output=output, config_file=config_file)
-    job = prepare_finetune(subjects, output, profile, load_finetune_config(config_file, overrides or []), resume)
-    get_run_logger().info("%s decoder, %d subject(s), %d px, %s on %s%s", profile, len(job.subjects), job.resolution,
-                          job.precision, job.device, f", resuming from {job.resume_from}" if job.resume_from else "")
-    record = train(job)
+    cfg = load_finetune_config(config_file, overrides or [])
+    job = prepare_finetune(subjects, output, profile, cfg, resume)
+    with ray_session(cfg.runtime.workers):
+        job = place(job, cluster_resources().get("GPU", 0))
+        get_run_logger().info("%s decoder, %d subject(s), %d px, %s on %s%s", profile, len(job.subjects),
+                              job.resolution, job.precision, job.device,
+                              f", resuming from {job.resume_from}" if job.resume_from else "")
+        record = train(job)
     lines = [f"# finetune-decoder: {record['steps']} steps", "",
              f"base decoder `{record['base_decoder']}`, {profile} profile, {record['resolution']} px, final loss "
              f"{record['loss']:.4g}, UNet `{Path(output) / record['unet']}`", "",

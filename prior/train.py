@@ -20,6 +20,7 @@ RUN_DIR layout:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -194,10 +195,12 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
 
 def run_training(job: TrainJob) -> dict:
     """Train on Ray Train, then return the run's summary (written by rank 0 to the run directory, read from there)."""
+    from lambda_eclipse.ray_logs import relayed_logs
     from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     r = job.cfg.runtime
-    with ray_session():  # first: it sets what Ray reads when imported
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ray_session())  # first: it sets what Ray reads when imported
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
@@ -214,9 +217,10 @@ def run_training(job: TrainJob) -> dict:
         filesystem, path = arrow(job.output)
         log.info("training on %d Ray Train worker(s) on %s; checkpoints in %s", trainers, device,
                  join(job.output, CHECKPOINTS))
+        logs = stack.enter_context(relayed_logs())
         trainer = TorchTrainer(
             _ray_worker,
-            train_loop_config={"job": job},
+            train_loop_config={"job": job, "logs": logs},
             scaling_config=ScalingConfig(num_workers=trainers, use_gpu=device == "cuda",
                                          resources_per_worker={"CPU": r.cpus_per_worker}),
             run_config=RunConfig(
@@ -232,8 +236,12 @@ def run_training(job: TrainJob) -> dict:
 
 
 def _ray_worker(config: dict) -> str | None:
+    import ray.train
+
+    label = f"trainer {ray.train.get_context().get_world_rank()}"
     try:
-        train_loop(config["job"])
+        with config["logs"].forwarding(label, __name__):  # progress and checkpoints in the flow's run log
+            train_loop(config["job"])
     except UserError as exc:  # raised by every trainer alike (its cause is all-reduced); Ray would retry errors
         return str(exc)
     return None

@@ -69,3 +69,14 @@ def rewrite_text_states_as_legacy(root, shard: int) -> None:
     stats["files"][paths["parquet"].name] = {"sha256": sha256_file(paths["parquet"]),
                                              "bytes": paths["parquet"].stat().st_size}
     write_json_atomic(paths["stats"], stats)
+
+
+def logs_of_latest_run(flow: str) -> str:
+    """The run log of the flow's latest run, from the Prefect API (prefect_harness)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        body = {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_DESC", "limit": 1}
+        (run,) = client.request("POST", "/flow_runs/filter", json=body).json()
+        body = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+        return "\n".join(r["message"] for r in client.request("POST", "/logs/filter", json=body).json())

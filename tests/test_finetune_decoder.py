@@ -3,18 +3,31 @@ decoder renders other images than the base one and the same ones once saved and 
 the uninterrupted run's exact weights, and bad input fails in one line before any model loads."""
 
 import json
+import re
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import logs_of_latest_run
 
 from finetune.config import DataSection, load_finetune_config
 from finetune.data import TrainingPhotos
-from finetune.train import CHECKPOINTS, Trainer, checkpoints, finetune, prepare_finetune, read_metrics
+from finetune.train import (
+    CHECKPOINTS,
+    Trainer,
+    checkpoints,
+    finetune,
+    place,
+    prepare_finetune,
+    read_metrics,
+    run_finetune,
+)
 from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
@@ -39,7 +52,8 @@ def subjects(tmp_path_factory):
 def trained(subjects, tmp_path_factory):
     """One uninterrupted run: (output directory, in-memory UNet, finetune.json record)."""
     output = tmp_path_factory.mktemp("finetuned") / "decoder"
-    unet, record = finetune(prepare_finetune(subjects, str(output), "tiny", load_finetune_config(None, SETTINGS)))
+    cfg = load_finetune_config(None, SETTINGS)
+    unet, record = finetune(place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
     return output, unet, record
 
 
@@ -109,14 +123,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(trained, subjects,
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        finetune(prepare_finetune(subjects, str(output), "tiny", cfg))
+        finetune(place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
     assert [c.name for c in checkpoints(output)] == ["step-00000004"]
     assert not (output / "unet").exists() and not (output / "finetune.json").exists()
     monkeypatch.setattr(Trainer, "train_step", step)
 
     with pytest.raises(UserError, match="already holds checkpoints .latest step-00000004.; pass --resume"):
         prepare_finetune(subjects, str(output), "tiny", cfg)
-    job = prepare_finetune(subjects, str(output), "tiny", cfg, resume=True)
+    job = place(prepare_finetune(subjects, str(output), "tiny", cfg, resume=True), 0)
     assert job.resume_from == str(output / CHECKPOINTS / "step-00000004")
     resumed, record = finetune(job)
 
@@ -143,7 +157,7 @@ def test_gradient_checkpointing_and_bf16_autocast(subjects, tmp_path):
     autocast close ones."""
     def gradients(name: str, *overrides: str) -> tuple[float, torch.Tensor]:
         cfg = load_finetune_config(None, ["data.segment=false", *overrides])
-        trainer = Trainer(prepare_finetune(subjects[:1], str(tmp_path / name), "tiny", cfg))
+        trainer = Trainer(place(prepare_finetune(subjects[:1], str(tmp_path / name), "tiny", cfg), 0))
         assert trainer.unet.is_gradient_checkpointing == ("runtime.gradient_checkpointing=true" in overrides)
         loss, _ = trainer.train_step()  # the gradients stay on the parameters until the next step
         return loss.item(), torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None])
@@ -209,11 +223,11 @@ def test_bad_input_is_one_line_and_exit_2(subject, message, tmp_path, capsys):
 
 def test_adamw8bit_without_bitsandbytes_names_the_package(monkeypatch, tmp_path):
     write_photos(tmp_path / "dog", 1, size=64)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable, whether installed or not
     cfg = load_finetune_config(None, ["finetune.optimizer=adamw8bit"])
+    job = prepare_finetune([f"dog={tmp_path / 'dog'}"], str(tmp_path / "out"), "tiny", cfg)
     with pytest.raises(UserError, match="needs bitsandbytes, which is not installed: pip install bitsandbytes"):
-        prepare_finetune([f"dog={tmp_path / 'dog'}"], str(tmp_path / "out"), "tiny", cfg)
+        place(job, gpus=1)  # a cluster with GPUs
 
 
 def test_help_explains_itself_and_imports_nothing_heavy():
@@ -228,11 +242,41 @@ def test_help_explains_itself_and_imports_nothing_heavy():
         assert text in out, text
 
 
-def test_cli_runs_the_flow(subjects, tmp_path, capsys, prefect_harness):
+def test_a_killed_training_task_is_run_again_by_ray_and_resumes(subjects, tmp_path, ray_local, caplog):
+    """The training runs in a Ray task (run_finetune); SIGKILLed after its first checkpoint, it is retried by Ray and
+    continues from that checkpoint, with no one restarting it."""
+    import logging
+
+    import psutil
+
+    caplog.set_level(logging.INFO, logger="finetune.train")
+    output = tmp_path / "decoder"
+    cfg = load_finetune_config(None, [*SETTINGS, "finetune.max_steps=60", "data.segment=false"])
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run_finetune, place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
+        deadline = time.monotonic() + 600
+        while not checkpoints(output):
+            assert not future.done(), future.result()
+            assert time.monotonic() < deadline, "no checkpoint in 600 s"
+            time.sleep(0.05)
+        (task,) = [p for p in psutil.process_iter(["cmdline"])
+                   if "ray::_finetune_task" in (p.info["cmdline"] or [""])[0]]  # Ray's title for a task's worker
+        task.kill()
+        record = future.result(timeout=600)
+    assert record["steps"] == 60 and (output / "unet").is_dir()
+    resumed = re.findall(r"\[finetune\] resumed from \S+step-(\d+) at step", caplog.text)
+    assert resumed and 4 <= int(resumed[0]) < 60, caplog.text
+    steps = [r["step"] for r in read_metrics(output)]
+    assert steps == list(range(4, 61, 4)), steps  # one history: the killed task's lines after its checkpoint are gone
+
+
+def test_cli_runs_the_flow(subjects, tmp_path, capsys, ray_local, prefect_harness):
     output = tmp_path / "decoder"
     assert main(["finetune-decoder", *[a for s in subjects[:1] for a in ("--subject", s)], "--output", str(output),
                  "--profile", "tiny", "--set", "finetune.max_steps=2", "--set", "data.segment=false"]) == 0
     assert "fine-tuned 2 steps on 2 photo(s) of 1 subject(s)" in capsys.readouterr().out
+    logs = logs_of_latest_run("finetune-decoder")
+    assert "[finetune] step 2: loss " in logs, logs  # the Ray task's progress, relayed to the flow's run log
     record = json.loads((output / "finetune.json").read_text())
     assert {p["embedded"] for p in record["subjects"][0]["photos"]} == {"whole photo"}
     assert record["models"].keys() == {"clip", "decoder"}  # no segmentation models loaded

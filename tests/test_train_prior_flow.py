@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+from conftest import logs_of_latest_run
 from PIL import Image
 
 from flows import train_prior as flow_module
@@ -47,11 +48,18 @@ def first_run(tmp_path_factory, prefect_harness):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
         assert args.run(args) == 0
-    return data, run, events
+    return data, run, events, logs_of_latest_run("train-prior")
+
+
+def test_the_training_workers_progress_reaches_the_run_log(first_run):
+    """The trainers run in Ray workers; their lines come to the flow's run log through lambda_eclipse/ray_logs.py."""
+    logs = first_run[3]
+    assert "[trainer 0] training from step 0 to 4 on 1 × cpu, batch 4 per trainer" in logs, logs
+    assert "[trainer 0] step 4: checkpoint " in logs and "[trainer 0] step 4 val: loss " in logs, logs
 
 
 def test_cli_run_publishes_the_dashboard_and_the_completion_event(first_run):
-    _, run, events = first_run
+    _, run, events, _ = first_run
     assert [e["event"] for e in events] == ["lambda-eclipse.prior.trained"]
     assert events[0]["resource"]["prefect.resource.id"].endswith(str(run))
     payload = events[0]["payload"]
@@ -77,7 +85,7 @@ def test_a_new_run_from_the_first_goes_data_parallel_and_returns_what_retraining
                                                                                        monkeypatch):
     """init_from: the first run's state (step 4) continues for train.steps_per_run=2 steps on two Ray Train workers
     (DistributedDataParallel, gloo on CPU) in a new run directory."""
-    data, run, _ = first_run
+    data, run, _, _ = first_run
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
     new = tmp_path / "new"
