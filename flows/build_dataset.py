@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
-from lambda_eclipse.report import contact_sheet, funnel_markdown, thumbnail_markdown
+from lambda_eclipse.report import contact_sheet, dropped_subjects, funnel_markdown, thumbnail_markdown
 from storage.confine import confine
 from storage.dataset_meta import write_meta
 from storage.fs import join, name, uri, write_bytes
@@ -174,6 +174,7 @@ def build_dataset(
         "inputs": sum(s["inputs"] for s in all_stats),
         "accepted": sum(s["accepted"] for s in all_stats),
         "rejected": sum(s["rejected"] for s in all_stats),
+        "dropped_subjects": dropped_subjects(all_stats),
         "contact_sheet": str(sheet) if sheet else None,
         "nodes": len(nodes),
     }

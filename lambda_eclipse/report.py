@@ -30,15 +30,25 @@ def merge_funnel(stats: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
+def dropped_subjects(stats: list[dict]) -> int:
+    """Subjects the features stage removed from samples it still accepted (0 for shards written before it was
+    counted)."""
+    return sum(s.get("dropped_subjects", 0) for s in stats)
+
+
 def funnel_markdown(stats: list[dict], contact_sheet: Location | None) -> str:
     inputs = sum(s["inputs"] for s in stats)
     accepted = sum(s["accepted"] for s in stats)
     seconds = sum(s["seconds"] for s in stats)
+    dropped = dropped_subjects(stats)
     lines = [
         "# build-dataset summary",
         "",
         f"{len(stats)} shards, {inputs} inputs, **{accepted} accepted**, {inputs - accepted} rejected"
         + (f", {inputs / seconds:.2f} images/s" if seconds else ""),
+        "",
+        f"{dropped} subject(s) dropped from accepted samples (each sample's JSON says which and why: "
+        "`dropped_subjects`)",
         "",
         "| stage | in | rejected | out |",
         "|---|---:|---:|---:|",

@@ -1,9 +1,11 @@
 """The build-dataset flow end to end on the tiny profile: Prefect + Ray + every stage + the shard contract."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -85,6 +87,18 @@ def test_stats_describe_the_files_and_the_funnel(built):
         assert stats["funnel"][0]["in"] == stats["inputs"]
         assert stats["funnel"][-1]["in"] - stats["funnel"][-1]["rejected"] == stats["accepted"]
         assert pq.read_metadata(paths["parquet"]).num_rows == stats["accepted"]
+
+
+def test_dropped_subjects_are_totalled_in_the_summary(built):
+    _, out, summary = built
+    per_sample = 0
+    for shard in complete_shards(out):
+        with tarfile.open(shard_paths(out, shard)["tar"]) as tar:
+            per_sample += sum(len(json.load(tar.extractfile(m))["dropped_subjects"])  # pyright: ignore[reportArgumentType]
+                              for m in tar if m.name.endswith(".json"))
+    per_shard = sum(read_json(shard_paths(out, s)["stats"])["dropped_subjects"] for s in complete_shards(out))
+    assert summary["dropped_subjects"] == per_shard == per_sample
+    assert f"{per_shard} subject(s) dropped from accepted samples" in (out / "summary.md").read_text()
 
 
 def test_dataset_json_and_features_have_the_dims(built):

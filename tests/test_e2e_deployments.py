@@ -316,7 +316,7 @@ def _completed_build_of(stack: Stack, output: Path) -> str:
     return run_id
 
 
-def _triggered(stack: Stack, deployment: str, timeout: float = 120, **parameters) -> dict:
+def _triggered(stack: Stack, deployment: str, timeout: float = 300, **parameters) -> dict:
     deadline = time.monotonic() + timeout
     while not (runs := stack.runs_of(deployment, **parameters)):
         assert time.monotonic() < deadline, f"no automation started {deployment} {parameters} in {timeout} s"
