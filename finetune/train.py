@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.config import PROFILES, FinetuneConfig
 from finetune.subjects import Subject, read_subjects
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from storage.fs import is_local
 from storage.layout import read_json, sha256_file, write_json_atomic
 
@@ -183,7 +183,7 @@ def run_finetune(job: FinetuneJob) -> dict:
     the flow process. A task that dies (a killed worker, a lost node) is run again by Ray, up to
     runtime.max_failures times, and resumes from the run's last checkpoint. Returns finetune.json's record."""
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayError
 
     from lambda_eclipse.ray_logs import relayed_logs
 
@@ -193,10 +193,12 @@ def run_finetune(job: FinetuneJob) -> dict:
     with relayed_logs() as logs:
         try:
             return ray.get(task.remote(job, logs))
-        except RayTaskError as exc:
-            if isinstance(exc.cause, UserError):  # a bad setting or a diverged loss: in one line, as if run here
-                raise exc.cause from None
-            raise
+        except RayError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UserError):  # a bad setting or a diverged loss: in one line, as if run here
+                raise cause from None
+            raise WorkerError(f"finetune-decoder's training task failed: {ray_error_reason(exc)}; {job.output} keeps "
+                              "its checkpoints: continue it with --resume") from exc
 
 
 def _finetune_task(job: FinetuneJob, logs) -> dict:

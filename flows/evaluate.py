@@ -26,8 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
-from generate.actors import ModelPool, WorkerError, model_pool
+from generate.actors import ModelPool, model_pool
 from generate.requests import Job
+from lambda_eclipse.errors import WorkerError
 from prior.registry import resolve_prior
 from storage.confine import confine
 

@@ -18,14 +18,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from generate.config import RuntimeSection
-from lambda_eclipse.errors import BuildError, UserError
+from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from tasks.actors import Placement
 
 IN_FLIGHT = 2  # calls queued per actor: the next prompt is already there when one finishes
-
-
-class WorkerError(BuildError):
-    """A model actor failed (not a user's input): one line naming the stage, the actor, its node and the cause."""
 
 
 def placement(gpus: float, cpus: float, actors: int, cluster: dict[str, float]) -> Placement:
@@ -78,17 +74,6 @@ class ModelActor:
         return fn(self.models, *args)
 
 
-def _reason(exc: BaseException) -> str:
-    """The cause of a Ray error in one line: the original exception's type (but a UserError's), its message's first
-    line and, when there are more, its last (a traceback's final line)."""
-    cause = getattr(exc, "cause", None) or exc
-    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(cause).__name__
-    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
-    return text if isinstance(cause, UserError) else f"{type(cause).__name__}: {text}"
-
-
 class ModelPool:
     """`actors` ModelActors of one stage ("generate", "evaluate"), loaded in parallel; calls spread over them."""
 
@@ -129,8 +114,8 @@ class ModelPool:
             at = f"{self.stage} actor {index}" + (f" (node {node[:8]})" if node else "")
             cause = getattr(exc, "cause", None)
             if isinstance(cause, UserError):
-                raise UserError(f"{at}, {doing}: {_reason(exc)}") from None
-            raise WorkerError(f"{at} failed {doing}: {_reason(exc)}") from exc
+                raise UserError(f"{at}, {doing}: {ray_error_reason(exc)}") from None
+            raise WorkerError(f"{at} failed {doing}: {ray_error_reason(exc)}") from exc
 
     def call(self, fn: Callable, *args, doing: str = "") -> Any:
         """`fn(models, *args)` on the first actor."""

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from prior.config import PROFILES, TrainConfig
 from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
@@ -201,7 +201,14 @@ def run_training(job: TrainJob) -> dict:
     r = job.cfg.runtime
     with contextlib.ExitStack() as stack:
         stack.enter_context(ray_session())  # first: it sets what Ray reads when imported
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import (
+            CheckpointConfig,
+            FailureConfig,
+            RunConfig,
+            ScalingConfig,
+            TrainingFailedError,
+            WorkerGroupError,
+        )
         from ray.train.torch import TorchTrainer
 
         gpus = int(cluster_resources().get("GPU", 0))
@@ -229,7 +236,15 @@ def run_training(job: TrainJob) -> dict:
                 failure_config=FailureConfig(max_failures=r.max_failures),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except WorkerGroupError as exc:  # a trainer failed more than runtime.max_failures times
+            failures = "; ".join(f"trainer {rank}: {ray_error_reason(error)}"
+                                 for rank, error in sorted(exc.worker_failures.items()))
+            raise WorkerError(f"train-prior failed after runtime.max_failures={r.max_failures} restarts: {failures}; "
+                              f"{job.output} keeps its checkpoints: continue it with --resume") from exc
+        except TrainingFailedError as exc:  # Ray Train's own controller failed
+            raise WorkerError(f"train-prior failed: {ray_error_reason(exc)}") from exc
     if isinstance(result.return_value, str):  # a UserError in the trainers (a non-finite loss): no retry helps
         raise UserError(result.return_value)
     return read_json(join(job.output, SUMMARY))

@@ -71,12 +71,20 @@ def rewrite_text_states_as_legacy(root, shard: int) -> None:
     write_json_atomic(paths["stats"], stats)
 
 
-def logs_of_latest_run(flow: str) -> str:
-    """The run log of the flow's latest run, from the Prefect API (prefect_harness)."""
+def logs_of_latest_run(flow: str, *until: str, timeout: float = 120) -> str:
+    """The run log of the flow's latest run, from the Prefect API (prefect_harness), once it holds every `until` (log
+    lines reach the API in batches, after the run may have returned) or `timeout` seconds have passed."""
+    import time
+
     from prefect import get_client
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         body = {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_DESC", "limit": 1}
         (run,) = client.request("POST", "/flow_runs/filter", json=body).json()
         body = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
-        return "\n".join(r["message"] for r in client.request("POST", "/logs/filter", json=body).json())
+        while True:
+            logs = "\n".join(r["message"] for r in client.request("POST", "/logs/filter", json=body).json())
+            if all(text in logs for text in until) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)

@@ -4,6 +4,7 @@ the uninterrupted run's exact weights, and bad input fails in one line before an
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from finetune.train import (
     run_finetune,
 )
 from lambda_eclipse.cli import main
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.errors import UserError, WorkerError
 from lambda_eclipse.synthetic import write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,13 +271,25 @@ def test_a_killed_training_task_is_run_again_by_ray_and_resumes(subjects, tmp_pa
     assert steps == list(range(4, 61, 4)), steps  # one history: the killed task's lines after its checkpoint are gone
 
 
+def test_a_failing_training_task_ends_the_run_in_one_line(tmp_path, ray_local):
+    write_photos(tmp_path / "dog", 1, size=64)
+    cfg = load_finetune_config(None, [*SETTINGS, "data.segment=false"])
+    job = place(prepare_finetune([f"dog={tmp_path / 'dog'}"], str(tmp_path / "out"), "tiny", cfg), 0)
+    shutil.rmtree(tmp_path / "out")  # the output became a file once the run had started: not a user's input
+    (tmp_path / "out").write_text("")
+    with pytest.raises(WorkerError, match=r"^finetune-decoder's training task failed: \w+: .+; \S+ keeps its "
+                                          r"checkpoints: continue it with --resume$"):
+        run_finetune(job)
+
+
 def test_cli_runs_the_flow(subjects, tmp_path, capsys, ray_local, prefect_harness):
     output = tmp_path / "decoder"
     assert main(["finetune-decoder", *[a for s in subjects[:1] for a in ("--subject", s)], "--output", str(output),
                  "--profile", "tiny", "--set", "finetune.max_steps=2", "--set", "data.segment=false"]) == 0
     assert "fine-tuned 2 steps on 2 photo(s) of 1 subject(s)" in capsys.readouterr().out
-    logs = logs_of_latest_run("finetune-decoder")
-    assert "[finetune] step 2: loss " in logs, logs  # the Ray task's progress, relayed to the flow's run log
+    line = "[finetune] step 2: loss "  # the Ray task's progress, relayed to the flow's run log
+    logs = logs_of_latest_run("finetune-decoder", line)
+    assert line in logs, logs
     record = json.loads((output / "finetune.json").read_text())
     assert {p["embedded"] for p in record["subjects"][0]["photos"]} == {"whole photo"}
     assert record["models"].keys() == {"clip", "decoder"}  # no segmentation models loaded

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from generate.actors import ModelPool, WorkerError, gpu_shortfall, placement
-from lambda_eclipse.errors import UserError
+from generate.actors import ModelPool, gpu_shortfall, placement
+from lambda_eclipse.errors import UserError, WorkerError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -4,12 +4,14 @@ stops clearly, starts a new run from another's state, picks the prior size from 
 import argparse
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.errors import UserError, WorkerError
 from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior import loss as loss_module
 from prior.cli import add_parser
@@ -25,6 +27,7 @@ from prior.train import (
     training_state,
 )
 from storage.fs import name
+from storage.layout import complete_shards, shard_paths
 
 FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 
@@ -95,6 +98,20 @@ def test_a_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path)
     assert {"optimizer", "scheduler", "scaler", "rng", "metrics"} <= state.keys()
     steps = [(r["split"], r["step"]) for r in read_metrics(tmp_path / "twice")]
     assert steps == sorted(steps, key=lambda s: s[1]) and ("val", 7) in steps and ("val", 12) in steps
+
+
+def test_a_trainer_that_keeps_failing_ends_the_run_in_one_line(dataset, tmp_path):
+    """A shard unreadable once the run has started: the trainer fails, is restarted runtime.max_failures times, and
+    the run ends with one line naming the trainer and the cause."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    job = prepare_training(str(data), str(tmp_path / "run"), None,
+                           load_train_config(None, FAST + ["train.max_steps=4", "runtime.max_failures=1"]), False)
+    for shard in complete_shards(data):
+        Path(shard_paths(data, shard)["parquet"]).write_bytes(b"not parquet")
+    with pytest.raises(WorkerError, match=r"^train-prior failed after runtime.max_failures=1 restarts: trainer 0: "
+                                          r"\w+: .*; \S+ keeps its checkpoints: continue it with --resume$"):
+        run_training(job)
 
 
 def test_a_non_finite_loss_stops_the_run_without_retries(dataset, tmp_path):
