@@ -100,6 +100,25 @@ def test_a_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path)
     assert steps == sorted(steps, key=lambda s: s[1]) and ("val", 7) in steps and ("val", 12) in steps
 
 
+def test_the_loss_options_reach_the_training_step(dataset, tmp_path):
+    """The first step's loss terms (same weights, same batch) under each loss option: reduction=mean divides Eq. 1's
+    squared error by d and leaves the contrastive term; similarity=cosine changes only the contrastive term."""
+    def first_step(name: str, *options: str) -> dict:
+        settings = FAST + ["train.max_steps=1", "log.every=1", "val.every=0", *options]
+        train(dataset, tmp_path / name, settings)
+        (record,) = [r for r in read_metrics(tmp_path / name) if r["split"] == "train"]
+        return record
+
+    d = json.loads((dataset / "dataset.json").read_text())["embed_dim"]
+    paper = first_step("sum-dot")
+    mean = first_step("mean-dot", "loss.reduction=mean")
+    cosine = first_step("sum-cosine", "loss.similarity=cosine", "loss.tau=0.01")
+    assert mean["mse"] == pytest.approx(paper["mse"] / d, rel=1e-5)
+    assert mean["contrastive"] == pytest.approx(paper["contrastive"], rel=1e-5)
+    assert cosine["mse"] == pytest.approx(paper["mse"], rel=1e-5)
+    assert cosine["contrastive"] != pytest.approx(paper["contrastive"], rel=1e-3)
+
+
 def test_a_trainer_that_keeps_failing_ends_the_run_in_one_line(dataset, tmp_path):
     """A shard unreadable once the run has started: the trainer fails, is restarted runtime.max_failures times, and
     the run ends with one line naming the trainer and the cause."""
