@@ -24,11 +24,16 @@ several epochs of every loader stream (every row group read, decoded and shuffle
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
+
+from lambda_eclipse.ray_session import TORCH_ENV
+
+os.environ.update(TORCH_ENV)  # before torch is imported: the loader here runs as in a Ray Train worker
 
 import torch
 
