@@ -73,10 +73,10 @@ def checkpoints(output: str | Path) -> list[Path]:
 def _device_and_precision(cfg: FinetuneConfig, gpus: float) -> tuple[str, str]:
     """Where the training task runs: on a GPU when the Ray cluster has any (the task then asks Ray for one), so the
     choice is the cluster's, not the flow process's node's (which on a cluster has none)."""
+    from lambda_eclipse.ray_session import cluster_device
+
     r = cfg.runtime
-    if r.device == "cuda" and not gpus:
-        raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
-    device = "cuda" if gpus and r.device != "cpu" else "cpu"
+    device = cluster_device(r.device, gpus)
     precision = r.precision if r.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     if precision == "fp16" and device == "cpu":
         raise UserError("runtime.precision=fp16 needs a CUDA device (loss scaling); use fp32 or bf16 on the CPU")

@@ -20,7 +20,6 @@ RUN_DIR layout:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -196,11 +195,10 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
 def run_training(job: TrainJob) -> dict:
     """Train on Ray Train, then return the run's summary (written by rank 0 to the run directory, read from there)."""
     from lambda_eclipse.ray_logs import relayed_logs
-    from lambda_eclipse.ray_session import cluster_resources, ray_session
+    from lambda_eclipse.ray_session import cluster_device, cluster_resources, ray_session
 
     r = job.cfg.runtime
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(ray_session())  # first: it sets what Ray reads when imported
+    with ray_session():  # first: it sets what Ray reads when imported
         from ray.train import (
             CheckpointConfig,
             FailureConfig,
@@ -212,9 +210,7 @@ def run_training(job: TrainJob) -> dict:
         from ray.train.torch import TorchTrainer
 
         gpus = int(cluster_resources().get("GPU", 0))
-        if r.device == "cuda" and not gpus:
-            raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
-        device = "cuda" if gpus and r.device != "cpu" else "cpu"
+        device = cluster_device(r.device, gpus)
         trainers = r.workers or (gpus if device == "cuda" else 1)
         shards = len(job.data.splits["train"].shards)
         if shards < trainers:
@@ -224,20 +220,19 @@ def run_training(job: TrainJob) -> dict:
         filesystem, path = arrow(job.output)
         log.info("training on %d Ray Train worker(s) on %s; checkpoints in %s", trainers, device,
                  join(job.output, CHECKPOINTS))
-        logs = stack.enter_context(relayed_logs())
-        trainer = TorchTrainer(
-            _ray_worker,
-            train_loop_config={"job": job, "logs": logs},
-            scaling_config=ScalingConfig(num_workers=trainers, use_gpu=device == "cuda",
-                                         resources_per_worker={"CPU": r.cpus_per_worker}),
-            run_config=RunConfig(
-                name=CHECKPOINTS, storage_path=path, storage_filesystem=filesystem,
-                checkpoint_config=CheckpointConfig(num_to_keep=job.cfg.checkpoint.keep),
-                failure_config=FailureConfig(max_failures=r.max_failures),
-            ),
-        )
         try:
-            result = trainer.fit()
+            with relayed_logs() as logs:
+                result = TorchTrainer(
+                    _ray_worker,
+                    train_loop_config={"job": job, "logs": logs},
+                    scaling_config=ScalingConfig(num_workers=trainers, use_gpu=device == "cuda",
+                                                 resources_per_worker={"CPU": r.cpus_per_worker}),
+                    run_config=RunConfig(
+                        name=CHECKPOINTS, storage_path=path, storage_filesystem=filesystem,
+                        checkpoint_config=CheckpointConfig(num_to_keep=job.cfg.checkpoint.keep),
+                        failure_config=FailureConfig(max_failures=r.max_failures),
+                    ),
+                ).fit()
         except WorkerGroupError as exc:  # a trainer failed more than runtime.max_failures times
             failures = "; ".join(f"trainer {rank}: {ray_error_reason(error)}"
                                  for rank, error in sorted(exc.worker_failures.items()))
