@@ -51,7 +51,7 @@ def bench_planning(tars: int, per_tar: int) -> None:
                 info = tarfile.TarInfo(f"{t:05d}{i:04d}.jpg")
                 info.size = len(member)
                 tar.addfile(info, io.BytesIO(member))
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(tmp / "in"),
+    cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(tmp / "in"),
            "--output", str(tmp / "out"), "--dry-run"]
     start = time.perf_counter()
     run = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -70,8 +70,8 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     from lambda_eclipse.ray_session import local_cluster
     from lambda_eclipse.synthetic import write_photos
     from storage.sources import plan_inputs
+    from tasks.features import describe_clip
     from tasks.pipeline import build_stages, run_local
-    from tasks.plan import describe_clip
     from tasks.unit import write_shard
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
@@ -104,7 +104,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     cfg = load_config(overrides=settings)
     start = time.perf_counter()
     stages = build_stages(cfg, "tiny")
-    clip = describe_clip(next(s for s in stages if s.name == "features").clip)  # type: ignore[attr-defined]
+    clip = describe_clip(next(s for s in stages if s.name == "features"))  # type: ignore[arg-type]
     load = time.perf_counter() - start
     loop, loop_units = {}, {}
     for n in (n1, n2):
@@ -147,8 +147,8 @@ def _stage_inputs(n: int, side: int):
     though random full-size models would reject almost everything upstream."""
     import numpy as np
 
-    from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
     from lambda_eclipse.synthetic import photo
+    from storage.sample import Detection, Noun, Sample, SourceRef
 
     samples = []
     for i in range(n):

@@ -7,9 +7,9 @@ weights), writes synthetic subject photos, loads the models once (timed), then m
   - end to end: images/s of `Generator.generate` (prior + Kandinsky 2.2 decoder, DDIM with classifier-free guidance)
     for `--images` images per prompt, and seconds per image.
 Medians over the measured prompts (on a shared machine the median is the steadier number).
-With `--actors N`, the same prompts again through N Ray model actors (generate/actors.py, as the flows run them, on a
-local Ray or RAY_ADDRESS's cluster): seconds until every actor has loaded its models, and images/s of the prompts
-spread over the actors (rendered there, returned to this process).
+With `--actors N`, the same prompts again through N Ray model actors (lambda_eclipse/actor_pool.py, as the flows run
+them, on a local Ray or RAY_ADDRESS's cluster): seconds until every actor has loaded its models, and images/s of the
+prompts spread over the actors (rendered there, returned to this process).
 
     python -m bench.generate [--profile tiny|paper-shapes] [--prompts 6] [--warmup 1] [--images 4] [--steps 50]
                               [--size PX] [--threads N] [--actors N]
@@ -108,15 +108,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _through_actors(plan, actors: int, warmup: int) -> None:
-    from generate.actors import ModelPool
     from generate.run import render_job
-    from lambda_eclipse.ray_session import ray_session
+    from lambda_eclipse.actor_pool import ActorPool, placement
+    from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     runtime = plan.cfg.runtime
     with ray_session(runtime.workers):
         start = time.perf_counter()
-        pool = ModelPool("generate", partial(Generator, plan.profile, plan.cfg, plan.prior), runtime.gpus,
-                         runtime.cpus, actors)
+        pool = ActorPool("generate", partial(Generator, plan.profile, plan.cfg, plan.prior),
+                         placement(runtime.gpus, runtime.cpus, actors, cluster_resources()))
         loaded = time.perf_counter() - start
         try:
             # the warm-up prompts, one per actor, so that every actor has run once

@@ -2,7 +2,7 @@
 
 The paper-size prior (prior/model.py's paper config: d = 1280, 10 layers, 34.8 M parameters), randomly initialised
 with `--seed`, takes one synthetic batch whose embeddings have unit-variance coordinates (norm ≈ √d, as
-`lambda_eclipse.synthetic_features` writes them); `--scale` multiplies every input embedding and the target, to see
+`storage.synthetic_features` writes them); `--scale` multiplies every input embedding and the target, to see
 how the `dot` option depends on the embeddings' norms. For each (reduction, similarity) with its τ (dot: loss.TAU,
 cosine: loss.TAU_COSINE) it prints both terms, the gradient norm of `mse` and of `lam · contrastive` over the
 model's parameters and over the prediction ẑ_x, and their ratio (contrastive / mse): how much the contrastive

@@ -37,12 +37,12 @@ os.environ.update(TORCH_ENV)  # before torch is imported: the loader here runs a
 
 import torch
 
-from lambda_eclipse.synthetic_features import write_feature_dataset
 from prior.config import load_train_config
 from prior.data import loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior
 from prior.train import prepare_training, read_metrics, run_training
+from storage.synthetic_features import write_feature_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lambda_eclipse.ray_session import local_cluster
-from lambda_eclipse.synthetic_features import write_feature_dataset
+from storage.synthetic_features import write_feature_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

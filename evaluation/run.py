@@ -13,8 +13,8 @@ Prompt i of the benchmark (its index in the full list, whatever max_prompts is) 
 evaluate.seed + i · images_per_prompt + k, so an interrupted run that continues, a longer run, and a run spread over
 any number of actors give the same numbers as one uninterrupted run on one actor.
 
-The models load in Ray actors (`Evaluator`, generate/actors.py); `score` runs there and returns a prompt's row and
-images, `record` writes them in the flow process.
+The models load in Ray actors (`Evaluator`, lambda_eclipse/actor_pool.py); `score` runs there and returns a prompt's
+row and images, `record` writes them in the flow process.
 """
 
 from __future__ import annotations

@@ -22,14 +22,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
+from flows.prepared import prepared
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
-from lambda_eclipse.report import contact_sheet, dropped_subjects, funnel_markdown, thumbnail_markdown
 from storage.confine import confine
 from storage.dataset_meta import write_meta
 from storage.fs import join, name, uri, write_bytes
 from storage.layout import read_json, shard_paths
 from storage.manifest import write_manifest
+from storage.report import contact_sheet, dropped_subjects, funnel_markdown, thumbnail_markdown
 from tasks.plan import BuildPlan, prepare_build
 
 TABLE_EVERY_SHARDS = 20  # the shard table artifact is re-published at most this often …
@@ -38,7 +39,8 @@ TABLE_EVERY_SECONDS = 60.0  # … or once a minute, and at the end
 
 @task(name="plan-build", cache_policy=NO_CACHE)
 def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config) -> BuildPlan:
-    plan = prepare_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config)
+    plan = prepared("build-dataset", lambda: prepare_build(inputs, output, profile, config_file, overrides, workers,
+                                                          gpus_per_stage, config))
     if plan.new:  # before any shard: a rerun, even after a crash, keeps every unit's boundaries
         write_manifest(plan.output, plan.units)
     return plan
@@ -132,7 +134,7 @@ def build_dataset(
         with ray_session(plan.cfg.runtime.workers), tqdm(
             total=len(plan.todo), unit="shard", desc="build-dataset", disable=None
         ) as bar:
-            pools = StagePools(plan.cfg, profile)
+            pools = StagePools(plan.cfg, profile, logger)
             nodes.update(pools.nodes)
             logger.info("model actors ready on %d node(s): %s", len(pools.nodes), pools.describe())
             try:

@@ -1,6 +1,6 @@
 """evaluate flow: DreamBench / Multibench prompts → images → DINO, CLIP-I, CLIP-T (evaluation/run.py).
 
-The models load in `evaluate.actors` Ray actors that ask for GPUs (generate/actors.py; `runtime.gpus`), so on a
+The models load in `evaluate.actors` Ray actors that ask for GPUs (lambda_eclipse/actor_pool; `runtime.gpus`), so on a
 cluster they run on GPU nodes; this process plans, dispatches prompts to them and writes what they return. One Prefect
 task per group of prompts (a DreamBench subject's 25 prompts, or one Multibench template's subject combinations), its
 prompts spread over the actors. Finished prompts are skipped, so a rerun — or a task retry — continues where the
@@ -26,8 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
-from generate.actors import ModelPool, model_pool
+from flows.prepared import prepared
 from generate.requests import Job
+from lambda_eclipse.actor_pool import ActorPool, model_pool
 from lambda_eclipse.errors import WorkerError
 from prior.registry import resolve_prior
 from storage.confine import confine
@@ -39,7 +40,7 @@ def group_of(prompt: BenchPrompt) -> str:
 
 
 @task(name="evaluate-prompts", cache_policy=NO_CACHE, retries=1)
-def evaluate_group(pool: ModelPool, plan: EvalPlan, items: list[tuple[BenchPrompt, Job]]) -> list[tuple[dict, int]]:
+def evaluate_group(pool: ActorPool, plan: EvalPlan, items: list[tuple[BenchPrompt, Job]]) -> list[tuple[dict, int]]:
     """Score the group's prompts on the pool's actors, writing each as it comes back: (row, actor index) each."""
     done = {row["id"] for row in plan.results().read()}  # a retry skips what its failed try finished
     items = [(p, j) for p, j in items if p.id not in done]
@@ -50,7 +51,7 @@ def evaluate_group(pool: ModelPool, plan: EvalPlan, items: list[tuple[BenchPromp
     return rows
 
 
-def _dtype(pool: ModelPool) -> str:
+def _dtype(pool: ActorPool) -> str:
     dtypes = {w["dtype"] for w in pool.where}
     if len(dtypes) != 1:
         raise WorkerError(f"evaluate actors run in different dtypes ({', '.join(sorted(dtypes))}); set runtime.dtype "
@@ -76,7 +77,8 @@ def evaluate(
     logger = get_run_logger()
     prior = resolve_prior(prior)
     confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
-    plan = prepare_evaluation(benchmark, data, prior, output, profile, config_file, overrides, decoder)
+    plan = prepared("evaluate", lambda: prepare_evaluation(benchmark, data, prior, output, profile, config_file,
+                                                           overrides, decoder))
     todo = plan.todo()
     e = plan.cfg.evaluate
     for warning in plan.generate.warnings:

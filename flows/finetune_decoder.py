@@ -14,6 +14,7 @@ from prefect.events import emit_event
 from finetune.config import load_finetune_config
 from finetune.subjects import parse_subject
 from finetune.train import FinetuneJob, place, prepare_finetune, run_finetune
+from flows.prepared import prepared
 from flows.run_log import forwarded
 from lambda_eclipse.ray_session import cluster_resources, ray_session
 from storage.confine import confine
@@ -38,9 +39,10 @@ def finetune_decoder(
 ) -> dict:
     """Fine-tune the Kandinsky 2.2 decoder UNet on the photos of `subjects` ("NAME=DIR"), into `output`."""
     confine(subjects=[parse_subject(s)[1] for s in subjects], output=output, config_file=config_file)
-    cfg = load_finetune_config(config_file, overrides or [])
-    job = prepare_finetune(subjects, output, profile, cfg, resume)
-    with ray_session(cfg.runtime.workers):
+    job = prepared("finetune-decoder", lambda: prepare_finetune(subjects, output, profile,
+                                                                load_finetune_config(config_file, overrides or []),
+                                                                resume))
+    with ray_session(job.cfg.runtime.workers):
         job = place(job, cluster_resources().get("GPU", 0))
         get_run_logger().info("%s decoder, %d subject(s), %d px, %s on %s%s", profile, len(job.subjects),
                               job.resolution, job.precision, job.device,

@@ -1,5 +1,5 @@
 """generate and interpolate flows. The models load once per run, in a Ray actor that asks for a GPU
-(generate/actors.py; `runtime.gpus`), so on a cluster they run on a GPU node; this process plans, dispatches one
+(lambda_eclipse/actor_pool; `runtime.gpus`), so on a cluster they run on a GPU node; this process plans, dispatches one
 Prefect task per prompt (its images, rendered by the actor and written here) or one for the whole interpolation grid.
 Each run publishes an image artifact (the image, contact sheet or grid) and a markdown artifact (what was generated,
 with seeds and files); the files stay in the output directory.
@@ -15,13 +15,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from generate.actors import ModelPool, model_pool
+from flows.prepared import prepared
 from generate.config import load_generate_config
-from generate.interpolate import GRID, check_grid, grid_images, write_grid
+from generate.interpolate import GRID, grid_images, write_grid
 from generate.pipeline import Generator
 from generate.plan import GeneratePlan, prepare
-from generate.requests import Job, corner_requests, requests_from_args
+from generate.requests import Job, check_grid, corner_requests, requests_from_args
 from generate.run import render_job, write_contact_sheet, write_job
+from lambda_eclipse.actor_pool import ActorPool, model_pool
 from prior.registry import resolve_prior
 from storage.confine import confine
 
@@ -32,7 +33,7 @@ def models(plan: GeneratePlan) -> partial:
 
 
 @task(name="generate-prompt", cache_policy=NO_CACHE)
-def generate_prompt(pool: ModelPool, job: Job, plan: GeneratePlan) -> list[str]:
+def generate_prompt(pool: ActorPool, job: Job, plan: GeneratePlan) -> list[str]:
     images, metadata = pool.call(render_job, job, plan.settings, doing=f"generating prompt {job.index}")
     return [str(p) for p in write_job(job, images, metadata, plan.output)]
 
@@ -85,11 +86,15 @@ def generate(
     `prior` None: the prior registry's current prior."""
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file, decoder=decoder)
-    cfg = load_generate_config(config_file, overrides or [])
-    requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
-    plan = prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment, decoder=decoder)
+
+    def plan_it() -> GeneratePlan:
+        requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
+        cfg = load_generate_config(config_file, overrides or [])
+        return prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment, decoder=decoder)
+
+    plan = prepared("generate", plan_it)
     _report(plan)
-    with model_pool("generate", models(plan), cfg.runtime, 1, get_run_logger()) as pool:
+    with model_pool("generate", models(plan), plan.cfg.runtime, 1, get_run_logger()) as pool:
         paths = [[Path(p) for p in generate_prompt(pool, job, plan)] for job in plan.jobs]
     sheet = write_contact_sheet(plan.jobs, paths, plan.output)
     shown = sheet or paths[0][0]
@@ -106,7 +111,7 @@ def generate(
 
 
 @task(name="render-grid", cache_policy=NO_CACHE)
-def grid_task(pool: ModelPool, plan: GeneratePlan, steps: int, seed: int) -> dict:
+def grid_task(pool: ActorPool, plan: GeneratePlan, steps: int, seed: int) -> dict:
     images, cells, metadata = pool.call(grid_images, plan.jobs, steps, seed, plan.settings,
                                         doing="rendering the interpolation grid")
     return write_grid(images, cells, metadata, plan.output)
@@ -135,12 +140,11 @@ def interpolate(
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, config_file=config_file, decoder=decoder)
     check_grid(len(corners), steps)
-    cfg = load_generate_config(config_file, overrides or [])
-    requests = corner_requests(prompts, corners, seed)
-    plan = prepare(requests, prior, output, profile, cfg, inference_steps, guidance, height, width, segment,
-                   decoder=decoder)
+    plan = prepared("interpolate", lambda: prepare(corner_requests(prompts, corners, seed), prior, output, profile,
+                                                   load_generate_config(config_file, overrides or []), inference_steps,
+                                                   guidance, height, width, segment, decoder=decoder))
     _report(plan)
-    with model_pool("interpolate", models(plan), cfg.runtime, 1, get_run_logger()) as pool:
+    with model_pool("interpolate", models(plan), plan.cfg.runtime, 1, get_run_logger()) as pool:
         metadata = grid_task(pool, plan, steps, seed)
     path = plan.output / GRID
     publish_image(path, "interpolate-grid", f"{metadata['rows']}×{metadata['columns']} interpolation, seed {seed}")

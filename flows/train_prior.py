@@ -19,6 +19,7 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from flows.prepared import prepared
 from flows.run_log import forwarded
 from prior.config import load_train_config
 from prior.train import TrainJob, prepare_training, read_metrics, run_training
@@ -54,7 +55,9 @@ def train_prior(
     validation's)."""
     logger = get_run_logger()
     confine(data=data, output=output, config_file=config_file, init_from=init_from)
-    job = prepare_training(data, output, profile, load_train_config(config_file, overrides or []), resume, init_from)
+    job = prepared("train-prior", lambda: prepare_training(data, output, profile,
+                                                          load_train_config(config_file, overrides or []), resume,
+                                                          init_from))
     if job.warning:
         logger.warning("warning: %s", job.warning)
     start = ""

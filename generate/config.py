@@ -3,9 +3,9 @@
 Parsed like the build config (lambda_eclipse/config.py): defaults, then a YAML file, then `--set section.key=value`.
 The generation parameters themselves (prompt, seed, steps, guidance, size) are command-line flags.
 
-The models run in Ray actors (generate/actors.py), not in the flow process: `runtime.gpus` and `runtime.cpus` are what
-each actor asks Ray for, so that on a cluster the actors land on GPU nodes; `device` and `dtype` are resolved inside
-the actor, on the node that runs it.
+The models run in Ray actors (lambda_eclipse/actor_pool), not in the flow process: `runtime.gpus` and `runtime.cpus`
+are what each actor asks Ray for, so that on a cluster the actors land on GPU nodes; `device` and `dtype` are resolved
+inside the actor, on the node that runs it.
 """
 
 from __future__ import annotations

@@ -19,23 +19,9 @@ import torch
 
 from generate.outputs import grid, job_metadata
 from generate.pipeline import Generator
-from generate.requests import Job, RenderSettings
-from lambda_eclipse.errors import UserError
+from generate.requests import Job, RenderSettings, check_grid
 
-CORNERS = (2, 4)
 GRID, METADATA, EMBEDDINGS = "interpolation.png", "interpolation.json", "embeddings.npy"
-
-
-def check_corners(corners: int) -> None:
-    if corners not in CORNERS:
-        raise UserError(f"--corners takes 2 or 4 concept sets (the ends of a row, or the corners of a square), "
-                        f"got {corners}")
-
-
-def check_grid(corners: int, steps: int) -> None:
-    check_corners(corners)
-    if steps < 2:
-        raise UserError(f"--steps must be ≥ 2 (the grid includes its corners), got {steps}")
 
 
 def bilinear_weights(corners: int, steps: int) -> np.ndarray:

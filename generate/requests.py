@@ -196,11 +196,24 @@ def requests_from_args(prompt: str | None, subjects: list[str] | None, canny: st
     return [GenerateRequest(prompt, [parse_subject(s) for s in subjects or []], canny, seed, num_images)]
 
 
+CORNERS = (2, 4)  # interpolate's grid: the ends of a row, or the corners of a square
+
+
+def check_corners(corners: int) -> None:
+    if corners not in CORNERS:
+        raise UserError(f"--corners takes 2 or 4 concept sets (the ends of a row, or the corners of a square), "
+                        f"got {corners}")
+
+
+def check_grid(corners: int, steps: int) -> None:
+    check_corners(corners)
+    if steps < 2:
+        raise UserError(f"--steps must be ≥ 2 (the grid includes its corners), got {steps}")
+
+
 def corner_requests(prompts: list[str], corners: list[str], seed: int) -> list[GenerateRequest]:
     """interpolate's corners: each a comma-separated list of WORD=IMAGE[:MASK] (may be empty: the prompt alone), with
     one prompt shared by all corners or one prompt per corner."""
-    from generate.interpolate import check_corners
-
     check_corners(len(corners))
     if len(prompts) not in (1, len(corners)):
         raise UserError(f"give one --prompt for all corners or one per corner ({len(corners)}), got {len(prompts)}")

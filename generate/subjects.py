@@ -20,7 +20,7 @@ from PIL import Image
 
 from lambda_eclipse.config import BuildConfig, DecodeConfig, ModelsConfig, RuntimeConfig, SubjectsConfig
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
+from storage.sample import Detection, Noun, Sample, SourceRef
 from tasks.crops import subject_crop
 from tasks.decode import BadImage, decode_rgb
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 
 CONTEXT_LENGTH = 77
 

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
 from storage.fs import Location, join, makedirs, open_file, remove
 from storage.layout import (
     DATA_FILES,
@@ -32,6 +31,7 @@ from storage.layout import (
     staging_path,
     write_json_atomic,
 )
+from storage.sample import Sample
 from storage.schema import REJECTS, feature_table
 
 ROW_GROUP = 256

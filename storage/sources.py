@@ -21,8 +21,8 @@ from typing import Literal
 from fsspec.implementations.local import LocalFileSystem
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.sample import Sample, SourceRef
 from storage.fs import Location, join, location, name, open_file, resolve
+from storage.sample import Sample, SourceRef
 
 CAPTION_EXTENSIONS = (".txt", ".json")
 UnitKind = Literal["folder", "tar"]

@@ -1,4 +1,4 @@
-"""`lambda-eclipse validate-dataset DIR`: read back every shard of a built dataset and check it against its
+"""`lambda-eclipse validate-dataset DIR`'s checker: read back every shard of a built dataset and check it against its
 `_stats.json` and `dataset.json` (the shard contract, shared/DESIGN.md).
 
 Checked, per complete shard: every file listed in `_stats.json` exists with its size and sha256; the features
@@ -16,7 +16,6 @@ batch whatever the dataset's size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -445,63 +444,6 @@ def _flat_floats(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
            or pa.types.is_fixed_size_list(column.type)):
         column = column.flatten()
     return column.to_numpy(zero_copy_only=False)
-
-
-# -- command line ----------------------------------------------------------------------------------------------
-
-EPILOG = """\
-checks, per shard with _stats.json: sha256 and size of every file it lists; Parquet schema and embedding dims
-(vs dataset.json); row counts and split counts vs _stats.json; each row's split = its key's hash split; no NaN or
-infinite values; the rejects' counts by stage; the tar's keys and members. Across shards: every key unique; the
-train fraction within --split-tolerance of the configured one (default: 4 binomial standard deviations).
-
-exit status: 0 valid, 1 invalid (every problem is printed, naming its shard), 2 not a dataset / bad arguments.
-
-examples:
-  lambda-eclipse validate-dataset out/dataset
-  lambda-eclipse validate-dataset s3://bucket/datasets/v3 --json report.json
-"""
-
-
-def add_parser(subcommands) -> argparse.ArgumentParser:
-    parser = subcommands.add_parser(
-        "validate-dataset",
-        help="check every shard of a built dataset against its _stats.json and dataset.json",
-        description="Read back every shard of a λ-ECLIPSE dataset and check it; prints a report.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("data", metavar="DIR", help="dataset directory written by build-dataset (path or fsspec URL)")
-    parser.add_argument("--split-tolerance", type=float, default=None, metavar="X",
-                        help="largest allowed |train fraction − configured| [default: 4 binomial standard deviations]")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    parser.add_argument("--no-flow", action="store_true",
-                        help="check without Prefect (no flow run, no artifacts); same checks and exit status")
-    parser.set_defaults(run=_run)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    from lambda_eclipse.errors import UserError
-
-    fs, base = _fs(args.data)
-    if not fs.isfile(f"{base}/{DATASET_JSON}"):
-        raise UserError(f"{args.data} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); build one with "
-                        "`lambda-eclipse build-dataset`")
-    if args.no_flow:
-        report = validate(args.data, args.split_tolerance).to_dict()
-    else:
-        from flows.validate_dataset import validate_dataset
-
-        try:
-            report = validate_dataset(data=args.data, split_tolerance=args.split_tolerance)
-        except DatasetInvalid as exc:  # the flow run failed with this reason; the report is attached
-            report = exc.report
-    print(report["text"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0 if report["ok"] else 1
 
 
 class DatasetInvalid(Exception):

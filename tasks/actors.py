@@ -1,4 +1,5 @@
-"""The Ray adapter for model stages: one pool of actors per stage, sized and placed from what the stage declares.
+"""build-dataset's model stages on Ray: one pool of actors per stage (lambda_eclipse.actor_pool), sized and placed
+from what the stage declares.
 
 Each actor loads its stage's model once and then serves batches from every work unit being built; pools are
 created together, so the models load in parallel, and are ready before the first unit starts. An actor that
@@ -9,25 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from functools import partial
 
+from lambda_eclipse.actor_pool import ActorPool, Placement, floor_cpus
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import Stage
 from tasks.pipeline import MODEL_STAGES, STAGES
 
 PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
-
-
-@dataclass
-class Placement:
-    """What one actor of a stage gets: Ray resources, torch threads, and how many actors."""
-
-    cpus: float
-    gpus: float
-    actors: int
-    threads: int
 
 
 def _checked(mapping: dict, what: str) -> dict:
@@ -56,11 +48,6 @@ def _scale(cluster: dict[str, float], wanted: dict[str, tuple[float, float, int]
     return min(1.0, cluster.get("CPU", os.cpu_count() or 1) / total)
 
 
-def _floor(cpus: float) -> float:
-    """Rounded down, so that shares that fill a node exactly still fit on it."""
-    return math.floor(cpus * 10_000) / 10_000
-
-
 def _wanted(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, tuple[float, float, int]]:
     gpus = _checked(cfg.runtime.gpus, "gpus")
     actors = _checked(cfg.runtime.actors, "actors")
@@ -79,7 +66,7 @@ def placements(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, Placeme
     wanted = _wanted(cfg, cluster)
     scale = _scale(cluster, wanted)
     return {
-        name: Placement(cpus=_floor(c * scale), gpus=g, actors=n, threads=max(1, math.floor(c * scale)))
+        name: Placement(cpus=floor_cpus(c * scale), gpus=g, actors=n, threads=max(1, math.floor(c * scale)))
         for name, (c, g, n) in wanted.items()
     }
 
@@ -89,66 +76,46 @@ UNIT_CPUS = 1.0  # a unit task before scaling: decode, CPU filters, crops, Canny
 
 def unit_cpus(cfg: BuildConfig, cluster: dict[str, float]) -> float:
     """A unit task's CPUs: scaled like the actors', so that on a small cluster one fits beside them."""
-    return _floor(UNIT_CPUS * _scale(cluster, _wanted(cfg, cluster)))
+    return floor_cpus(UNIT_CPUS * _scale(cluster, _wanted(cfg, cluster)))
 
 
-class StageActor:
-    """Serves one model stage. Pixels arrive as object-store references and are read zero-copy."""
+def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> list[Sample]:
+    """A model stage's call on its actor (`ActorPool`'s `run`): pixels arrive as object-store references and are
+    read zero-copy; only the fields the stage adds travel back."""
+    import ray
 
-    def __init__(self, stage: type[Stage], cfg: BuildConfig, profile: str, threads: int, gpus: float):
-        if not gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # an actor that asked for no GPU must not use one
-        import torch
-
-        torch.set_num_threads(threads)
-        self.stage = stage(cfg, profile)
-        self.chunk = stage.batch_size_for(cfg, 0)
-
-    def ready(self) -> str:
-        """The node this actor runs on, once its model has loaded."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def describe(self) -> dict:
-        """The features stage's CLIP dims and zero-image embedding, for dataset.json (no second model load)."""
-        from tasks.plan import describe_clip
-
-        return describe_clip(self.stage.clip)  # type: ignore[attr-defined]
-
-    def process(self, samples: list[Sample], pixels: list[dict]) -> list[Sample]:
-        import ray
-
-        for sample, refs in zip(samples, pixels, strict=True):
-            for field, ref in refs.items():
-                setattr(sample, field, ray.get(ref))
-        step = self.chunk or len(samples)
-        for i in range(0, len(samples), step):
-            self.stage(samples[i : i + step])
-        for sample, refs in zip(samples, pixels, strict=True):
-            for field in refs:
-                setattr(sample, field, None)  # the caller holds them; don't send them back
-        return samples
+    for sample, refs in zip(samples, pixels, strict=True):
+        for field, ref in refs.items():
+            setattr(sample, field, ray.get(ref))
+    step = stage.batch_size or len(samples)
+    for i in range(0, len(samples), step):
+        stage(samples[i : i + step])
+    for sample, refs in zip(samples, pixels, strict=True):
+        for field in refs:
+            setattr(sample, field, None)  # the caller holds them; don't send them back
+    return samples
 
 
 class StagePools:
-    """The actor pools of every model stage; unit tasks get their handles and spread calls over each pool."""
+    """The actor pools of every model stage (lambda_eclipse.actor_pool); unit tasks get their handles and spread
+    calls over each pool."""
 
-    def __init__(self, cfg: BuildConfig, profile: str):
-        import ray
-
+    def __init__(self, cfg: BuildConfig, profile: str, log=None):
         from lambda_eclipse.ray_session import cluster_resources
 
         self.placements = placements(cfg, cluster_resources())
-        self.pools: dict[str, list] = {}
-        for stage in (s for s in STAGES if s.uses_model):
-            p = self.placements[stage.name]
-            remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(StageActor)
-            self.pools[stage.name] = [
-                remote.remote(stage, cfg, profile, p.threads, p.gpus) for _ in range(p.actors)
-            ]
-        # Every model loads at once; a model that cannot load fails the build here, before any unit starts.
-        self.nodes = set(ray.get([a.ready.remote() for pool in self.pools.values() for a in pool]))
+        self.pools: dict[str, ActorPool] = {}
+        try:
+            for stage in (s for s in STAGES if s.uses_model):
+                self.pools[stage.name] = ActorPool(stage.name, partial(stage, cfg, profile),
+                                                   self.placements[stage.name], log, start=False)
+            # Every model loads at once; a model that cannot load fails the build here, before any unit starts.
+            for pool in self.pools.values():
+                pool.wait_ready()
+        except BaseException:
+            self.shutdown()
+            raise
+        self.nodes = set().union(*(pool.nodes for pool in self.pools.values()))
 
     def describe(self) -> str:
         return ", ".join(
@@ -157,16 +124,13 @@ class StagePools:
         )
 
     def handles(self) -> dict[str, list]:
-        return self.pools
+        return {name: pool.actors for name, pool in self.pools.items()}
 
     def describe_clip(self) -> dict:
-        import ray
+        from tasks.features import describe_clip
 
-        return ray.get(self.pools["features"][0].describe.remote())
+        return self.pools["features"].call(describe_clip, doing="describing its CLIP model")
 
     def shutdown(self) -> None:
-        import ray
-
         for pool in self.pools.values():
-            for actor in pool:
-                ray.kill(actor)
+            pool.shutdown()

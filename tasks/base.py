@@ -10,7 +10,7 @@ import time
 from typing import ClassVar
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 
 
 class Stage:

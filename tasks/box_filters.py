@@ -10,7 +10,7 @@ from collections import Counter
 
 from lambda_eclipse.config import BoxesConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Detection, Sample
+from storage.sample import Detection, Sample
 from tasks.base import Stage
 from tasks.geometry import box_size
 

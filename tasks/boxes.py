@@ -14,7 +14,7 @@ import numpy as np
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Detection, Sample
+from storage.sample import Detection, Sample
 from tasks.base import ModelStage
 
 if TYPE_CHECKING:

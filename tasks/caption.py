@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import ModelStage
 
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Detection, Sample
+from storage.sample import Detection, Sample
 from tasks.base import Stage
 from tasks.geometry import pixel_bounds
 

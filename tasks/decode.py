@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import Stage
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")

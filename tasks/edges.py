@@ -15,7 +15,7 @@ import numpy as np
 
 from lambda_eclipse.config import EdgeConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import Stage
 
 EDGE_SIZE = EdgeConfig.size  # the default edge.size, which generate's --canny uses too

@@ -11,7 +11,7 @@ import numpy as np
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from storage.schema import CONTEXT_LENGTH
 from tasks.base import ModelStage
 
@@ -89,3 +89,14 @@ class ClipFeatures(ModelStage):
                 "token_ids": token_ids[i].astype(np.int32),
                 "attention_mask": mask[i].astype(np.int8),
             }
+
+
+def describe_clip(stage: ClipFeatures) -> dict:
+    """Embedding dims, model id and the all-zero-image embedding of the stage's loaded CLIP, for dataset.json."""
+    clip = stage.clip
+    return {
+        "embed_dim": clip.embed_dim,
+        "text_width": clip.text_width,
+        "model_id": clip.model_id,
+        "zero_image_embedding": [float(x) for x in clip.zero_image_embedding()],
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Detection, Sample
+from storage.sample import Detection, Sample
 from tasks.base import Stage
 from tasks.geometry import containment, pixel_bounds
 

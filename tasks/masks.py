@@ -11,7 +11,7 @@ import numpy as np
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import ModelStage
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Noun, Sample
+from storage.sample import Noun, Sample
 from tasks.base import Stage
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import Stage
 from tasks.box_filters import BoxFilters
 from tasks.boxes import Boxes

@@ -143,13 +143,3 @@ def prepare_build(
             )
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
     return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops)
-
-
-def describe_clip(clip) -> dict:
-    """Embedding dims, model id and the all-zero-image embedding of a loaded CLIP bundle, for dataset.json."""
-    return {
-        "embed_dim": clip.embed_dim,
-        "text_width": clip.text_width,
-        "model_id": clip.model_id,
-        "zero_image_embedding": [float(x) for x in clip.zero_image_embedding()],
-    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lambda_eclipse.sample import Detection, Sample
+from storage.sample import Detection, Sample
 from tasks.base import Stage
 
 

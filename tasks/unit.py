@@ -17,11 +17,11 @@ from itertools import islice
 import ray
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
 from storage.sources import WorkUnit
-from tasks.actors import PIXELS
+from tasks.actors import PIXELS, process_batch
 from tasks.base import Stage
 from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
 
@@ -73,7 +73,7 @@ class UnitRunner:
                 light = _without(sample, PIXELS)
                 sent.append(light)
             batch.live = live
-            batch.ref = actor.process.remote(sent, refs)
+            batch.ref = actor.run.remote(process_batch, sent, refs)
             return
 
     def _receive(self, batch: _Batch, results: list[Sample]) -> None:

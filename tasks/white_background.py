@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Sample
+from storage.sample import Sample
 from tasks.base import Stage
 
 

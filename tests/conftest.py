@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest
 
-from lambda_eclipse.synthetic_features import featured_sample  # noqa: F401  (tests import it from here)
+from storage.synthetic_features import featured_sample  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
+from storage.sample import Detection, Reject, Sample, SourceRef
 from tasks.box_filters import BoxFilters
 
 GOOD = (10, 10, 40, 40)  # area ratio 0.09, width/height 1 in the 100 × 100 image

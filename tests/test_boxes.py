@@ -3,7 +3,7 @@ import pytest
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
-from lambda_eclipse.sample import Noun, Reject, Sample, SourceRef
+from storage.sample import Noun, Reject, Sample, SourceRef
 from tasks.box_filters import box_problem
 from tasks.boxes import Boxes, noun_token_positions, prompt
 

@@ -201,7 +201,7 @@ def test_dry_run_plans_without_starting_anything(built):
     photos, out, _ = built
     (photos / "later.jpg").write_bytes((photos / "photo_00002.jpg").read_bytes())
     try:
-        cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos)]
+        cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos)]
         cmd += ["--output", str(out)]
         run = subprocess.run([*cmd, *(a for s in SETTINGS for a in ("--set", s)), "--dry-run"],
                              capture_output=True, text=True, timeout=120)
@@ -223,7 +223,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path):
     photos, reference, _ = built
     out = tmp_path / "killed"
     env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
+    cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
     cmd += [a for s in SETTINGS for a in ("--set", s)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240

@@ -4,7 +4,7 @@ import torch
 
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.models.tiny_vocab import NOUNS
-from lambda_eclipse.sample import Reject, Sample, SourceRef
+from storage.sample import Reject, Sample, SourceRef
 from tasks.caption import Caption
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lambda_eclipse.cli import main, parser
+from flows.cli import main, parser
 from lambda_eclipse.synthetic import write_photos
 
 
@@ -66,7 +66,7 @@ def test_unknown_profile_is_rejected_by_the_parser(photos, tmp_path, capsys):
 
 def test_help_lists_every_config_key_with_its_default():
     result = subprocess.run(
-        [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--help"],
+        [sys.executable, "-m", "flows.cli", "build-dataset", "--help"],
         capture_output=True, text=True, check=True,
     )
     for key in ("resolution.min_side=1024", "boxes.box_threshold=0.2", "masks.min_mask_ratio=0.4",
@@ -86,7 +86,7 @@ def test_help_errors_and_dry_run_import_nothing_heavy(argv, photos, tmp_path):
     """They answer at once: torch, Ray and Prefect are imported only by the commands that run work."""
     argv = [a.format(photos=photos, out=tmp_path / "out") for a in argv]
     code = (
-        "import sys\nfrom lambda_eclipse.cli import main\n"
+        "import sys\nfrom flows.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -25,7 +25,7 @@ def two_node_cluster():
 def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 8, size=128)
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out),
+    cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out),
            "--set", "resolution.min_side=96", "--set", "input.unit_size=3"]
     env = os.environ | {"RAY_ADDRESS": two_node_cluster, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

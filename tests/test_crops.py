@@ -1,7 +1,7 @@
 import numpy as np
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
+from storage.sample import Detection, Reject, Sample, SourceRef
 from tasks.crops import SubjectCrops
 
 WHITE = [255, 255, 255]

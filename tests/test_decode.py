@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Reject, Sample, SourceRef
+from storage.sample import Reject, Sample, SourceRef
 from tasks.decode import Decode
 from tasks.resolution import ResolutionFilter
 

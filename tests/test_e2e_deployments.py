@@ -357,7 +357,7 @@ def test_a_completed_build_runs_the_loop_and_promotes_the_prior(stack, built):
     # generate without --prior: the registry's current prior (LAMBDA_ECLIPSE_RUNS/registry)
     generated = stack.tmp / "data" / "generated"
     dog = sorted((stack.tmp / "data" / "dreambench" / "dog").iterdir())[0]
-    result = subprocess.run([sys.executable, "-m", "lambda_eclipse.cli", "generate", "--prompt", "a dog", "--subject",
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--prompt", "a dog", "--subject",
                              f"dog={dog}", "--steps", "2", "--output", str(generated)], cwd=ROOT, env=stack.env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -439,7 +439,7 @@ def test_deployments_are_registered_as_declared(stack, built):
 
 
 def test_the_built_dataset_validates(built):
-    result = subprocess.run([sys.executable, "-m", "lambda_eclipse.cli", "validate-dataset", str(built["output"]),
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "validate-dataset", str(built["output"]),
                              "--no-flow"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout

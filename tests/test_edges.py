@@ -6,7 +6,7 @@ import torch
 from generate.pipeline import Generator
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.models.clip import load_clip
-from lambda_eclipse.sample import Reject, Sample, SourceRef
+from storage.sample import Reject, Sample, SourceRef
 from tasks.edges import EDGE_SIZE, CannyEdge, canny_rgb, edge_resolution
 
 

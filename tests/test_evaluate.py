@@ -14,8 +14,8 @@ from test_generate_flow import artifact
 import flows.evaluate as evaluate_flow
 from evaluation import run as run_module
 from evaluation.run import Evaluator, finish, prepare_evaluation, record
+from flows.cli import main
 from flows.evaluate import evaluate
-from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
 

@@ -83,7 +83,7 @@ def tiny_disk(tmp_path):
 def test_a_full_output_fails_in_one_line_naming_the_path_and_leaves_no_complete_shard(tmp_path, tiny_disk):
     photos, out = tmp_path / "photos", tiny_disk / "dataset"
     write_photos(photos, 4, size=512)
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
+    cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
     cmd += [a for s in ["resolution.min_side=96", "input.unit_size=4"] for a in ("--set", s)]
     env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("RAY_ADDRESS", None)

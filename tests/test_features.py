@@ -8,11 +8,11 @@ import torch
 from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.clip import embedding_dtype
-from lambda_eclipse.sample import Detection, Sample, SourceRef
-from lambda_eclipse.synthetic_features import featured_sample
 from storage.layout import shard_paths
+from storage.sample import Detection, Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
+from storage.synthetic_features import featured_sample
 from tasks.features import ClipFeatures
 
 LONG_MIDDLE = "and a very long story " * 20  # pushes what follows past the 77-token context

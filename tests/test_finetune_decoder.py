@@ -29,7 +29,7 @@ from finetune.train import (
     read_metrics,
     run_finetune,
 )
-from lambda_eclipse.cli import main
+from flows.cli import main
 from lambda_eclipse.errors import UserError, WorkerError
 from lambda_eclipse.synthetic import write_photos
 
@@ -232,7 +232,7 @@ def test_adamw8bit_without_bitsandbytes_names_the_package(monkeypatch, tmp_path)
 
 
 def test_help_explains_itself_and_imports_nothing_heavy():
-    code = ("import sys\nfrom lambda_eclipse.cli import main\n"
+    code = ("import sys\nfrom flows.cli import main\n"
             "try:\n    main(['finetune-decoder', '--help'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'ray', 'prefect', 'diffusers') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flows.cli import main
 from generate.pipeline import Generator
 from generate.plan import prepare
 from generate.requests import GenerateRequest, requests_from_args
 from generate.run import generate_job
 from generate.subjects import SubjectSpec, as_given, mask_crop
-from lambda_eclipse.cli import main
 from lambda_eclipse.models.clip import TINY_EMBED_DIM
 from lambda_eclipse.synthetic import write_photos
 from prior.model import EclipsePrior
@@ -323,6 +323,6 @@ def test_help_lists_the_config_keys():
     for command, keys in (("generate", ["models.decoder=kandinsky-community/kandinsky-2-2-decoder",
                                         "runtime.dtype=auto"]),
                           ("evaluate", ["evaluate.images_per_prompt=4", "evaluate.max_prompts=0", "models.dino="])):
-        out = subprocess.run([sys.executable, "-m", "lambda_eclipse.cli", command, "--help"], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "flows.cli", command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         assert all(key in out for key in keys), out

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_generate import subject_photos, tiny_prior
 
-from lambda_eclipse.cli import main
+from flows.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness", "ray_local")]
 
@@ -31,16 +31,21 @@ def assets(tmp_path_factory):
 
 
 def test_batch_writes_every_prompt_with_one_model_load(assets, capsys, monkeypatch):
-    from generate import actors
+    from lambda_eclipse import actor_pool
 
-    pools = []
-    real_init = actors.ModelPool.__init__
+    pools, asked = [], []
+    real_init, real_placement = actor_pool.ActorPool.__init__, actor_pool.placement
 
-    def counted(self, stage, build, gpus, cpus, count, log):
-        real_init(self, stage, build, gpus, cpus, count, log)
-        pools.append((stage, len(self.actors), gpus, self.placement.gpus))
+    def counted(self, stage, build, placement, log=None, start=True):
+        real_init(self, stage, build, placement, log, start)
+        pools.append((stage, len(self.actors), asked[-1], placement.gpus))
 
-    monkeypatch.setattr(actors.ModelPool, "__init__", counted)
+    def placed(gpus, cpus, actors, cluster):
+        asked.append(gpus)
+        return real_placement(gpus, cpus, actors, cluster)
+
+    monkeypatch.setattr(actor_pool.ActorPool, "__init__", counted)
+    monkeypatch.setattr(actor_pool, "placement", placed)
     dog, hat, cat = assets["photos"]
     batch = assets["root"] / "prompts.jsonl"
     lines = [

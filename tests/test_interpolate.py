@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from test_generate import subject_photos, tiny_prior
 
+from flows.cli import main
 from generate.interpolate import bilinear_weights, interpolate, render_grid
 from generate.pipeline import Generator
 from generate.plan import prepare
 from generate.requests import corner_requests
-from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Detection, Reject, Sample, SourceRef
+from storage.sample import Detection, Reject, Sample, SourceRef
 from tasks.mask_filters import MaskFilters
 
 SIZE = 200

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
+from storage.sample import Detection, Noun, Sample, SourceRef
 from tasks.box_filters import BoxFilters
 from tasks.boxes import Boxes
 from tasks.mask_filters import MaskFilters

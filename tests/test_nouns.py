@@ -3,7 +3,7 @@ import pytest
 from lambda_eclipse.config import BuildConfig, ModelsConfig
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.spacy_nlp import load_spacy
-from lambda_eclipse.sample import Noun, Reject, Sample, SourceRef
+from storage.sample import Noun, Reject, Sample, SourceRef
 from tasks.nouns import Nouns
 
 

@@ -15,14 +15,14 @@ import torch
 from conftest import rewrite_text_states_as_legacy
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.synthetic_features import featured_sample, keys_for
-from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior import data as data_module
 from prior.data import PriorBatches, buffer_order, interleave, loader, open_dataset, to_device
 from storage import shard_writer
 from storage.layout import read_json, shard_paths, write_json_atomic
 from storage.reader import iter_samples
 from storage.schema import feature_schema
+from storage.synthetic_features import featured_sample, keys_for
+from storage.synthetic_features import write_feature_dataset as write_dataset
 
 D = 32
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lambda_eclipse.cli import main
+from flows.cli import main
 from lambda_eclipse.errors import UserError
 from prior.registry import Registry, decide, decision_markdown, registry_location, resolve_prior
 
@@ -160,7 +160,7 @@ def test_priors_list_and_promote(runs, capsys):
 
 def test_priors_commands_import_nothing_heavy(runs):
     """`priors list|promote` answer at once: no torch, Ray or Prefect."""
-    code = ("import sys\nfrom lambda_eclipse.cli import main\nmain(['priors', 'list'])\n"
+    code = ("import sys\nfrom flows.cli import main\nmain(['priors', 'list'])\n"
             "print(sorted(m for m in ('torch', 'ray', 'prefect') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr

@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flows.commands.train_prior import add_parser
 from lambda_eclipse.errors import UserError, WorkerError
-from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior import loss as loss_module
-from prior.cli import add_parser
 from prior.config import TrainConfig, load_train_config
 from prior.model import EclipsePrior
 from prior.train import (
@@ -28,6 +27,7 @@ from prior.train import (
 )
 from storage.fs import name
 from storage.layout import complete_shards, shard_paths
+from storage.synthetic_features import write_feature_dataset as write_dataset
 
 FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 

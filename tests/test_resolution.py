@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.sample import Reject, Sample, SourceRef
+from storage.sample import Reject, Sample, SourceRef
 from tasks.resolution import ResolutionFilter
 
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from flows.cli import main
 from flows.retrain import gpu_slots, retrain, scores
-from lambda_eclipse.cli import main
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
-from lambda_eclipse.synthetic_features import write_feature_dataset
 from prior.registry import Registry
+from storage.synthetic_features import write_feature_dataset
 from storage.validate import DatasetInvalid
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness")]

@@ -18,11 +18,11 @@ import pytest
 from fsspec.config import conf as fsspec_conf
 
 from lambda_eclipse.synthetic import write_photos
-from lambda_eclipse.synthetic_features import featured_sample
 from storage.layout import complete_shards, is_complete, read_json, shard_names, shard_paths, write_json_atomic
 from storage.reader import iter_samples
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
+from storage.synthetic_features import featured_sample
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
@@ -107,7 +107,7 @@ def _img2dataset_tar(directory, start: int) -> bytes:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", *args]
+    cmd = [sys.executable, "-m", "flows.cli", *args]
     return subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=600)
 
 

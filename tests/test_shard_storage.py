@@ -10,9 +10,9 @@ from conftest import featured_sample
 from webdataset.compat import WebDataset
 
 from lambda_eclipse.errors import UserError
-from lambda_eclipse.sample import Sample, SourceRef
 from storage.layout import complete_shards, is_complete, sha256_file, shard_names, shard_paths, write_json_atomic
 from storage.reader import iter_samples, load_dataset_meta
+from storage.sample import Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter, split_of
 

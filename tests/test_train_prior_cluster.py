@@ -15,8 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from lambda_eclipse.ray_session import local_cluster
-from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
 from prior.train import read_metrics
+from storage.synthetic_features import write_feature_dataset as write_dataset
 
 pytestmark = pytest.mark.slow
 STEPS = 120
@@ -31,7 +31,7 @@ def cluster():
 
 
 def _train_prior(data, run, address, api_url) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lambda_eclipse.cli", "train-prior", "--data", str(data), "--output",
+    cmd = [sys.executable, "-m", "flows.cli", "train-prior", "--data", str(data), "--output",
            run.as_uri(), *[a for s in SETTINGS for a in ("--set", s)]]
     env = os.environ | {"RAY_ADDRESS": address, "PREFECT_API_URL": api_url}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

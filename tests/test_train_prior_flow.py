@@ -10,11 +10,11 @@ from conftest import logs_of_latest_run
 from PIL import Image
 
 from flows import train_prior as flow_module
-from lambda_eclipse.synthetic_features import write_feature_dataset as write_dataset
-from prior.cli import add_parser
+from flows.commands.train_prior import add_parser
 from prior.model import EclipsePrior
 from prior.train import checkpoints, read_metrics
 from storage.fs import name
+from storage.synthetic_features import write_feature_dataset as write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import featured_sample, rewrite_text_states_as_legacy
 
-from lambda_eclipse.cli import main
-from lambda_eclipse.sample import Sample, SourceRef
+from flows.cli import main
 from storage.layout import sha256_file, shard_paths, write_json_atomic
+from storage.sample import Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
 from storage.validate import validate

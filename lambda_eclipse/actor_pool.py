@@ -1,12 +1,10 @@
-"""The Ray adapter of generate, interpolate and evaluate: the models load and run in Ray actors, never in the flow
-process, which on a cluster sits on a node without a GPU. The flow plans, dispatches calls and writes what they return
-(images, metadata, scores: kilobytes to megabytes per prompt).
+"""The one Ray actor pool: build-dataset's model stages, generate, interpolate and evaluate all run their models in it.
 
-Each actor asks Ray for `runtime.gpus` GPUs when the cluster has any (so it is placed on a GPU node) and
-`runtime.cpus` CPUs, scaled down so that every actor fits the cluster at once (tasks/actors.py does the same for the
-build's stages). An actor that dies (a killed process, a lost node) is restarted by Ray and the call retried on it;
-every call is a pure function of its arguments and the models, so a retried call, or one served by another actor,
-returns the same images.
+Each actor builds its models once (`build()`: a build stage, a Generator, an Evaluator) and then serves
+`fn(models, *args)` calls. It asks Ray for its `Placement`: GPUs only where the cluster has them, CPUs rounded down so
+that shares that fill a node exactly still fit on it. An actor that dies (a killed process, a lost node) is
+restarted by Ray and the call retried on it; a model that fails to load keeps its exception, which `ready()` raises
+with its type (an exception in an actor's constructor would reach the caller only as text).
 """
 
 from __future__ import annotations
@@ -15,20 +13,34 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from generate.config import RuntimeSection
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
-from tasks.actors import Placement
 
-IN_FLIGHT = 2  # calls queued per actor: the next prompt is already there when one finishes
+IN_FLIGHT = 2  # calls queued per actor by `map`: the next item is already there when one finishes
+RESTARTS = 4  # an actor's restarts and a call's retries after its actor died
+
+
+@dataclass
+class Placement:
+    """What each actor of a pool gets: Ray resources, torch threads, and how many actors."""
+
+    cpus: float
+    gpus: float
+    actors: int
+    threads: int
+
+
+def floor_cpus(cpus: float) -> float:
+    """Rounded down, so that shares that fill a node exactly still fit on it."""
+    return math.floor(cpus * 10_000) / 10_000
 
 
 def placement(gpus: float, cpus: float, actors: int, cluster: dict[str, float]) -> Placement:
     """What each of `actors` actors asks Ray for: `gpus` only where the cluster has GPUs; CPUs scaled down so that
     all of them fit (else Ray would wait forever for an actor it cannot place)."""
-    cpu = min(cpus, cluster.get("CPU", os.cpu_count() or 1) / actors)
-    cpu = math.floor(cpu * 10_000) / 10_000  # rounded down: shares that fill a node exactly still fit on it
+    cpu = floor_cpus(min(cpus, cluster.get("CPU", os.cpu_count() or 1) / actors))
     return Placement(cpus=cpu, gpus=gpus if cluster.get("GPU", 0) > 0 else 0.0, actors=actors,
                      threads=max(1, math.floor(cpu)))
 
@@ -39,14 +51,11 @@ def gpu_shortfall(stage: str, p: Placement, cluster: dict[str, float]) -> str | 
     if need <= have:
         return None
     return (f"{stage}: {p.actors} actor(s) × {p.gpus:g} GPU need {need:g} GPUs, the cluster has {have:g} now: they "
-            "wait until nodes with GPUs join (an autoscaler); otherwise lower evaluate.actors or runtime.gpus")
+            "wait until nodes with GPUs join (an autoscaler); otherwise lower the actors or runtime.gpus")
 
 
 class ModelActor:
-    """Builds its models once (`build()`: a Generator or an Evaluator) and runs `fn(models, *args)` calls.
-
-    A model that fails to load is kept and raised by `ready()`: an exception in an actor's constructor reaches the
-    caller only as text, one raised by a call keeps its type (a UserError stays one)."""
+    """Builds its models once and runs `fn(models, *args)` calls."""
 
     def __init__(self, build: Callable[[], Any], threads: int, gpus: float):
         if not gpus:
@@ -74,33 +83,44 @@ class ModelActor:
         return fn(self.models, *args)
 
 
-class ModelPool:
-    """`actors` ModelActors of one stage ("generate", "evaluate"), loaded in parallel; calls spread over them."""
+class ActorPool:
+    """`placement.actors` ModelActors of one stage, loaded in parallel; calls spread over them. `start=False` leaves
+    waiting for the models to the caller (`wait_ready`), so that several pools load at once."""
 
-    def __init__(self, stage: str, build: Callable[[], Any], gpus: float, cpus: float, actors: int, log=None):
+    def __init__(self, stage: str, build: Callable[[], Any], placement: Placement, log=None, start: bool = True):
         import ray
 
         from lambda_eclipse.ray_session import cluster_resources
 
-        self.stage = stage
-        cluster = cluster_resources()
-        self.placement = p = placement(gpus, cpus, actors, cluster)
-        short = gpu_shortfall(stage, p, cluster)
+        self.stage, self.placement = stage, placement
+        p = placement
+        short = gpu_shortfall(stage, p, cluster_resources())
         if short and log is not None:
             log.warning("%s", short)
-        remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=4, max_task_retries=4)(ModelActor)
+        remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=RESTARTS,
+                            max_task_retries=RESTARTS)(ModelActor)
         self.actors: list = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
         self.where: list[dict] = [{} for _ in self.actors]
+        self._pending = [actor.ready.remote() for actor in self.actors]
+        if start:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every actor has loaded its models; a model that cannot load is raised here (one line), the pool
+        shut down."""
         try:
-            self.where = [self._get(actor.ready.remote(), i, "loading its models")
-                          for i, actor in enumerate(self.actors)]
+            self.where = [self._get(ref, i, "loading its models") for i, ref in enumerate(self._pending)]
         except BaseException:
             self.shutdown()
             raise
 
+    @property
+    def nodes(self) -> set[str]:
+        return {w["node"] for w in self.where if w}
+
     def describe(self) -> str:
         p = self.placement
-        places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.where)
+        places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.where if w)
         return f"{self.stage}: {p.actors} actor(s) × ({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads): {places}"
 
     def _get(self, ref, index: int, doing: str) -> Any:
@@ -152,16 +172,25 @@ class ModelPool:
             ray.kill(actor)
 
 
+class PoolRuntime(Protocol):
+    """The runtime settings a pool of model actors reads (the commands' `runtime` sections)."""
+
+    workers: int
+    gpus: float
+    cpus: float
+
+
 @contextlib.contextmanager
-def model_pool(stage: str, build: Callable[[], Any], runtime: RuntimeSection, actors: int, log) -> Iterator[ModelPool]:
-    """Ray (lambda_eclipse.ray_session: RAY_ADDRESS's cluster, else a local one) and a started pool, shut down on
-    exit. A model actor's failure is logged to `log` (the Prefect run logger) in one line before it propagates."""
-    from lambda_eclipse.ray_session import ray_session
+def model_pool(stage: str, build: Callable[[], Any], runtime: PoolRuntime, actors: int, log) -> Iterator[ActorPool]:
+    """Ray (lambda_eclipse.ray_session: RAY_ADDRESS's cluster, else a local one) and a started pool of `actors`
+    actors, shut down on exit. A model actor's failure is logged to `log` (the Prefect run logger) in one line before
+    it propagates."""
+    from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     with ray_session(runtime.workers):
         pool = None
         try:
-            pool = ModelPool(stage, build, runtime.gpus, runtime.cpus, actors, log)
+            pool = ActorPool(stage, build, placement(runtime.gpus, runtime.cpus, actors, cluster_resources()), log)
             log.info("%s", pool.describe())
             yield pool
         except (UserError, WorkerError) as exc:

@@ -1,11 +1,12 @@
-"""The model actors of generate / interpolate / evaluate: placement (GPUs only where the cluster has them, CPUs scaled
-to fit), calls spread over every actor, and failures as one line naming the stage, actor and cause."""
+"""The one actor pool (build-dataset's model stages, generate, interpolate, evaluate): placement (GPUs only where the
+cluster has them, CPUs scaled to fit), calls spread over every actor, and failures as one line naming the stage, actor
+and cause."""
 
 import sys
 
 import pytest
 
-from generate.actors import ModelPool, gpu_shortfall, placement
+from lambda_eclipse.actor_pool import ActorPool, gpu_shortfall, placement
 from lambda_eclipse.errors import UserError, WorkerError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -31,7 +32,7 @@ def test_gpus_only_where_the_cluster_has_them_and_cpus_scaled_to_fit():
     assert gpu_shortfall("evaluate", on_gpus, {"GPU": 2}) is None and gpu_shortfall("x", on_cpus, {"CPU": 2}) is None
     assert gpu_shortfall("evaluate", placement(1.0, 1.0, 3, {"CPU": 8, "GPU": 2}), {"GPU": 2}) == (
         "evaluate: 3 actor(s) × 1 GPU need 3 GPUs, the cluster has 2 now: they wait until nodes with GPUs join (an "
-        "autoscaler); otherwise lower evaluate.actors or runtime.gpus")
+        "autoscaler); otherwise lower the actors or runtime.gpus")
 
 
 class Doubler:
@@ -52,7 +53,7 @@ def double(model: Doubler, x: int) -> tuple[int, int]:
 
 
 def test_calls_are_spread_over_every_actor_and_come_back_whole():
-    pool = ModelPool("test", Doubler, gpus=0, cpus=0.5, actors=2)
+    pool = ActorPool("test", Doubler, placement(0, 0.5, 2, {"CPU": 2}))
     try:
         assert [w["device"] for w in pool.where] == ["cpu", "cpu"] and pool.where[0]["dtype"] == "float32"
         assert "test: 2 actor(s) × (0.5 CPU, 0.0 GPU, 1 threads): cpu float32 on node " in pool.describe()
@@ -78,7 +79,7 @@ def test_a_model_that_cannot_load_fails_in_one_line(fail, error, message):
     from functools import partial
 
     with pytest.raises(error) as raised:
-        ModelPool("test", partial(Doubler, fail), gpus=0, cpus=0.5, actors=1)
+        ActorPool("test", partial(Doubler, fail), placement(0, 0.5, 1, {"CPU": 2}))
     assert str(raised.value) == message
 
 
@@ -93,7 +94,7 @@ def die_once(model: Doubler, marker: str) -> int:
 
 
 def test_a_killed_actor_is_restarted_and_its_call_retried(tmp_path):
-    pool = ModelPool("test", Doubler, gpus=0, cpus=0.5, actors=1)
+    pool = ActorPool("test", Doubler, placement(0, 0.5, 1, {"CPU": 2}))
     try:
         marker = tmp_path / "died"
         pid = pool.call(die_once, str(marker), doing="dying once")

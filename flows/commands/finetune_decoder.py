@@ -75,9 +75,11 @@ def _finetune_decoder(args: argparse.Namespace) -> int:
 
         place(job, torch.cuda.device_count())
     from flows.finetune_decoder import finetune_decoder
+    from flows.prepared import handing
 
-    record = finetune_decoder(subjects=args.subject, output=args.output, profile=args.profile,
-                              config_file=args.config, overrides=args.set, resume=args.resume)
+    with handing("finetune-decoder", job):
+        record = finetune_decoder(subjects=args.subject, output=args.output, profile=args.profile,
+                                  config_file=args.config, overrides=args.set, resume=args.resume)
     photos = sum(len(s["photos"]) for s in record["subjects"])
     print(f"fine-tuned {record['steps']} steps on {photos} photo(s) of {len(record['subjects'])} subject(s): loss "
           f"{record['loss']:.4g} → {record['output']}/unet")

@@ -138,10 +138,12 @@ def _generate(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"lambda-eclipse generate: warning: {warning}", file=sys.stderr)
     from flows.generate import generate
+    from flows.prepared import handing
 
-    summary = generate(prior=args.prior, output=args.output, prompt=args.prompt, subjects=args.subject,
-                       canny=args.canny, batch=args.batch, num_images=args.num_images, seed=args.seed,
-                       steps=args.steps, config_file=args.config, overrides=args.set, **settings)
+    with handing("generate", plan):
+        summary = generate(prior=args.prior, output=args.output, prompt=args.prompt, subjects=args.subject,
+                           canny=args.canny, batch=args.batch, num_images=args.num_images, seed=args.seed,
+                           steps=args.steps, config_file=args.config, overrides=args.set, **settings)
     sheet = f", contact sheet {summary['contact_sheet']}" if summary["contact_sheet"] else ""
     print(f"{len(summary['images'])} image(s) → {summary['output']}{sheet}")
     return 0
@@ -149,9 +151,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _interpolate(args: argparse.Namespace) -> int:
     from generate.config import load_generate_config
-    from generate.interpolate import check_grid
     from generate.plan import prepare
-    from generate.requests import corner_requests
+    from generate.requests import check_grid, corner_requests
     from prior.registry import resolve_prior
 
     args.prior = resolve_prior(args.prior)
@@ -163,9 +164,11 @@ def _interpolate(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"lambda-eclipse interpolate: warning: {warning}", file=sys.stderr)
     from flows.generate import interpolate
+    from flows.prepared import handing
 
-    summary = interpolate(prior=args.prior, output=args.output, prompts=args.prompt, corners=args.corners,
-                          steps=args.steps, seed=args.seed, inference_steps=args.inference_steps,
-                          config_file=args.config, overrides=args.set, **settings)
+    with handing("interpolate", plan):
+        summary = interpolate(prior=args.prior, output=args.output, prompts=args.prompt, corners=args.corners,
+                              steps=args.steps, seed=args.seed, inference_steps=args.inference_steps,
+                              config_file=args.config, overrides=args.set, **settings)
     print(f"{summary['rows']}×{summary['columns']} grid → {summary['grid']}")
     return 0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lambda_eclipse.sample import Detection, Noun, Sample, SourceRef
 from storage.layout import write_json_atomic
+from storage.sample import Detection, Noun, Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter, split_of
 

@@ -75,14 +75,14 @@ def _train_prior(args: argparse.Namespace) -> int:
     from prior.train import prepare_training
 
     # Validate everything before Prefect starts: bad input fails in one line, in a second.
-    prepare_training(args.data, args.output, args.profile, load_train_config(args.config, args.set), args.resume,
-                     args.init_from)
+    job = prepare_training(args.data, args.output, args.profile, load_train_config(args.config, args.set),
+                           args.resume, args.init_from)
+    from flows.prepared import handing
     from flows.train_prior import train_prior
 
-    summary = train_prior(
-        data=args.data, output=args.output, profile=args.profile, config_file=args.config, overrides=args.set,
-        resume=args.resume, init_from=args.init_from,
-    )
+    with handing("train-prior", job):
+        summary = train_prior(data=args.data, output=args.output, profile=args.profile, config_file=args.config,
+                              overrides=args.set, resume=args.resume, init_from=args.init_from)
     val = summary["val"]
     print(f"trained to step {summary['step']}: val loss {val['loss']:.4g}, cosine {val['cosine']:.3f}, "
           f"top-1 {val['top1']:.3f} → {summary['final']}")

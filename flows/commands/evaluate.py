@@ -79,9 +79,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     for warning in plan.generate.warnings:
         print(f"lambda-eclipse evaluate: warning: {warning}", file=sys.stderr)
     from flows.evaluate import evaluate
+    from flows.prepared import handing
 
-    result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
-                      profile=args.profile, config_file=args.config, overrides=args.set, decoder=args.decoder)
+    with handing("evaluate", plan):
+        result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
+                          profile=args.profile, config_file=args.config, overrides=args.set, decoder=args.decoder)
     for row in result["summary"]:
         print(f"{row['group']}: {row['prompts']} prompts, DINO {row['dino']:.4f}, CLIP-I {row['clip_i']:.4f}, "
               f"CLIP-T {row['clip_t']:.4f}")

@@ -1,0 +1,1 @@
+"""One module per command of `lambda-eclipse` (flows/cli.py assembles them)."""

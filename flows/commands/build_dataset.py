@@ -1,0 +1,95 @@
+"""`lambda-eclipse build-dataset`: registered on the top-level parser by `add_parser`."""
+
+from __future__ import annotations
+
+import argparse
+
+from lambda_eclipse.config import add_config_options, describe_keys
+
+EPILOG = """\
+stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
+  decode → resolution → white_background → caption (BLIP-2) → nouns (spaCy) → boxes (Grounding DINO)
+  → box_filters → masks (SAM) → mask_filters → subjects → crops → edge (Canny) → features (OpenCLIP)
+
+config keys (--set section.key=value), with their defaults (the paper's values, see shared/DESIGN.md):
+{config_keys}
+
+examples:
+  lambda-eclipse build-dataset --input photos/ --output data/ --profile tiny --set resolution.min_side=256
+  lambda-eclipse build-dataset --input shards/ --output data/ --profile paper --gpus-per-stage caption=0.5,masks=0.5
+  lambda-eclipse build-dataset --input s3://bucket/laion/ --output s3://bucket/datasets/v1 --profile paper
+
+A rerun with the same --output skips complete shards and rebuilds incomplete ones; inputs added since (new files in
+a folder, new tars) become new shards (DIR/manifest.parquet keeps every unit's inputs). --dry-run shows the plan.
+Runtime placement (does not change the dataset): --set runtime.actors.masks=2, runtime.gpus.masks=0.5,
+runtime.units_in_flight=8, and the stages' batch_size keys.
+--input and --output take local paths or fsspec URLs (file://, s3:// with `pip install s3fs`, gs:// with gcsfs, ...);
+credentials come from the environment of every process (AWS_* variables, ~/.aws, FSSPEC_<PROTOCOL>_<OPTION>).
+"""
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    from tasks.plan import parse_gpus, prepare_build
+
+    gpus = parse_gpus(args.gpus_per_stage)
+    # Validate and plan before Prefect and Ray start: bad input fails in one line, in a second.
+    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus)
+    if args.dry_run:
+        print(f"{plan.output}: {plan.summary()}")
+        for unit in plan.todo[:20]:
+            size = f"{unit.images} images" if unit.images is not None else f"{unit.bytes} bytes"
+            print(f"  shard {unit.shard:05d}  {unit.description}  ({size})")
+        if len(plan.todo) > 20:
+            print(f"  … and {len(plan.todo) - 20} more")
+        return 0
+    from flows.build_dataset import build_dataset
+    from flows.prepared import handing
+
+    # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
+    with handing("build-dataset", plan):
+        summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile, workers=args.workers,
+                                config=plan.cfg.to_dict())
+    print(
+        f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
+        f"in {summary['shards']} shards → {summary['output']}"
+    )
+    return 0
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    build = commands.add_parser(
+        "build-dataset",
+        help="build prior-training shards from image folders or WebDataset tars",
+        description="Build λ-ECLIPSE training shards (Parquet features + WebDataset pixels) from images.",
+        epilog=EPILOG.format(config_keys=describe_keys()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument(
+        "--input", action="append", required=True, metavar="PATH",
+        help="a folder of images (searched recursively), a WebDataset .tar, or a folder of .tar files, as a path or "
+        "an fsspec URL; repeatable",
+    )
+    build.add_argument(
+        "--output", required=True, metavar="DIR", help="dataset directory, a path or an fsspec URL (created if missing)"
+    )
+    build.add_argument(
+        "--profile", default="tiny", choices=("tiny", "paper", "paper-shapes"),
+        help="model profile: tiny (random tiny models, offline), paper (the paper's checkpoints), "
+        "paper-shapes (full-size architectures, random weights) [default: tiny]",
+    )
+    add_config_options(build)
+    build.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="CPUs for the local Ray cluster [default: all]"
+    )
+    build.add_argument(
+        "--gpus-per-stage", action="append", metavar="STAGE=FRACTION",
+        help="GPU fraction per model stage (caption, nouns, boxes, masks, features), e.g. caption=0.5,masks=0.5; "
+        "default 0 (CPU)",
+    )
+    build.add_argument(
+        "--dry-run", action="store_true",
+        help="plan only: print the work units, images and shards to build / already complete, and exit "
+        "(starts neither Prefect nor Ray)",
+    )
+    build.set_defaults(run=_build_dataset)
+    return build
