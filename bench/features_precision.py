@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.models.clip import EMBEDDING_DTYPES, load_clip
+from lambda_eclipse.models.clip import load_clip
 from tasks.decode import decode_rgb
 from tasks.edges import canny_rgb
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(photos)} photos, {args.profile} CLIP on {device}; differences to float32 per embedding:")
     print(f"{'dtype':>9} {'kind':>8} {'max |Δ|':>10} {'mean |Δ|':>10} {'max/mean|x|':>12} {'min cos':>9}")
     for name in args.dtypes.split(","):
-        low = embed(args.profile, cfg, device, EMBEDDING_DTYPES[name], kinds)
+        low = embed(args.profile, cfg, device, getattr(torch, name), kinds)
         for kind, ref in reference.items():
             delta = np.abs(low[kind] - ref)
             cos = (low[kind] * ref).sum(1) / (np.linalg.norm(low[kind], axis=1) * np.linalg.norm(ref, axis=1))

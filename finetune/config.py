@@ -16,13 +16,13 @@ from typing import Any
 
 from generate.config import ModelsSection
 from lambda_eclipse.config import load_config
+from lambda_eclipse.device import DEVICES
+from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
 from lambda_eclipse.errors import UserError
 
 PROFILES = ("tiny", "paper", "paper-shapes")  # the decoder's (lambda_eclipse/models/kandinsky.py)
 OPTIMIZERS = ("adamw", "adamw8bit")
 CROPS = ("center", "random")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass

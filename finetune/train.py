@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.config import PROFILES, FinetuneConfig
 from finetune.subjects import Subject, read_subjects
+from lambda_eclipse.constants import WEIGHTS_NAME
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from storage.fs import is_local
 from storage.layout import read_json, sha256_file, write_json_atomic
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 UNET, CHECKPOINTS, STATE, IDENTITY = "unet", "checkpoints", "training_state.pt", "identity.json"
 RECORD, METRICS, REFERENCES = "finetune.json", "metrics.jsonl", "references"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class FinetuneJob:
     profile: str
     cfg: FinetuneConfig
     device: str  # "cpu" or "cuda"; "" until `place`d
-    precision: str  # fp32 | bf16 | fp16; "" until `place`d
+    precision: str  # float32 | bfloat16 | float16 (lambda_eclipse.device); "" until `place`d
     resolution: int
     identity: dict  # what a resumed run must share with its checkpoint
     resume_from: str | None  # checkpoint directory
@@ -73,12 +73,12 @@ def checkpoints(output: str | Path) -> list[Path]:
 def _device_and_precision(cfg: FinetuneConfig, gpus: float) -> tuple[str, str]:
     """Where the training task runs: on a GPU when the Ray cluster has any (the task then asks Ray for one), so the
     choice is the cluster's, not the flow process's node's (which on a cluster has none)."""
-    from lambda_eclipse.ray_session import cluster_device
+    from lambda_eclipse.device import cluster_device, dtype_name
 
     r = cfg.runtime
     device = cluster_device(r.device, gpus)
-    precision = r.precision if r.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-    if precision == "fp16" and device == "cpu":
+    precision = dtype_name(r.precision, device, "training")
+    if precision == "float16" and device == "cpu":
         raise UserError("runtime.precision=fp16 needs a CUDA device (loss scaling); use fp32 or bf16 on the CPU")
     if cfg.finetune.optimizer == "adamw8bit":
         if device != "cuda":
@@ -226,7 +226,7 @@ class Trainer:
 
         cfg, f = job.cfg, job.cfg.finetune
         self.job, self.device = job, torch.device(job.device)
-        self.amp = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[job.precision]
+        self.amp = getattr(torch, job.precision)  # a name of lambda_eclipse.device.DTYPES, as `place` resolved it
         torch.manual_seed(f.seed)
         # z_x first, and the CLIP and segmentation models freed, before the decoder takes its memory.
         self.references, self.model_ids = embed_references(job.subjects, job.profile, cfg.models, self.device,
@@ -319,7 +319,7 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        self.unet.load_state_dict(load_file(path / UNET / WEIGHTS, device=str(self.device)))
+        self.unet.load_state_dict(load_file(path / UNET / WEIGHTS_NAME, device=str(self.device)))
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         self.scaler.load_state_dict(state["scaler"])

@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lambda_eclipse.config import ModelsConfig, load_config
+from lambda_eclipse.device import check_device, check_dtype, local_device, torch_dtype
 from lambda_eclipse.errors import UserError
-
-# Torch-free at import, so that the CLI's parser (and --help) loads no model library.
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -50,10 +47,8 @@ class RuntimeSection:
 
     def check(self) -> RuntimeSection:
         """Range checks, in the flow process (which may have no GPU: the device is the actor's to resolve)."""
-        if self.device not in DEVICES:
-            raise UserError(f"runtime.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise UserError(f"runtime.dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_device("runtime.device", self.device)
+        check_dtype("runtime.dtype", self.dtype)
         for key, value, least in (("batch_size", self.batch_size, 1), ("gpus", self.gpus, 0),
                                   ("cpus", self.cpus, 0), ("workers", self.workers, 0)):
             if value < least:
@@ -65,16 +60,9 @@ class RuntimeSection:
     def resolve(self):
         """(torch.device, torch.dtype) to run on, where this runs (a model actor); a UserError for values that
         cannot run here."""
-        import torch
-
         self.check()
-        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("runtime.device=cuda, but no CUDA device is visible; use runtime.device=cpu")
-        device = torch.device("cuda" if cuda else "cpu")
-        if self.dtype == "auto":
-            return device, torch.float16 if cuda else torch.float32
-        return device, getattr(torch, self.dtype)
+        device = local_device(self.device)
+        return device, torch_dtype(self.dtype, device.type, "decoder")
 
 
 @dataclass

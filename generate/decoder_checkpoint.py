@@ -12,10 +12,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambda_eclipse.constants import CONFIG_NAME
 from lambda_eclipse.errors import UserError
 from storage.layout import read_json
 
-UNET, CONFIG, FINETUNE = "unet", "config.json", "finetune.json"
+UNET, CONFIG, FINETUNE = "unet", CONFIG_NAME, "finetune.json"
 UNET_CLASS = "UNet2DConditionModel"
 # What decides the UNet's shapes: a fine-tuned UNet must agree with the base decoder's config on every one of them.
 ARCHITECTURE = ("in_channels", "out_channels", "down_block_types", "up_block_types", "mid_block_type",

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from storage.layout import read_json, sha256_file
 
-CONFIG, WEIGHTS, FINAL = "config.json", "diffusion_pytorch_model.safetensors", "final"  # prior/train.py's layout
+CONFIG, WEIGHTS, FINAL = CONFIG_NAME, WEIGHTS_NAME, "final"  # prior/train.py's layout
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
 # The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
 PROFILE_OF_DIM = {TINY_EMBED_DIM: "tiny", 1280: "paper"}

@@ -99,13 +99,3 @@ def local_cluster(nodes: int = 2, cpus_per_node: float = 1, object_store_bytes: 
         if proc.stdin:
             proc.stdin.close()
         proc.wait(timeout=120)
-
-
-def cluster_device(requested: str, gpus: float) -> str:
-    """The device a training worker runs on, decided by the cluster (which has `gpus` GPUs), not by the flow process's
-    node: `requested` is runtime.device (auto | cpu | cuda)."""
-    from lambda_eclipse.errors import UserError
-
-    if requested == "cuda" and not gpus:
-        raise UserError("runtime.device=cuda, but the Ray cluster has no GPUs; use runtime.device=auto or cpu")
-    return "cuda" if gpus and requested != "cpu" else "cpu"

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from lambda_eclipse.config import load_config
+from lambda_eclipse.device import DEVICES
+from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
 from lambda_eclipse.errors import UserError
 
 PROFILES = ("tiny", "paper")  # prior sizes: prior/model.py's configs
 SCHEDULES = ("cosine", "linear", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
+from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from prior.config import PROFILES, TrainConfig
 from prior.data import Dataset, loader, open_dataset, to_device
@@ -57,9 +59,7 @@ from storage.fs import (
 from storage.layout import read_json, write_json_atomic
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 METRICS, SUMMARY, TENSORBOARD = "metrics.jsonl", "summary.json", "tensorboard"
-AMP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PAPER_DIM = 1280  # the paper prior's CLIP (ViT-bigG-14) embedding size
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def checkpoints(run: Location) -> list[str]:
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
-CHECKPOINT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", STATE)
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, STATE)
 
 
 def registered(run: Location, existing: list[str]) -> list[str]:
@@ -180,7 +180,7 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
     if start_from is None and init_from:
         start_from = training_state(init_from)
     if start_from:
-        saved = read_json(join(start_from, "config.json"))
+        saved = read_json(join(start_from, CONFIG_NAME))
         differ = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
         if differ:
             raise UserError(f"checkpoint {start_from} is another model than profile {profile!r} on this dataset "
@@ -194,8 +194,9 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
 
 def run_training(job: TrainJob) -> dict:
     """Train on Ray Train, then return the run's summary (written by rank 0 to the run directory, read from there)."""
+    from lambda_eclipse.device import cluster_device
     from lambda_eclipse.ray_logs import relayed_logs
-    from lambda_eclipse.ray_session import cluster_device, cluster_resources, ray_session
+    from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     r = job.cfg.runtime
     with ray_session():  # first: it sets what Ray reads when imported
@@ -281,7 +282,7 @@ def _start_state(job: TrainJob) -> tuple[dict[str, torch.Tensor], dict, bool] | 
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as local:
-        weights = load_file(Path(local) / WEIGHTS)
+        weights = load_file(Path(local) / WEIGHTS_NAME)
         state = torch.load(Path(local) / STATE, map_location="cpu", weights_only=True)
     log.info("starting from checkpoint %s (step %d, %s)", checkpoint.path, state["step"],
              "this run's" if same_run else "initialising a new run")
@@ -291,8 +292,7 @@ def _start_state(job: TrainJob) -> tuple[dict[str, torch.Tensor], dict, bool] | 
 def train_loop(job: TrainJob) -> None:
     cfg, t = job.cfg, job.cfg.train
     rank, world, device = _placement()
-    amp = AMP_DTYPES[cfg.runtime.precision] if cfg.runtime.precision != "auto" else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    amp = torch_dtype(cfg.runtime.precision, device.type, "training")
     torch.manual_seed(t.seed)
     model = EclipsePrior(**job.model_config)
     start = _start_state(job)

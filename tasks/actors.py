@@ -37,6 +37,11 @@ def _checked(mapping: dict, what: str) -> dict:
 
 def check_runtime(cfg: BuildConfig) -> None:
     """The runtime overrides name model stages and sane values (checked before Ray starts)."""
+    from lambda_eclipse.device import check_device, check_dtype
+
+    check_device("runtime.device", cfg.runtime.device)
+    check_dtype("runtime.dtype", cfg.runtime.dtype)
+    check_dtype("features.dtype", cfg.features.dtype)
     _checked(cfg.runtime.gpus, "gpus")
     _checked(cfg.runtime.actors, "actors")
     if cfg.runtime.units_in_flight < 0:

@@ -52,13 +52,13 @@ class Stage:
 
 
 class ModelStage(Stage):
-    """A stage with a torch model: device and dtype resolved once from `runtime` (bf16 on GPU, fp32 on CPU)."""
+    """A stage with a torch model: device and dtype decided once, on the actor's node (lambda_eclipse.device)."""
 
     uses_model = True
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        from lambda_eclipse.models import resolve_device, resolve_dtype
+        from lambda_eclipse.device import local_device, torch_dtype
 
         super().__init__(cfg, profile)
-        self.device = resolve_device(cfg.runtime)
-        self.dtype = resolve_dtype(cfg.runtime, self.device)
+        self.device = local_device(cfg.runtime.device)
+        self.dtype = torch_dtype(cfg.runtime.dtype, self.device.type, "stages")

@@ -26,11 +26,12 @@ class ClipFeatures(ModelStage):
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
         # torch and open_clip load in the actor only
-        from lambda_eclipse.models.clip import embedding_dtype, load_clip
+        from lambda_eclipse.device import torch_dtype
+        from lambda_eclipse.models.clip import load_clip
 
         # features.dtype, not runtime.dtype: the embeddings are the prior's inputs and targets, kept at fp16 or
         # better (shared/DESIGN.md: bf16 weights would round them ~8× more coarsely)
-        self.dtype = embedding_dtype(cfg.features.dtype, self.device)
+        self.dtype = torch_dtype(cfg.features.dtype, self.device.type, "embeddings")
         self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
 
     def _locate_subjects(self, sample: Sample) -> bool:

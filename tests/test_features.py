@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from lambda_eclipse.config import BuildConfig
-from lambda_eclipse.errors import UserError
-from lambda_eclipse.models.clip import embedding_dtype
 from storage.layout import shard_paths
 from storage.sample import Detection, Sample, SourceRef
 from storage.schema import feature_schema
@@ -131,15 +129,6 @@ def test_dropped_subjects_reach_the_sample_json_and_the_shard_stats(stage, tmp_p
         records = {m.name: json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")}  # pyright: ignore[reportOptionalMemberAccess]
     assert records["k0.json"]["dropped_subjects"] == truncated.dropped_subjects
     assert records["k1.json"]["dropped_subjects"] == []
-
-
-def test_embedding_dtype_is_the_configured_one():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert embedding_dtype("auto", cpu) == torch.float32 and embedding_dtype("auto", cuda) == torch.float16
-    assert embedding_dtype("float32", cuda) == torch.float32 and embedding_dtype("bfloat16", cpu) == torch.bfloat16
-    assert BuildConfig().features.dtype == "auto"
-    with pytest.raises(UserError, match=r"features.dtype='fp8' is not one of auto, float32, float16, bfloat16"):
-        embedding_dtype("fp8", cpu)
 
 
 @pytest.mark.parametrize("name, expected", [("auto", torch.float32), ("float16", torch.float16)])

@@ -14,23 +14,10 @@ import contextlib
 import torch
 
 from lambda_eclipse.compat import ensure_torchvision_ops
-from lambda_eclipse.config import RuntimeConfig
 
 ensure_torchvision_ops()
 
 TINY_SEED = 1234
-
-
-def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    if runtime.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(runtime.device)
-
-
-def resolve_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
-    if runtime.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[runtime.dtype]
 
 
 @contextlib.contextmanager

@@ -159,20 +159,6 @@ def token_positions(tokenizer, text: str, start: int, end: int) -> list[int]:
     return list(range(first, first + len(word)))
 
 
-EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def embedding_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The CLIP weights' dtype for `features.dtype`: auto is float16 on cuda (the released λ-ECLIPSE inference
-    loads ViT-bigG-14 in float16; bf16's 8-bit mantissa moves an embedding ~8× more than fp16's 11 bits) and
-    float32 on cpu."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in EMBEDDING_DTYPES:
-        raise UserError(f"features.dtype={name!r} is not one of auto, {', '.join(EMBEDDING_DTYPES)}")
-    return EMBEDDING_DTYPES[name]
-
-
 def hub_repo(name: str, pretrained: str) -> str:
     """The Hugging Face repo that holds OpenCLIP `name`'s `pretrained` weights ("" when they are not on the hub)."""
     return open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub", "").strip("/")
