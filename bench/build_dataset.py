@@ -8,7 +8,7 @@ writing the same shards; and the ratio of the two steady states.
 
 `--profile paper-shapes`: the paper's architectures at full size (random weights), each model stage alone
 on a few inputs (CPU float32, or GPU bfloat16 when one is present): per-stage samples/s, the end-to-end
-rate for an accepted sample, and the fraction of the FLOP bound of shared/DESIGN.md.
+rate for an accepted sample, and the fraction of the FLOP bound (docs/design.md, "FLOP estimates").
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     print(f"scratch: {tmp}")
 
 
-# Per accepted sample, from shared/DESIGN.md: SAM ViT-H at 1024 px once, bigG for the target, the subject
+# Per accepted sample, from docs/design.md: SAM ViT-H at 1024 px once, bigG for the target, the subject
 # crops (2 here) and the edge map, BLIP-2 with ~30 tokens, Grounding DINO at 800 px.
 TFLOP = {"caption": 0.7, "boxes": 0.5, "masks": 5.9, "features": 4 * 0.97 + 0.1}
 H100_BF16_TFLOPS = 800.0

@@ -1,6 +1,6 @@
 """Fill the model cache with every model the `paper` profile uses, from the default configs (so it cannot drift).
 
-Run once where the hub is reachable, into the volume every node mounts at /models (deploy/README.md):
+Run once where the hub is reachable, into the volume every node mounts at /models (docs/operate.md):
 
     docker run --rm -v lambda-models:/models -e HF_HUB_OFFLINE=0 lambda-eclipse:latest python deploy/model_cache.py
     python deploy/model_cache.py --list        # what it fetches, and where each lands; downloads nothing

@@ -40,7 +40,7 @@ from lambda_eclipse.config import InputConfig
 from lambda_eclipse.errors import UserError
 
 BENCHMARKS = ("dreambench", "multibench")
-BUNDLED = Path(__file__).with_name("benchmarks.json")  # a copy of shared/reference/benchmarks.json
+BUNDLED = Path(__file__).with_name("benchmarks.json")  # the paper's prompts and templates (docs/paper-parameters.md)
 GROUPS = {"dreambench": ("single subject",), "multibench": ("two subjects", "three subjects")}
 PLACEHOLDER = re.compile(r"\{(?:subject)?\}")
 SIZES = ((2, "two_subject_templates", "two subjects"), (3, "three_subject_templates", "three subjects"))
@@ -73,7 +73,7 @@ def load_benchmarks(path: str = "") -> dict:
         raise UserError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not all(b in data for b in BENCHMARKS):
         raise UserError(f"{source} must hold the sections {', '.join(BENCHMARKS)} "
-                        "(see shared/reference/benchmarks.json)")
+                        "(see the bundled evaluation/benchmarks.json)")
     return data
 
 

@@ -1,4 +1,4 @@
-"""Make CUDA-built torchvision importable on CPU-only torch (shared/DESIGN.md, environment facts).
+"""Make CUDA-built torchvision importable on CPU-only torch (docs/pitfalls.md, "Environment and pins").
 
 torchvision 0.28.0's wheel is a CUDA build: with the CPU build of torch its C++ ops fail to register and
 `import torchvision` dies on `torchvision::nms`, which breaks transformers, open_clip and

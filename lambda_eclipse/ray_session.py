@@ -35,7 +35,7 @@ def ray_session(workers: int = 0):
             _node_ip_address="127.0.0.1" if loopback else None,
         )
     else:
-        # Bound to loopback, no dashboard: ~5 s to start here and ~1.9 GB less memory (DESIGN.md).
+        # Bound to loopback, no dashboard: ~5 s to start here and ~1.9 GB less memory (docs/pitfalls.md).
         # address="local": a new Ray of this process's own. Without it, ray.init() joins the cluster last started on
         # this machine (/tmp/ray/ray_current_cluster), e.g. another user's or a test's, which may be gone.
         ray.init(

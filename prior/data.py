@@ -1,6 +1,6 @@
 """Training and validation batches for the prior, streamed from a built dataset's shards.
 
-Each sample is interleaved when read (shared/DESIGN.md): the text hidden states at each subject's token positions
+Each sample is interleaved when read (docs/shard-contract.md): the text hidden states at each subject's token positions
 are replaced by that subject's CLIP image embedding. The input token is Gaussian noise ε (Eq. 1), and for a fraction
 of training samples the edge (control) embedding is replaced by the zero-image embedding (the paper drops z_c for
 1 %).

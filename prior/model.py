@@ -40,7 +40,7 @@ _TINY = {**_PAPER, "num_layers": 2, "num_attention_heads": 2, "attention_head_di
 
 
 def prior_config(profile: str = "paper", embedding_dim: int | None = None) -> dict:
-    """Constructor arguments of `EclipsePrior` for a model profile (shared/DESIGN.md, "Model profiles").
+    """Constructor arguments of `EclipsePrior` for a model profile (docs/design.md, "Model profiles").
 
     `paper` and `paper-shapes` are the released config (10 layers, 16 heads × 32, d = 1280; 34,849,536 parameters);
     `tiny` is 2 layers of 2 heads × 8 on d = 32 for tests. `embedding_dim` overrides d, to match the CLIP in use.

@@ -1,4 +1,4 @@
-"""Paths of the dataset layout (shared/DESIGN.md, shard contract) and the completeness rule.
+"""Paths of the dataset layout (docs/shard-contract.md) and the completeness rule.
 
 The dataset root is a local path or an fsspec URL (`storage/fs.py`). Locally every file is written under a
 temporary name and renamed into place, so no partial file ever carries a final name. Object stores have no rename

@@ -1,5 +1,5 @@
 """`lambda-eclipse validate-dataset DIR`'s checker: read back every shard of a built dataset and check it against its
-`_stats.json` and `dataset.json` (the shard contract, shared/DESIGN.md).
+`_stats.json` and `dataset.json` (the shard contract, docs/shard-contract.md).
 
 Checked, per complete shard: every file listed in `_stats.json` exists with its size and sha256; the features
 Parquet has the contract's schema with the embedding dims of `dataset.json`, as many rows as `accepted`, the split

@@ -1,6 +1,6 @@
 """The stage contract: a plain class, model loaded once in the constructor, a batch processed per call.
 
-Framework-free on purpose (shared/DESIGN.md): the same object runs in an in-process loop, in a test, or as
+Framework-free on purpose (docs/design.md, "Stages"): the same object runs in an in-process loop, in a test, or as
 a Ray Data actor through `tasks.pipeline`.
 """
 

@@ -2,7 +2,7 @@
 
 The prompt is the sample's nouns, "dog . car .". Each query is scored against each noun by the highest
 sigmoid logit over the noun's tokens in the prompt, so a box is always labelled with one of the caption's
-nouns (post-processing's `text_labels` can be several words or empty, shared/notes/tiny-models.md). The
+nouns (post-processing's `text_labels` can be several words or empty, docs/pitfalls.md). The
 box-count, area and aspect filters belong to the next stage.
 """
 
@@ -42,7 +42,7 @@ def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> lis
 
 class Boxes(ModelStage):
     name = "boxes"
-    gpus = 0.1  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
+    gpus = 0.1  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)

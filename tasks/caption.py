@@ -9,7 +9,7 @@ from tasks.base import ModelStage
 
 class Caption(ModelStage):
     name = "caption"
-    gpus = 0.2  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
+    gpus = 0.2  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)

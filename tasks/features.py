@@ -2,7 +2,7 @@
 
 Image embeddings of the target, of each subject crop and of the edge map, the caption's text hidden states,
 pooled text embedding, token ids and attention mask, and each subject's token positions (where the prior
-interleaves the subject's image embedding into the text states, shared/DESIGN.md).
+interleaves the subject's image embedding into the text states, docs/shard-contract.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LAST_WORD_SLOT = CONTEXT_LENGTH - 1
 
 class ClipFeatures(ModelStage):
     name = "features"
-    gpus = 0.3  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
+    gpus = 0.3  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)
@@ -30,7 +30,7 @@ class ClipFeatures(ModelStage):
         from lambda_eclipse.models.clip import load_clip
 
         # features.dtype, not runtime.dtype: the embeddings are the prior's inputs and targets, kept at fp16 or
-        # better (shared/DESIGN.md: bf16 weights would round them ~8× more coarsely)
+        # better (docs/design.md: bf16 weights would round them ~8× more coarsely)
         self.dtype = torch_dtype(cfg.features.dtype, self.device.type, "embeddings")
         self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
 

@@ -17,7 +17,7 @@ from tasks.base import ModelStage
 
 class Masks(ModelStage):
     name = "masks"
-    gpus = 0.4  # GPU share by compute per image (shared/DESIGN.md's FLOP estimates); the four sum to 1
+    gpus = 0.4  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
 
     def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
         super().__init__(cfg, profile)

@@ -1,4 +1,4 @@
-"""End to end, as an operator runs it (README "Deploy and operate"): `prefect server start` on 127.0.0.1 with a private
+"""End to end, as an operator runs it (docs/operate.md): `prefect server start` on 127.0.0.1 with a private
 PREFECT_HOME, the work pools and the `gpu` global concurrency limit made with the CLI, `prefect deploy --all`, a
 process worker, a tiny build-dataset run through the deployment; the retraining loop it triggers (validate → train →
 evaluate → promote; `generate` without a prior, from the CLI and its deployment, then uses the promoted prior; an
@@ -228,7 +228,7 @@ def stack(tmp_path_factory):
             assert time.monotonic() < deadline, "prefect server did not start in 180 s"
             time.sleep(0.5)
         s.timings["server start (s)"] = round(time.monotonic() - start, 1)
-        # README: the work pools and the GPU concurrency limit (three CLI calls at once: each takes seconds to import)
+        # docs/operate.md: pools and the GPU concurrency limit (three CLI calls at once: each takes seconds to import)
         setup = [["work-pool", "create", "lambda-cpu", "--type", "process"],
                  ["work-pool", "create", "lambda-gpu", "--type", "process"],
                  ["gcl", "create", "gpu", "--limit", "1"]]

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from prior.model import MASK_VALUE, EclipsePrior, EclipsePriorOutput, prior_config
 
-# Every state-dict key and shape of the released checkpoint (shared/reference/lambda-eclipse-prior-v1.0.keys.json).
+# Every state-dict key and shape of the released checkpoint (docs/design.md).
 REFERENCE_TOP = {
     "positional_embedding": [1, 81, 512], "prd_embedding": [1, 1, 512], "clip_mean": [1, 1280], "clip_std": [1, 1280],
     "proj_in.weight": [512, 1280], "proj_in.bias": [512],

@@ -11,7 +11,7 @@ stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_r
   decode → resolution → white_background → caption (BLIP-2) → nouns (spaCy) → boxes (Grounding DINO)
   → box_filters → masks (SAM) → mask_filters → subjects → crops → edge (Canny) → features (OpenCLIP)
 
-config keys (--set section.key=value), with their defaults (the paper's values, see shared/DESIGN.md):
+config keys (--set section.key=value), with their defaults (the paper's values, see docs/paper-parameters.md):
 {config_keys}
 
 examples:

@@ -96,7 +96,7 @@ def _shape_tiny_generation(model: Blip2ForConditionalGeneration) -> None:
 
 
 def build_tiny() -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
-    """Tiny random BLIP-2 (shared/notes/tiny-models.md), identical weights on every build."""
+    """Tiny random BLIP-2 (docs/pitfalls.md, "Tiny random models"), identical weights on every build."""
     config = _blip2_config(
         vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "image_size": TINY_IMAGE_SIZE, "patch_size": 8},

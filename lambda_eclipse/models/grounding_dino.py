@@ -1,5 +1,5 @@
 """Grounding DINO Swin-T OGC through transformers' `GroundingDinoForObjectDetection` (it batches images and
-loads the official weights converted; groundingdino-py does neither with transformers 5, shared/DESIGN.md).
+loads the official weights converted; groundingdino-py does neither with transformers 5, docs/pitfalls.md).
 """
 
 from __future__ import annotations

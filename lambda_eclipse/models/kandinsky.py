@@ -1,6 +1,6 @@
 """Kandinsky 2.2 decoder (diffusers `KandinskyV22Pipeline`: UNet + MoVQ + DDIM) for generate and evaluate, per profile.
 
-- `tiny`: the real classes with tiny random weights (shared/notes/tiny-models.md), seeded, renders 64 × 64.
+- `tiny`: the real classes with tiny random weights (docs/pitfalls.md, "Tiny random models"), seeded, renders 64 × 64.
 - `paper`: `kandinsky-community/kandinsky-2-2-decoder` (or a local directory) from the Hugging Face cache.
 - `paper-shapes`: the decoder's architecture at full size with random weights (UNet 1.2B, MoVQ 67M), for throughput.
 

@@ -1,7 +1,7 @@
 """The spaCy pipeline for the nouns stage (`en_core_web_sm` in the paper; the same for every profile).
 
 spaCy is small and CPU-bound, so there is no tiny variant: `spacy.blank("en")` has no tagger and cannot
-find nouns (shared/notes/tiny-models.md).
+find nouns (docs/pitfalls.md, "Tiny random models").
 """
 
 from __future__ import annotations
