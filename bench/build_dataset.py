@@ -66,10 +66,10 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     import resource
 
     from flows.build_dataset import build_dataset
-    from lambda_eclipse.config import load_config
     from lambda_eclipse.ray_session import local_cluster
     from lambda_eclipse.synthetic import write_photos
     from storage.sources import plan_inputs
+    from tasks.config import load_build_config
     from tasks.features import describe_clip
     from tasks.pipeline import build_stages, run_local
     from tasks.unit import write_shard
@@ -101,7 +101,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
         del os.environ["RAY_ADDRESS"]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
-    cfg = load_config(overrides=settings)
+    cfg = load_build_config(overrides=settings)
     start = time.perf_counter()
     stages = build_stages(cfg, "tiny")
     clip = describe_clip(next(s for s in stages if s.name == "features"))  # type: ignore[arg-type]
@@ -174,10 +174,10 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
 
     import torch
 
-    from lambda_eclipse.config import load_config
+    from tasks.config import load_build_config
     from tasks.pipeline import STAGES
 
-    cfg = load_config(overrides=[f"runtime.dtype={dtype}"])
+    cfg = load_build_config(overrides=[f"runtime.dtype={dtype}"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"paper-shapes profile (random weights), {n} images of {side}x{side}, device {device}, dtype {dtype} "
           "(auto: bfloat16 on GPU, float32 on CPU)")
@@ -186,7 +186,7 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
         if not stage_cls.uses_model:
             continue
         start = time.perf_counter()
-        stage = stage_cls(cfg, "paper-shapes")
+        stage = stage_cls.create(cfg, "paper-shapes")
         load = time.perf_counter() - start
         stage(_stage_inputs(1, side))  # warm-up: kernels, allocator, lazy init
         samples = _stage_inputs(n, side)

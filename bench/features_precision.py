@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.models.clip import load_clip
+from tasks.config import BuildConfig
 from tasks.decode import decode_rgb
 from tasks.edges import canny_rgb
 

@@ -40,7 +40,7 @@ class CachedModel:
 def _default_configs() -> list:
     from evaluation.config import EvalConfig
     from generate.config import GenerateConfig
-    from lambda_eclipse.config import BuildConfig
+    from tasks.config import BuildConfig
 
     return [BuildConfig(), GenerateConfig(), EvalConfig()]
 

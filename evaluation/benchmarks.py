@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from lambda_eclipse.config import InputConfig
 from lambda_eclipse.errors import UserError
+from tasks.config import InputConfig
 
 BENCHMARKS = ("dreambench", "multibench")
 BUNDLED = Path(__file__).with_name("benchmarks.json")  # the paper's prompts and templates (docs/paper-parameters.md)

@@ -8,8 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from generate.config import ModelsSection, RuntimeSection
-from lambda_eclipse.config import load_config
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.config import check_rules, load_config
 
 
 @dataclass
@@ -55,12 +54,10 @@ class EvalConfig:
             ("evaluate.reference_image", e.reference_image >= 0, "must be ≥ 0"),
             ("evaluate.actors", e.actors >= 1, "must be ≥ 1"),
         ]
-        problems = [f"{key} {rule} (got {getattr(e, key.split('.')[1])!r})" for key, ok, rule in rules if not ok]
-        if problems:
-            raise UserError("invalid config: " + "; ".join(problems))
+        check_rules(self, rules)
         self.runtime.check()
         return self
 
 
 def load_eval_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
-    return load_config(path, overrides, cls=EvalConfig).check()
+    return load_config(EvalConfig, path, overrides).check()

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from generate.config import ModelsSection
-from lambda_eclipse.config import load_config
+from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
-from lambda_eclipse.errors import UserError
 
 PROFILES = ("tiny", "paper", "paper-shapes")  # the decoder's (lambda_eclipse/models/kandinsky.py)
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -104,9 +103,7 @@ class FinetuneConfig:
             ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
             ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
         ]
-        problems = [f"{key} {rule} (got {_value(self, key)!r})" for key, ok, rule in rules if not ok]
-        if problems:
-            raise UserError("invalid config: " + "; ".join(problems))
+        check_rules(self, rules)
         return self
 
     def training_identity(self) -> dict[str, Any]:
@@ -118,12 +115,8 @@ class FinetuneConfig:
             f"models.{k}": v for k, v in data["models"].items()}
 
 
-def _value(cfg: FinetuneConfig, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
 
 def load_finetune_config(path: str | Path | None = None,
                          overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
     """Defaults, then the YAML file's values, then `section.key=value` overrides, then the range checks."""
-    return load_config(path, overrides, cls=FinetuneConfig).check()
+    return load_config(FinetuneConfig, path, overrides).check()

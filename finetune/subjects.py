@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.benchmarks import load_benchmarks
-from lambda_eclipse.config import InputConfig
 from lambda_eclipse.errors import UserError
+from tasks.config import InputConfig
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,9 @@ def build_dataset(
             nodes.update(pools.nodes)
             logger.info("model actors ready on %d node(s): %s", len(pools.nodes), pools.describe())
             try:
-                meta = plan.meta or write_meta(plan.output, plan.cfg, profile, pools.describe_clip())
+                cfg = plan.cfg
+                meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
+                                               cfg.model_ids(profile), pools.describe_clip())
 
                 def on_done(unit, stats: dict) -> None:
                     nonlocal done

@@ -85,6 +85,6 @@ class ModelsAndRuntime(Protocol):
 
 
 def load_generate_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GenerateConfig:
-    cfg = load_config(path, overrides, cls=GenerateConfig)
+    cfg = load_config(GenerateConfig, path, overrides)
     cfg.runtime.check()  # range checks now, before any model loads
     return cfg

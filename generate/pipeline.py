@@ -26,10 +26,10 @@ from generate.decoder_checkpoint import DecoderCheckpoint, load_unet
 from generate.prior_checkpoint import PriorCheckpoint, load_prior
 from generate.requests import Job, RenderSettings
 from generate.subjects import NO_BOX, Segmenter, SubjectSpec, as_given, mask_crop, read_image, read_mask
-from lambda_eclipse.config import EdgeConfig
 from lambda_eclipse.models.clip import load_clip
 from lambda_eclipse.models.kandinsky import load_decoder
 from prior.data import interleave
+from tasks.config import EdgeConfig
 from tasks.edges import canny_rgb
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lambda_eclipse.config import BuildConfig, DecodeConfig, ModelsConfig, RuntimeConfig, SubjectsConfig
+from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import UserError
 from storage.sample import Detection, Noun, Sample, SourceRef
+from tasks.config import DecodeConfig, RuntimeConfig, SubjectsConfig
 from tasks.crops import subject_crop
 from tasks.decode import BadImage, decode_rgb
 
@@ -92,8 +93,11 @@ class Segmenter:
         from tasks.masks import Masks
 
         # The stages' defaults: box and text thresholds 0.2 (Appendix B), bfloat16 on cuda, float32 on cpu.
-        cfg = BuildConfig(models=models, runtime=RuntimeConfig(device=device_type))
-        self.boxes, self.masks = Boxes(cfg, profile), Masks(cfg, profile)
+        runtime = RuntimeConfig(device=device_type)
+        self.boxes = Boxes(profile=profile, models=models, runtime=runtime)
+        self.masks = Masks(profile=profile, models=models, runtime=runtime)
+        self.boxes.setup()
+        self.masks.setup()
         self.model_ids = {"grounding_dino": self.boxes.detector.model_id,
                           "sam": models.sam_checkpoint if profile == "paper" else f"SAM {profile} (random weights)"}
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_eclipse.config import load_config
+from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
-from lambda_eclipse.errors import UserError
 
 PROFILES = ("tiny", "paper")  # prior sizes: prior/model.py's configs
 SCHEDULES = ("cosine", "linear", "constant")
@@ -131,17 +130,11 @@ class TrainConfig:
             ("runtime.cpus_per_worker", r.cpus_per_worker > 0, "must be > 0"),
             ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
         ]
-        problems = [f"{key} {rule} (got {_value(self, key)!r})" for key, ok, rule in rules if not ok]
-        if problems:
-            raise UserError("invalid config: " + "; ".join(problems))
+        check_rules(self, rules)
         return self
 
-
-def _value(cfg: TrainConfig, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Defaults, then the YAML file's values, then `section.key=value` overrides, then the range checks."""
-    return load_config(path, overrides, cls=TrainConfig).check()
+    return load_config(TrainConfig, path, overrides).check()

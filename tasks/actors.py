@@ -13,10 +13,10 @@ import os
 from functools import partial
 
 from lambda_eclipse.actor_pool import ActorPool, Placement, floor_cpus
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.errors import UserError
 from storage.sample import Sample
-from tasks.base import Stage
+from tasks.base import Stage, set_up
+from tasks.config import BuildConfig
 from tasks.pipeline import MODEL_STAGES, STAGES
 
 PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
@@ -112,7 +112,8 @@ class StagePools:
         self.pools: dict[str, ActorPool] = {}
         try:
             for stage in (s for s in STAGES if s.uses_model):
-                self.pools[stage.name] = ActorPool(stage.name, partial(stage, cfg, profile),
+                # The stage object, built from its own parameters, travels to its actors and is set up there.
+                self.pools[stage.name] = ActorPool(stage.name, partial(set_up, stage.from_config(cfg, profile)),
                                                    self.placements[stage.name], log, start=False)
             # Every model loads at once; a model that cannot load fails the build here, before any unit starts.
             for pool in self.pools.values():

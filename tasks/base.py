@@ -1,18 +1,25 @@
-"""The stage contract: a plain class, model loaded once in the constructor, a batch processed per call.
+"""The stage contract (NeMo Curator's): a stage is a dataclass of its own parameters, loads its model in `setup()`,
+and processes a batch per call.
 
-Framework-free on purpose (docs/design.md, "Stages"): the same object runs in an in-process loop, in a test, or as
-a Ray Data actor through `tasks.pipeline`.
+A stage's fields are the config sections it reads, named as in BuildConfig (`resolution`, `boxes`, `models`, …), so
+`from_config` picks exactly those and nothing else of the build's config. The object is what a Ray actor runs: it is
+built where the build is planned (cheap: no model), shipped to its actor, and set up there. Framework-free on purpose
+(docs/design.md, "Stages"): the same object runs in an in-process loop, in a test, or on an actor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
-from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.config import ModelsConfig
 from storage.sample import Sample
+from tasks.config import BuildConfig, RuntimeConfig
 
 
+@dataclass
 class Stage:
     name: ClassVar[str]
     uses_model: ClassVar[bool] = False  # model stages get their own Ray actor pool
@@ -22,19 +29,32 @@ class Stage:
     gpus: ClassVar[float] = 0.0
     actors: ClassVar[int] = 1
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        self.cfg = cfg
-        self.profile = profile
+    @classmethod
+    def from_config(cls, cfg: BuildConfig, profile: str = "tiny") -> Self:
+        """The stage with its own parameters: each of its fields is the config section of that name (`profile`: the
+        model profile)."""
+        given: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"profile": profile}
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init})
+
+    @classmethod
+    def create(cls, cfg: BuildConfig, profile: str = "tiny") -> Self:
+        """`from_config`, set up: ready to process, in this process."""
+        stage = cls.from_config(cfg, profile)
+        stage.setup()
+        return stage
 
     @classmethod
     def batch_size_for(cls, cfg: BuildConfig, default: int = 64) -> int:
-        """Known before the model loads, so that Ray Data can size the stage's batches; `default` for stages
-        without a `batch_size` key."""
+        """Known before the model loads, so that the unit can size its batches; `default` for stages without a
+        `batch_size` key."""
         return getattr(getattr(cfg, cls.name, None), "batch_size", default)
 
     @property
     def batch_size(self) -> int:
-        return self.batch_size_for(self.cfg)
+        return getattr(getattr(self, self.name, None), "batch_size", 64)
+
+    def setup(self) -> None:
+        """Load what the stage needs (its model), once, where it runs; CPU stages have nothing to load."""
 
     def process(self, samples: list[Sample]) -> None:
         """Work on samples that are still accepted, in place; reject with `sample.reject_at(self.name, …)`."""
@@ -51,14 +71,29 @@ class Stage:
         return samples
 
 
+def set_up(stage: Stage) -> Stage:
+    """`stage`, set up: what a model actor builds (lambda_eclipse.actor_pool) from the stage object it was sent."""
+    stage.setup()
+    return stage
+
+
+@dataclass
 class ModelStage(Stage):
-    """A stage with a torch model: device and dtype decided once, on the actor's node (lambda_eclipse.device)."""
+    """A stage with a torch model: device and dtype decided in `setup()`, on its actor's node
+    (lambda_eclipse.device)."""
 
-    uses_model = True
+    uses_model: ClassVar[bool] = True
+    profile: str = "tiny"
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
+    def setup(self) -> None:
         from lambda_eclipse.device import local_device, torch_dtype
 
-        super().__init__(cfg, profile)
-        self.device = local_device(cfg.runtime.device)
-        self.dtype = torch_dtype(cfg.runtime.dtype, self.device.type, "stages")
+        self.device = local_device(self.runtime.device)
+        self.dtype = torch_dtype(self.runtime.dtype, self.device.type, "stages")
+        self.load()
+
+    def load(self) -> None:
+        """Load the model onto `self.device` in `self.dtype`."""
+        raise NotImplementedError

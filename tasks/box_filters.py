@@ -7,11 +7,12 @@ which drop boxes and reject the image only when none is left.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
-from lambda_eclipse.config import BoxesConfig
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
+from tasks.config import BoxesConfig
 from tasks.geometry import box_size
 
 
@@ -30,12 +31,14 @@ def box_problem(det: Detection, image_area: int, cfg: BoxesConfig) -> str | None
     return None
 
 
+@dataclass
 class BoxFilters(Stage):
     name = "box_filters"
     uses_model = False
+    boxes: BoxesConfig = field(default_factory=BoxesConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        cfg = self.cfg.boxes
+        cfg = self.boxes
         for sample in samples:
             count = len(sample.detections)
             if not cfg.min_boxes <= count <= cfg.max_boxes:

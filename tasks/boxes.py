@@ -8,14 +8,15 @@ box-count, area and aspect filters belong to the next stage.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import ModelStage
+from tasks.config import BoxesConfig
 
 if TYPE_CHECKING:
     import torch
@@ -40,15 +41,16 @@ def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> lis
     return positions
 
 
+@dataclass
 class Boxes(ModelStage):
     name = "boxes"
     gpus = 0.1  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    boxes: BoxesConfig = field(default_factory=BoxesConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        super().__init__(cfg, profile)
+    def load(self) -> None:
         from lambda_eclipse.models.grounding_dino import load_grounding_dino  # heavy imports in the actor only
 
-        self.detector = load_grounding_dino(profile, cfg.models, self.device, self.dtype)
+        self.detector = load_grounding_dino(self.profile, self.models, self.device, self.dtype)
 
     def process(self, samples: list[Sample]) -> None:
         for i in range(0, len(samples), self.batch_size):
@@ -94,7 +96,7 @@ class Boxes(ModelStage):
         for query, (score, noun_index) in enumerate(zip(best_score.tolist(), best.tolist())):
             # Only noun tokens are scored, so the query's box score (its best token) and its label's score (its
             # best noun) are the same number, held against both thresholds.
-            if score <= self.cfg.boxes.box_threshold or score <= self.cfg.boxes.text_threshold:
+            if score <= self.boxes.box_threshold or score <= self.boxes.text_threshold:
                 continue
             noun = sample.nouns[noun_index]
             cx, cy, w, h = pred_boxes[query]

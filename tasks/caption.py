@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from lambda_eclipse.config import BuildConfig
+from dataclasses import dataclass, field
+
 from storage.sample import Sample
 from tasks.base import ModelStage
+from tasks.config import CaptionConfig
 
 
+@dataclass
 class Caption(ModelStage):
     name = "caption"
     gpus = 0.2  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        super().__init__(cfg, profile)
+    def load(self) -> None:
         from lambda_eclipse.models.blip2 import load_blip2  # torch and transformers load in the actor, not at import
 
-        bundle = load_blip2(profile, cfg.models, self.device, self.dtype)
+        bundle = load_blip2(self.profile, self.models, self.device, self.dtype)
         self.model, self.processor, self.model_id = bundle.model, bundle.processor, bundle.model_id
 
     def process(self, samples: list[Sample]) -> None:
@@ -35,7 +38,7 @@ class Caption(ModelStage):
                 pixel_values=pixel_values,
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
-                max_new_tokens=self.cfg.caption.max_new_tokens,
+                max_new_tokens=self.caption.max_new_tokens,
             )
         for sample, text in zip(samples, self.processor.batch_decode(ids, skip_special_tokens=True)):
             caption = text.strip()

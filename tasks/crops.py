@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
 
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
+from tasks.config import SubjectsConfig
 from tasks.geometry import pixel_bounds
 
 WHITE = 255
@@ -30,12 +33,14 @@ def subject_crop(image: np.ndarray, det: Detection, size: int) -> np.ndarray:
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
+@dataclass
 class SubjectCrops(Stage):
     name = "crops"
     uses_model = False
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        size = self.cfg.subjects.crop_size
+        size = self.subjects.crop_size
         for sample in samples:
             for det in sample.subjects:
                 det.crop = subject_crop(required(sample.image, "sample.image"), det, size)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.sample import Sample
 from tasks.base import Stage
+from tasks.config import DecodeConfig
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -68,9 +70,11 @@ def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadImage(f"cannot decode image: {exc}") from None
 
 
+@dataclass
 class Decode(Stage):
     name = "decode"
     uses_model = False
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def process(self, samples: list[Sample]) -> None:
         for sample in samples:
@@ -81,6 +85,6 @@ class Decode(Stage):
                 continue
             sample.data = None  # the decoded pixels replace the encoded bytes
             try:
-                sample.image = decode_rgb(data, self.cfg.decode.max_pixels)
+                sample.image = decode_rgb(data, self.decode.max_pixels)
             except BadImage as exc:
                 sample.reject_at(self.name, str(exc))

@@ -10,13 +10,15 @@ size (the images the control should lay out) and keeps the lines visible at 224 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
 
-from lambda_eclipse.config import EdgeConfig
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
+from tasks.config import EdgeConfig
 
 EDGE_SIZE = EdgeConfig.size  # the default edge.size, which generate's --canny uses too
 
@@ -46,12 +48,14 @@ def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int, size: 
     return cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)
 
 
+@dataclass
 class CannyEdge(Stage):
     name = "edge"
     uses_model = False
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        cfg = self.cfg.edge
+        cfg = self.edge
         for sample in samples:
             image = required(sample.image, "sample.image")
             sample.edge = canny_rgb(image, cfg.low_threshold, cfg.high_threshold, cfg.size)

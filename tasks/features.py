@@ -7,32 +7,36 @@ interleaves the subject's image embedding into the text states, docs/shard-contr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from storage.schema import CONTEXT_LENGTH
 from tasks.base import ModelStage
+from tasks.config import FeaturesConfig, SubjectsConfig
 
 # The last of the 77 slots holds EOT after truncation: a word there or beyond is not in the text states.
 LAST_WORD_SLOT = CONTEXT_LENGTH - 1
 
 
+@dataclass
 class ClipFeatures(ModelStage):
     name = "features"
     gpus = 0.3  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        super().__init__(cfg, profile)
+    def load(self) -> None:
         # torch and open_clip load in the actor only
         from lambda_eclipse.device import torch_dtype
         from lambda_eclipse.models.clip import load_clip
 
         # features.dtype, not runtime.dtype: the embeddings are the prior's inputs and targets, kept at fp16 or
         # better (docs/design.md: bf16 weights would round them ~8× more coarsely)
-        self.dtype = torch_dtype(cfg.features.dtype, self.device.type, "embeddings")
-        self.clip = load_clip(profile, cfg.models, self.device, self.dtype)
+        self.dtype = torch_dtype(self.features.dtype, self.device.type, "embeddings")
+        self.clip = load_clip(self.profile, self.models, self.device, self.dtype)
 
     def _locate_subjects(self, sample: Sample) -> bool:
         """Set each subject's token positions; drop subjects truncated away or not on token boundaries.
@@ -58,11 +62,11 @@ class ClipFeatures(ModelStage):
             {"noun": det.noun, "span": [det.start, det.end], "stage": self.name, "reason": reason}
             for det, reason in dropped
         ]
-        if len(kept) < self.cfg.subjects.min_subjects:
+        if len(kept) < self.subjects.min_subjects:
             sample.reject_at(
                 self.name,
                 f"subjects dropped from the CLIP text: {', '.join(f'{d.noun!r} ({r})' for d, r in dropped)}; "
-                f"{len(kept)} left, fewer than {self.cfg.subjects.min_subjects}",
+                f"{len(kept)} left, fewer than {self.subjects.min_subjects}",
             )
             return False
         return True

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
+from tasks.config import MasksConfig
 from tasks.geometry import containment, pixel_bounds
 
 
@@ -15,12 +18,14 @@ def mask_ratio(det: Detection) -> float:
     return float(mask[y0:y1, x0:x1].mean())
 
 
+@dataclass
 class MaskFilters(Stage):
     name = "mask_filters"
     uses_model = False
+    masks: MasksConfig = field(default_factory=MasksConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        cfg = self.cfg.masks
+        cfg = self.masks
         for sample in samples:
             for det in sample.detections:
                 det.mask_ratio = mask_ratio(det)

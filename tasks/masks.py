@@ -7,27 +7,30 @@ mask/box and containment filters belong to the next stage.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import ModelStage
+from tasks.config import MasksConfig
 
 
+@dataclass
 class Masks(ModelStage):
     name = "masks"
     gpus = 0.4  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    masks: MasksConfig = field(default_factory=MasksConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        super().__init__(cfg, profile)
+    def load(self) -> None:
         # Imported here, in the actor: torch and SAM load where the model runs, not when the stage list is read.
         # segment_anything after lambda_eclipse.models, whose import makes torchvision (which it imports) loadable.
         from segment_anything.utils.transforms import ResizeLongestSide
 
         from lambda_eclipse.models.sam import load_sam
 
-        self.sam = load_sam(profile, cfg.models, self.device, self.dtype)
+        self.sam = load_sam(self.profile, self.models, self.device, self.dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
 
     def process(self, samples: list[Sample]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lambda_eclipse.config import BuildConfig
+from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.required import required
 from storage.sample import Noun, Sample
 from tasks.base import Stage
@@ -27,15 +28,16 @@ def caption_nouns(doc: Doc) -> list[Noun]:
     return nouns
 
 
+@dataclass
 class Nouns(Stage):
     name = "nouns"
     uses_model = True
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
-    def __init__(self, cfg: BuildConfig, profile: str = "tiny"):
-        super().__init__(cfg, profile)
+    def setup(self) -> None:
         from lambda_eclipse.models.spacy_nlp import load_spacy  # spaCy loads in the actor only
 
-        self.nlp = load_spacy(cfg.models)
+        self.nlp = load_spacy(self.models)
 
     def process(self, samples: list[Sample]) -> None:
         for sample, doc in zip(samples, self.nlp.pipe(required(s.caption, "sample.caption") for s in samples)):

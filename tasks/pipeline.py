@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Sample
 from tasks.base import Stage
 from tasks.box_filters import BoxFilters
 from tasks.boxes import Boxes
 from tasks.caption import Caption
+from tasks.config import BuildConfig
 from tasks.crops import SubjectCrops
 from tasks.decode import Decode
 from tasks.edges import CannyEdge
@@ -42,7 +42,8 @@ MODEL_STAGES = [s.name for s in STAGES if s.uses_model]
 
 
 def build_stages(cfg: BuildConfig, profile: str) -> list[Stage]:
-    return [stage(cfg, profile) for stage in STAGES]
+    """Every stage from its own parameters, set up in this process (the in-process loop, tests, benchmarks)."""
+    return [stage.create(cfg, profile) for stage in STAGES]
 
 
 def run_local(samples: list[Sample], stages: list[Stage], batch_size: int = 16) -> Iterator[Sample]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lambda_eclipse.config import BuildConfig, check_profile, config_from_dict, load_config
+from lambda_eclipse.config import check_profile
 from lambda_eclipse.errors import UserError
 from storage.dataset_meta import existing_meta
 from storage.fs import Location, location, process_local, resolve
@@ -12,6 +12,7 @@ from storage.layout import complete_shards
 from storage.manifest import MANIFEST, read_manifest
 from storage.sources import WorkUnit, list_inputs, plan_units
 from tasks.actors import check_runtime
+from tasks.config import BuildConfig, build_config_from_dict, load_build_config
 from tasks.pipeline import MODEL_STAGES
 
 
@@ -109,7 +110,7 @@ def prepare_build(
     """Check everything and plan the units from listings only. `config`: a config resolved earlier (the CLI's),
     used as it is instead of `config_file` + `overrides`."""
     check_profile(profile)
-    cfg = config_from_dict(config) if config is not None else load_config(config_file, overrides or [])
+    cfg = build_config_from_dict(config) if config is not None else load_build_config(config_file, overrides or [])
     if workers < 0:
         raise UserError(f"--workers must be 0 (all CPUs) or more, got {workers}")
     if workers:
@@ -124,7 +125,7 @@ def prepare_build(
     out = location(output)  # an unknown protocol or a missing backend fails before the inputs are listed
     listing = list_inputs(inputs, cfg.input.extensions)
     _check_writable(out)
-    meta = existing_meta(out, cfg, profile)
+    meta = existing_meta(out, cfg.content_hash(), profile)
     complete = set(complete_shards(out))
     previous = read_manifest(out)
     if previous is None and complete:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from storage.sample import Detection, Sample
 from tasks.base import Stage
+from tasks.config import SubjectsConfig
 
 
+@dataclass
 class SelectSubjects(Stage):
     name = "subjects"
     uses_model = False
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        cfg = self.cfg.subjects
+        cfg = self.subjects
         for sample in samples:
             best: dict[str, Detection] = {}
             for det in sample.detections:

@@ -16,13 +16,13 @@ from itertools import islice
 
 import ray
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Sample
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
 from storage.sources import WorkUnit
 from tasks.actors import PIXELS, process_batch
 from tasks.base import Stage
+from tasks.config import BuildConfig
 from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
 
 WINDOW = 3  # batches of one unit in flight at once
@@ -42,7 +42,7 @@ class UnitRunner:
         self.cfg = cfg
         self.pools = pools
         self.groups = stage_groups()
-        self.cpu_stages: dict[str, Stage] = {s.name: s(cfg, profile) for s in STAGES if not s.uses_model}
+        self.cpu_stages: dict[str, Stage] = {s.name: s.create(cfg, profile) for s in STAGES if not s.uses_model}
         self.batch = max(s.batch_size_for(cfg, 1) for s in STAGES if s.uses_model)
         self._turn = 0
 

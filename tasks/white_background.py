@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
+from tasks.config import WhiteBackgroundConfig
 
 
 def white_fraction(image: np.ndarray, threshold: float) -> float:
@@ -14,12 +17,14 @@ def white_fraction(image: np.ndarray, threshold: float) -> float:
     return float(np.all(image > threshold * 255, axis=-1).mean())
 
 
+@dataclass
 class WhiteBackgroundFilter(Stage):
     name = "white_background"
     uses_model = False
+    white_background: WhiteBackgroundConfig = field(default_factory=WhiteBackgroundConfig)
 
     def process(self, samples: list[Sample]) -> None:
-        cfg = self.cfg.white_background
+        cfg = self.white_background
         for sample in samples:
             fraction = white_fraction(required(sample.image, "sample.image"), cfg.threshold)
             if fraction > cfg.max_fraction:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from lambda_eclipse.config import load_config
 from lambda_eclipse.errors import UserError
 from tasks.actors import placements, unit_cpus
+from tasks.config import load_build_config
 from tasks.pipeline import MODEL_STAGES
 
 
 def test_declared_resources_fit_a_small_cpu_cluster():
-    cfg = load_config()
+    cfg = load_build_config()
     placed = placements(cfg, {"CPU": 2.0})
     assert list(placed) == MODEL_STAGES
     assert all(p.gpus == 0 and p.actors == 1 and p.threads == 1 for p in placed.values())  # no GPU: none asked
@@ -18,7 +18,7 @@ def test_declared_resources_fit_a_small_cpu_cluster():
 
 
 def test_gpu_shares_apply_only_where_the_cluster_has_gpus_and_overrides_win():
-    cfg = load_config(overrides=["runtime.gpus.masks=0.5", "runtime.actors.masks=2", "runtime.actors.caption=3"])
+    cfg = load_build_config(overrides=["runtime.gpus.masks=0.5", "runtime.actors.masks=2", "runtime.actors.caption=3"])
     on_gpus = placements(cfg, {"CPU": 64.0, "GPU": 8.0})
     assert on_gpus["masks"].gpus == 0.5 and on_gpus["caption"].gpus == 0.2 and on_gpus["nouns"].gpus == 0
     assert on_gpus["masks"].actors == 2 and on_gpus["caption"].actors == 3 and on_gpus["boxes"].actors == 1
@@ -39,4 +39,4 @@ def test_gpu_shares_apply_only_where_the_cluster_has_gpus_and_overrides_win():
 )
 def test_bad_placements_name_the_stage(override, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
-        placements(load_config(overrides=[override]), {"CPU": 4.0})
+        placements(load_build_config(overrides=[override]), {"CPU": 4.0})

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Detection, Reject, Sample, SourceRef
 from tasks.box_filters import BoxFilters
+from tasks.config import BuildConfig
 
 GOOD = (10, 10, 40, 40)  # area ratio 0.09, width/height 1 in the 100 × 100 image
 
@@ -16,7 +16,7 @@ def run(*detections):
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.image = np.zeros((100, 100, 3), np.uint8)
     sample.detections = list(detections)
-    BoxFilters(BuildConfig())([sample])
+    BoxFilters.create(BuildConfig())([sample])
     return sample
 
 
@@ -78,5 +78,5 @@ def test_no_box_left_rejects_with_each_boxs_problem():
 def test_rejected_sample_is_untouched():
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.reject_at("decode", "why")
-    BoxFilters(BuildConfig())([sample])
+    BoxFilters.create(BuildConfig())([sample])
     assert sample.reject == Reject("decode", "why")

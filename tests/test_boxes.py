@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.required import required
 from storage.sample import Noun, Reject, Sample, SourceRef
 from tasks.box_filters import box_problem
 from tasks.boxes import Boxes, noun_token_positions, prompt
+from tasks.config import BuildConfig
 
 
 def image(height, width, seed):
@@ -30,7 +30,7 @@ def sample(caption, words, img, key="k"):
 
 @pytest.fixture(scope="module")
 def stage():
-    return Boxes(BuildConfig())
+    return Boxes.create(BuildConfig())
 
 
 def test_positions_are_found_in_prompt_order():
@@ -57,7 +57,7 @@ def test_batch_of_differently_sized_images(stage):
         sample("a man with a hat and a bike", ["man", "hat", "bike"], image(150, 200, 3), "c"),
     ]
     stage(samples)
-    threshold = stage.cfg.boxes.box_threshold
+    threshold = stage.boxes.box_threshold
     for s in samples:
         assert s.accepted and s.detections and s.image is not None, s.key
         height, width = s.image.shape[:2]
@@ -96,7 +96,7 @@ def test_unreachable_threshold_rejects_with_no_boxes_detected():
     cfg = BuildConfig()
     cfg.boxes.box_threshold = 0.99
     s = sample("a dog and a cat", ["dog", "cat"], image(96, 128, 4))
-    Boxes(cfg)([s])
+    Boxes.create(cfg)([s])
     assert s.reject == Reject("boxes", "no boxes detected") and s.detections == []
 
 
@@ -114,7 +114,7 @@ def test_tiny_boxes_commonly_pass_the_per_box_filters(stage):
         for i in range(8)
     ]
     stage(samples)
-    problems = [box_problem(d, required(s.image, "image").size // 3, stage.cfg.boxes)
+    problems = [box_problem(d, required(s.image, "image").size // 3, stage.boxes)
                 for s in samples for d in s.detections]
     assert all(1 <= len(s.detections) <= 6 for s in samples)
     assert sum(p is None for p in problems) / len(problems) > 0.7
@@ -125,5 +125,5 @@ def test_bfloat16_runs():
     cfg = BuildConfig()
     cfg.runtime.dtype = "bfloat16"
     s = sample("a dog", ["dog"], image(96, 128, 6))
-    Boxes(cfg)([s])
+    Boxes.create(cfg)([s])
     assert s.accepted and all(d.box.dtype == np.float32 for d in s.detections)

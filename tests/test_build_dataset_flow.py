@@ -12,13 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lambda_eclipse.config import load_config
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
 from storage.layout import complete_shards, read_json, sha256_file, shard_names, shard_paths
 from storage.manifest import read_manifest
 from storage.reader import iter_samples, load_dataset_meta
 from storage.sources import plan_inputs
+from tasks.config import load_build_config
 
 pytestmark = pytest.mark.slow
 SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
@@ -104,7 +104,7 @@ def test_dropped_subjects_are_totalled_in_the_summary(built):
 def test_dataset_json_and_features_have_the_dims(built):
     _, out, _ = built
     meta = load_dataset_meta(out)
-    assert meta["profile"] == "tiny" and meta["config_hash"] == load_config(overrides=SETTINGS).content_hash()
+    assert meta["profile"] == "tiny" and meta["config_hash"] == load_build_config(overrides=SETTINGS).content_hash()
     d, w = meta["embed_dim"], meta["text_width"]
     assert len(meta["zero_image_embedding"]) == d
     for row in iter_samples(out):
@@ -157,7 +157,7 @@ def test_flow_matches_the_plain_in_process_loop(built):
     from tasks.pipeline import build_stages, run_local
 
     photos, out, _ = built
-    cfg = load_config(overrides=SETTINGS)
+    cfg = load_build_config(overrides=SETTINGS)
     units = plan_inputs([str(photos)], cfg.input.unit_size, cfg.input.extensions).units
     stages = build_stages(cfg, "tiny")
     samples = [s for u in units for s in u.iter_samples(cfg.input.extensions)]

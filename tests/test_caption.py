@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.models.tiny_vocab import NOUNS
 from storage.sample import Reject, Sample, SourceRef
 from tasks.caption import Caption
+from tasks.config import BuildConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,12 +31,12 @@ def photos():
 def stage():
     cfg = BuildConfig()
     cfg.runtime.device = "cpu"
-    return Caption(cfg, "tiny")
+    return Caption.create(cfg, "tiny")
 
 
 def test_stage_contract(stage, monkeypatch):
     assert Caption.name == "caption" and Caption.uses_model
-    monkeypatch.setattr(stage.cfg.caption, "batch_size", 5)
+    monkeypatch.setattr(stage.caption, "batch_size", 5)
     assert stage.batch_size == 5
     assert stage.model_id == "tiny-blip2"
 
@@ -52,7 +52,7 @@ def test_captions_every_live_sample_with_vocabulary_nouns(stage):
 
 
 def test_max_new_tokens_comes_from_the_config(stage, monkeypatch):
-    monkeypatch.setattr(stage.cfg.caption, "max_new_tokens", 2)
+    monkeypatch.setattr(stage.caption, "max_new_tokens", 2)
     samples = [make_sample(str(i), image) for i, image in enumerate(photos())]
     stage(samples)
     assert all(s.caption is not None and len(s.caption.split()) == 2 for s in samples)
@@ -109,7 +109,7 @@ def test_batched_captions_match_one_by_one(stage):
 def test_pixel_values_follow_the_model_dtype():
     cfg = BuildConfig()
     cfg.runtime.device, cfg.runtime.dtype = "cpu", "bfloat16"
-    stage = Caption(cfg, "tiny")
+    stage = Caption.create(cfg, "tiny")
     assert stage.model.dtype == torch.bfloat16
     sample = make_sample("bf16", photos()[0])
     stage([sample])

@@ -1,7 +1,8 @@
 import pytest
 
-from lambda_eclipse.config import BuildConfig, check_profile, load_config
+from lambda_eclipse.config import check_profile
 from lambda_eclipse.errors import UserError
+from tasks.config import BuildConfig, load_build_config
 
 
 def test_defaults_are_the_papers_values():
@@ -21,18 +22,36 @@ def test_defaults_are_the_papers_values():
 def test_yaml_then_set_overrides_in_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("resolution:\n  min_side: 512\nboxes:\n  min_logit: 0.25\n")
-    cfg = load_config(path, ["resolution.min_side=256", "input.extensions=.png,.jpg"])
+    cfg = load_build_config(path, ["resolution.min_side=256", "input.extensions=.png,.jpg"])
     assert cfg.resolution.min_side == 256 and isinstance(cfg.resolution.min_side, int)
     assert cfg.boxes.min_logit == 0.25
     assert cfg.input.extensions == (".png", ".jpg")
 
 
+def test_the_default_config_hash_is_the_one_existing_datasets_were_built_with():
+    """Moving the sections (tasks/config.py) and building stages from them must not invalidate existing datasets."""
+    assert BuildConfig().content_hash() == "d14b838ae832c325"
+
+
+def test_each_stage_is_built_from_its_own_sections():
+    from tasks.box_filters import BoxFilters
+    from tasks.features import ClipFeatures
+
+    cfg = load_build_config(overrides=["boxes.max_boxes=5", "subjects.min_subjects=2", "features.batch_size=7"])
+    filters = BoxFilters.from_config(cfg)
+    assert filters.boxes is cfg.boxes and filters.boxes.max_boxes == 5
+    features = ClipFeatures.from_config(cfg, "paper-shapes")  # nothing loads until setup()
+    assert (features.subjects.min_subjects, features.batch_size, features.profile) == (2, 7, "paper-shapes")
+    assert not hasattr(features, "clip")
+    assert {f for f in vars(features)} == {"profile", "models", "runtime", "features", "subjects"}
+
+
 def test_content_hash_tracks_content_not_runtime():
-    base = load_config()
-    placed = load_config(overrides=["runtime.actors.masks=3", "runtime.gpus.masks=0.5", "masks.batch_size=2"])
+    base = load_build_config()
+    placed = load_build_config(overrides=["runtime.actors.masks=3", "runtime.gpus.masks=0.5", "masks.batch_size=2"])
     assert placed.runtime.actors == {"masks": 3} and placed.runtime.gpus == {"masks": 0.5}
     assert placed.content_hash() == base.content_hash()  # placement and batch sizes do not change the dataset
-    assert load_config(overrides=["boxes.min_logit=0.31"]).content_hash() != base.content_hash()
+    assert load_build_config(overrides=["boxes.min_logit=0.31"]).content_hash() != base.content_hash()
 
 
 @pytest.mark.parametrize(
@@ -51,19 +70,19 @@ def test_content_hash_tracks_content_not_runtime():
 )
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        load_config(overrides=[override])
+        load_build_config(overrides=[override])
 
 
 def test_bad_config_files(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        load_build_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolution: [1, 2")
     with pytest.raises(UserError, match="not valid YAML"):
-        load_config(bad)
+        load_build_config(bad)
     bad.write_text("resolution: 3\n")
     with pytest.raises(UserError, match="section 'resolution' must be a mapping"):
-        load_config(bad)
+        load_build_config(bad)
 
 
 def test_unknown_profile():
@@ -73,8 +92,8 @@ def test_unknown_profile():
 
 
 def test_a_resolved_config_round_trips_through_a_dict():
-    from lambda_eclipse.config import config_from_dict
+    from tasks.config import build_config_from_dict
 
-    cfg = load_config(overrides=["input.extensions=.png", "runtime.actors.masks=2", "boxes.min_logit=0.4"])
-    again = config_from_dict(cfg.to_dict())
+    cfg = load_build_config(overrides=["input.extensions=.png", "runtime.actors.masks=2", "boxes.min_logit=0.4"])
+    again = build_config_from_dict(cfg.to_dict())
     assert again == cfg and again.content_hash() == cfg.content_hash()

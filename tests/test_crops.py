@@ -1,7 +1,7 @@
 import numpy as np
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Detection, Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.crops import SubjectCrops
 
 WHITE = [255, 255, 255]
@@ -13,7 +13,7 @@ def run(image, *subjects, size=224):
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.image = image
     sample.subjects = list(subjects)
-    SubjectCrops(cfg)([sample])
+    SubjectCrops.create(cfg)([sample])
     return sample
 
 
@@ -66,5 +66,5 @@ def test_rejected_sample_is_untouched():
     sample.reject_at("subjects", "why")
     assert sample.image is None and sample.subjects == []  # a rejected sample drops its pixels at once
     sample.subjects = [subject((0, 0, 1, 1), None)]
-    SubjectCrops(BuildConfig())([sample])
+    SubjectCrops.create(BuildConfig())([sample])
     assert sample.reject == Reject("subjects", "why") and sample.subjects[0].crop is None

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.decode import Decode
 from tasks.resolution import ResolutionFilter
 
 
 def decode(path, cfg=None, **ref):
     sample = Sample(key="k", source="s", ref=SourceRef(str(path), **ref))
-    Decode(cfg or BuildConfig())([sample])
+    Decode.create(cfg or BuildConfig())([sample])
     return sample
 
 
@@ -84,7 +84,7 @@ def test_one_pixel_png_decodes_and_resolution_rejects_it(tmp_path):
     assert sample.image.shape == (1, 1, 3) and sample.image.dtype == np.uint8
     assert sample.image.flags.writeable
     assert sample.image[0, 0].tolist() == [10, 20, 30]
-    ResolutionFilter(BuildConfig())([sample])
+    ResolutionFilter.create(BuildConfig())([sample])
     assert rejected(sample).stage == "resolution"
 
 
@@ -216,5 +216,5 @@ def test_byte_range_inside_a_file(tmp_path):
 def test_rejected_sample_is_untouched(tmp_path):
     sample = Sample(key="k", source="s", ref=SourceRef(str(tmp_path / "missing.jpg")))
     sample.reject_at("earlier", "why")
-    Decode(BuildConfig())([sample])
+    Decode.create(BuildConfig())([sample])
     assert sample.reject == Reject("earlier", "why") and sample.image is None

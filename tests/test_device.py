@@ -4,9 +4,9 @@ where the work runs (an actor's node) or from the cluster (a flow process withou
 import pytest
 import torch
 
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.device import check_device, check_dtype, cluster_device, dtype_name, local_device, torch_dtype
 from lambda_eclipse.errors import UserError
+from tasks.config import BuildConfig
 
 
 @pytest.mark.parametrize("use, on_cuda", [("stages", torch.bfloat16), ("embeddings", torch.float16),

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from generate.pipeline import Generator
-from lambda_eclipse.config import BuildConfig
 from lambda_eclipse.models.clip import load_clip
 from storage.sample import Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.edges import EDGE_SIZE, CannyEdge, canny_rgb, edge_resolution
 
 
@@ -16,7 +16,7 @@ def edges(gray, low=100, high=200):
     cfg.edge.size = 0  # the image's own resolution: these tests draw steps pixel by pixel
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.image = np.repeat(np.asarray(gray, np.uint8)[:, :, None], 3, axis=2)
-    CannyEdge(cfg)([sample])
+    CannyEdge.create(cfg)([sample])
     assert sample.edge is not None
     assert sample.edge.shape == sample.image.shape and sample.edge.dtype == np.uint8
     assert (sample.edge == sample.edge[:, :, :1]).all()  # RGB: three equal channels
@@ -57,7 +57,7 @@ def test_low_threshold_continues_a_strong_edge():
 def test_rejected_sample_is_untouched():
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.reject_at("crops", "why")
-    CannyEdge(BuildConfig())([sample])
+    CannyEdge.create(BuildConfig())([sample])
     assert sample.reject == Reject("crops", "why") and sample.edge is None
 
 
@@ -73,7 +73,7 @@ def photo(size: int) -> np.ndarray:
 
 def stage_edge(image: np.ndarray, cfg: BuildConfig | None = None) -> np.ndarray:
     sample = Sample(key="k", source="s", ref=SourceRef("unused"), image=image)
-    CannyEdge(cfg or BuildConfig())([sample])
+    CannyEdge.create(cfg or BuildConfig())([sample])
     assert sample.edge is not None
     return sample.edge
 

@@ -150,7 +150,7 @@ def test_a_reference_photo_without_a_box_is_recorded_per_prompt_and_per_subject(
     row, images = evaluator.score(*first)
     assert row["segmentation"] == "segmented"
     record(plan, first[0], row, images)
-    evaluator.generator.segmenter.boxes.cfg.boxes.box_threshold = 1.0
+    evaluator.generator.segmenter.boxes.boxes.box_threshold = 1.0
     evaluator.generator._subjects.clear()  # embed the reference photos again, now without a box
     for prompt, job in rest:
         row, images = evaluator.score(prompt, job)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_eclipse.config import BuildConfig
 from storage.layout import shard_paths
 from storage.sample import Detection, Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
 from storage.synthetic_features import featured_sample
+from tasks.config import BuildConfig
 from tasks.features import ClipFeatures
 
 LONG_MIDDLE = "and a very long story " * 20  # pushes what follows past the 77-token context
@@ -40,7 +40,7 @@ def make_stage(**subjects) -> ClipFeatures:
     cfg.runtime.device = "cpu"
     for key, value in subjects.items():
         setattr(cfg.subjects, key, value)
-    return ClipFeatures(cfg, "tiny")
+    return ClipFeatures.create(cfg, "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_dropped_subjects_reach_the_sample_json_and_the_shard_stats(stage, tmp_p
 def test_stage_loads_clip_in_the_configured_dtype_not_the_runtime_one(name, expected):
     cfg = BuildConfig()
     cfg.runtime.device, cfg.runtime.dtype, cfg.features.dtype = "cpu", "bfloat16", name
-    stage = ClipFeatures(cfg, "tiny")
+    stage = ClipFeatures.create(cfg, "tiny")
     assert stage.dtype == stage.clip.dtype == expected
     assert {p.dtype for p in stage.clip.model.parameters()} == {expected}
     sample = make_sample("a", "a dog and a cat", ["dog", "cat"])

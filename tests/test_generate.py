@@ -156,7 +156,7 @@ def test_segmentation_masks_the_subject_with_grounding_dino_and_sam(plan, assets
     assert embedded.how == "segmented"
     np.testing.assert_array_equal(embedded.crop, mask_crop(image, mask))
     # no box above the threshold: the image is used as given, and the metadata says so
-    segmenting.segmenter.boxes.cfg.boxes.box_threshold = 1.0
+    segmenting.segmenter.boxes.boxes.box_threshold = 1.0
     assert segmenting.segmenter.mask(image, "hat") is None
     fallback = segmenting.subject(SubjectSpec("hat", assets["dog"]))
     assert fallback.how == "as given (segmentation found no box)"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Detection, Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.mask_filters import MaskFilters
 
 SIZE = 200
@@ -22,7 +22,7 @@ def run(*detections):
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.image = np.zeros((SIZE, SIZE, 3), np.uint8)
     sample.detections = list(detections)
-    MaskFilters(BuildConfig())([sample])
+    MaskFilters.create(BuildConfig())([sample])
     return sample
 
 
@@ -68,6 +68,6 @@ def test_rejected_sample_is_untouched():
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.reject_at("box_filters", "why")
     sample.detections = [det("cat", (0, 0, 10, 10), 0.5, filled=0)]  # set after: reject_at drops them
-    MaskFilters(BuildConfig())([sample])
+    MaskFilters.create(BuildConfig())([sample])
     assert sample.reject == Reject("box_filters", "why")
     assert sample.detections[0].mask_ratio is None

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Detection, Noun, Sample, SourceRef
 from tasks.box_filters import BoxFilters
 from tasks.boxes import Boxes
+from tasks.config import BuildConfig
 from tasks.mask_filters import MaskFilters
 from tasks.masks import Masks
 
@@ -35,7 +35,7 @@ def batch():
 
 @pytest.fixture(scope="module")
 def stage():
-    return Masks(BuildConfig())
+    return Masks.create(BuildConfig())
 
 
 def test_one_bool_mask_of_the_image_size_per_detection(stage):
@@ -75,7 +75,7 @@ def test_bfloat16_runs():
     cfg = BuildConfig()
     cfg.runtime.dtype = "bfloat16"
     s = sample(96, 128, [(10, 10, 60, 70)], 6)
-    Masks(cfg)([s])
+    Masks.create(cfg)([s])
     mask = s.detections[0].mask
     assert mask is not None and mask.dtype == bool and mask.shape == (96, 128)
 
@@ -89,6 +89,6 @@ def test_tiny_models_yield_samples_through_the_real_filters(stage):
         s = sample(height, width, [], 10 + i, f"s{i}")
         s.caption, s.nouns = "a dog and a cat", [Noun("dog", 2, 5), Noun("cat", 12, 15)]
         samples.append(s)
-    for step in (Boxes(cfg), BoxFilters(cfg), stage, MaskFilters(cfg)):
+    for step in (Boxes.create(cfg), BoxFilters.create(cfg), stage, MaskFilters.create(cfg)):
         step(samples)
     assert sum(s.accepted for s in samples) >= 3, [s.reject for s in samples]

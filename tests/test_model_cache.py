@@ -10,7 +10,7 @@ import pytest
 from evaluation.config import EvalConfig
 from generate.config import GenerateConfig
 from generate.prior_checkpoint import RELEASED
-from lambda_eclipse.config import BuildConfig
+from tasks.config import BuildConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("model_cache", ROOT / "deploy" / "model_cache.py")

@@ -1,9 +1,10 @@
 import pytest
 
-from lambda_eclipse.config import BuildConfig, ModelsConfig
+from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.spacy_nlp import load_spacy
 from storage.sample import Noun, Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.nouns import Nouns
 
 
@@ -15,7 +16,7 @@ def captioned(text, key="k"):
 
 @pytest.fixture(scope="module")
 def stage():
-    return Nouns(BuildConfig())
+    return Nouns.create(BuildConfig())
 
 
 def nouns_of(stage, text):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Detection, Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.subjects import SelectSubjects
 
 
@@ -13,7 +13,7 @@ def det(noun, logit):
 def run(*detections):
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.detections = list(detections)
-    SelectSubjects(BuildConfig())([sample])
+    SelectSubjects.create(BuildConfig())([sample])
     return sample
 
 
@@ -45,5 +45,5 @@ def test_rejected_sample_is_untouched():
     sample = Sample(key="k", source="s", ref=SourceRef("unused"))
     sample.detections = [det("dog", 0.5)]
     sample.reject_at("mask_filters", "why")
-    SelectSubjects(BuildConfig())([sample])
+    SelectSubjects.create(BuildConfig())([sample])
     assert sample.reject == Reject("mask_filters", "why") and sample.subjects == []

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lambda_eclipse.config import BuildConfig
 from storage.sample import Reject, Sample, SourceRef
+from tasks.config import BuildConfig
 from tasks.white_background import WhiteBackgroundFilter
 
 
@@ -17,7 +17,7 @@ def sample_with_white(count, white=(255, 255, 255), rest=(100, 150, 200)):
 
 
 def run(sample):
-    WhiteBackgroundFilter(BuildConfig())([sample])
+    WhiteBackgroundFilter.create(BuildConfig())([sample])
     return sample
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lambda_eclipse.config import add_config_options, describe_keys
+from tasks.config import BuildConfig
 
 EPILOG = """\
 stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
@@ -61,7 +62,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "build-dataset",
         help="build prior-training shards from image folders or WebDataset tars",
         description="Build λ-ECLIPSE training shards (Parquet features + WebDataset pixels) from images.",
-        epilog=EPILOG.format(config_keys=describe_keys()),
+        epilog=EPILOG.format(config_keys=describe_keys(BuildConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument(
