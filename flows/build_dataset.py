@@ -9,7 +9,10 @@ URLs (`storage/fs.py`) that every Ray worker reads and writes itself.
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter, deque
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -28,7 +31,16 @@ from lambda_eclipse.ray_session import ray_session
 from storage.confine import confine
 from storage.dataset_meta import write_meta
 from storage.fs import join, name, uri, write_bytes
-from storage.layout import read_json, shard_paths
+from storage.layout import (
+    FAILED,
+    clear_failure,
+    complete_shards,
+    failed_units,
+    failure_path,
+    read_json,
+    record_failure,
+    shard_paths,
+)
 from storage.manifest import write_manifest
 from storage.report import contact_sheet, dropped_subjects, funnel_markdown, thumbnail_markdown
 from tasks.plan import BuildPlan, prepare_build
@@ -61,36 +73,132 @@ def _row(stats: dict) -> dict:
     )
 
 
-def _run_units(plan: BuildPlan, meta: dict, pools, on_done) -> None:
-    """Keep up to `in_flight` unit tasks running; call `on_done(unit, stats)` as each finishes."""
+RETRY_BACKOFF = 1.0  # seconds before a failed unit's second try, doubled for each try after it (at most a minute)
+INTERRUPTIONS = 10  # times a unit is run again after losing its worker, node or actors, before that counts as failing
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A unit that lost its worker, node or actors (the cluster's doing) rather than failed on its own inputs."""
+    import ray.exceptions as rx
+
+    from tasks.unit import ActorsGone
+
+    cause = exc.cause if isinstance(exc, rx.RayTaskError) else exc
+    system = (rx.WorkerCrashedError, rx.NodeDiedError, rx.ObjectLostError, rx.OwnerDiedError, rx.RayActorError,
+              rx.ActorUnavailableError, rx.LocalRayletDiedError, ActorsGone)
+    return isinstance(cause, system) or isinstance(exc, system)
+
+
+def _reason(exc: BaseException) -> tuple[str, str]:
+    """The one-line reason of a unit's failure, and the node it ran on."""
+    import ray.exceptions as rx
+
+    from tasks.unit import UnitFailed
+
+    cause = exc.cause if isinstance(exc, rx.RayTaskError) else exc
+    if isinstance(cause, UnitFailed):
+        return str(cause), cause.node
+    text = str(cause).strip()
+    return (text.splitlines()[-1] if text else type(cause).__name__), ""
+
+
+def _measured(stats: list[dict]) -> tuple[dict[str, float], float]:
+    """Seconds per sample of each model stage and of a unit's own work, from the shards built so far."""
+    from tasks.pipeline import MODEL_STAGES
+
+    seconds: dict[str, float] = {}
+    samples: dict[str, int] = {}
+    for s in stats:
+        inputs = {f["stage"]: f["in"] for f in s["funnel"]}
+        for stage, spent in s["stage_seconds"].items():
+            seconds[stage] = seconds.get(stage, 0.0) + spent
+            samples[stage] = samples.get(stage, 0) + inputs.get(stage, 0)
+    per = {stage: seconds[stage] / samples[stage] for stage in seconds if samples.get(stage)}
+    unit = sum(v for k, v in per.items() if k not in MODEL_STAGES)
+    return {k: v for k, v in per.items() if k in MODEL_STAGES and v > 0}, unit
+
+
+def _run_units(plan: BuildPlan, meta: dict, pools, on_done, on_failed, log) -> bool:
+    """Keep the pools' worth of unit tasks running; `on_done(unit, stats)` as each finishes, `on_failed(unit,
+    record)` for one that failed every try. A unit that fails is tried again with backoff (runtime.unit_retries); one
+    that lost its worker or node is run again with the pools as they are now. Returns False when the build stopped
+    early (runtime.max_failed_units failures)."""
     import ray
 
-    from lambda_eclipse.ray_session import cluster_resources
-    from tasks.actors import unit_cpus
     from tasks.unit import build_unit
 
-    cfg = plan.cfg
-    sizes = [len(pool) for pool in pools.handles().values()]
-    in_flight = cfg.runtime.units_in_flight or max(2, 2 * max(sizes))
-    remote = ray.remote(num_cpus=unit_cpus(cfg, cluster_resources()), max_retries=2)(build_unit)
-    handles = ray.put(pools.handles())
-    queue = list(plan.todo)
-    running: dict = {}
-    while queue or running:
-        while queue and len(running) < in_flight:
-            unit = queue.pop(0)
-            running[remote.remote(unit, str(plan.output), cfg, plan.profile, meta, handles)] = unit
-        (ready,), _ = ray.wait(list(running), num_returns=1)
-        unit = running.pop(ready)
-        try:
-            stats = ray.get(ready)
-        except Exception as exc:  # any failure of a unit stops the build, reported in one line
-            for ref in running:  # on a shared cluster nothing keeps running for a failed build
-                ray.cancel(ref, force=True)
-            cause = getattr(exc, "cause", None) or exc
-            reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-            raise BuildError(f"shard {unit.shard:05d} ({unit.description}) failed on a Ray worker: {reason}") from exc
-        on_done(unit, stats)
+    cfg, r = plan.cfg, plan.cfg.runtime
+    limit = r.max_failed_units or max(1, math.ceil(0.01 * len(plan.todo)))
+    task = ray.remote(max_retries=0)(build_unit)
+    queue: deque = deque(plan.todo)
+    delayed: list[tuple[float, object]] = []  # (not before, unit): failed units waiting for their next try
+    running: dict = {}  # ref → (unit, generation of the handles it got)
+    tries: Counter = Counter()
+    lost: Counter = Counter()
+    failures, finished = 0, []
+    handles, generation = None, -1
+    waiting_since: float | None = None
+    while queue or running or delayed:
+        for line in pools.tick(min((g for _, g in running.values()), default=None)):
+            log.warning("%s", line)
+        now = time.monotonic()
+        for item in [d for d in delayed if d[0] <= now]:
+            delayed.remove(item)
+            queue.appendleft(item[1])
+        if pools.serving():
+            waiting_since = None
+            if generation != pools.generation:
+                handles, generation = ray.put(pools.handles()), pools.generation
+            while handles is not None and queue and len(running) < pools.units_in_flight():
+                unit = queue.popleft()
+                ref = task.options(num_cpus=pools.plan.unit_cpus).remote(unit, str(plan.output), cfg, plan.profile,
+                                                                         meta, handles)
+                running[ref] = (unit, generation)
+        elif queue:
+            waiting_since = waiting_since or now
+            if now - waiting_since > r.placement_timeout:
+                for ref in running:
+                    ray.cancel(ref, force=True)
+                raise BuildError(pools.unservable(now - waiting_since))
+        if not running:
+            time.sleep(0.2)
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        for ref in ready:
+            unit, _ = running.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001  (classified: the cluster's doing, or the unit's)
+                reason, node = _reason(exc)
+                if _interrupted(exc) and lost[unit.shard] < INTERRUPTIONS:
+                    lost[unit.shard] += 1
+                    log.warning("shard %05d lost its worker, node or actors (%s): building it again", unit.shard,
+                                reason)
+                    queue.appendleft(unit)
+                    continue
+                tries[unit.shard] += 1
+                if tries[unit.shard] <= r.unit_retries:
+                    wait = min(60.0, RETRY_BACKOFF * 2 ** (tries[unit.shard] - 1))
+                    log.warning("shard %05d (%s) failed, try %d of %d: %s; again in %g s", unit.shard,
+                                unit.description, tries[unit.shard], r.unit_retries + 1, reason, wait)
+                    delayed.append((now + wait, unit))
+                    continue
+                failures += 1
+                on_failed(unit, {"shard": unit.shard, "description": unit.description, "error": reason,
+                                 "attempts": tries[unit.shard], "node": node,
+                                 "time": datetime.now(UTC).isoformat(timespec="seconds")})
+                if failures >= limit and (queue or delayed or running):
+                    for other in running:  # a systematic error must not burn the cluster
+                        ray.cancel(other, force=True)
+                    return False
+                continue
+            on_done(unit, stats)
+            finished.append(stats)
+            if r.rebalance_every and len(finished) % r.rebalance_every == 0:
+                line = pools.rebalance(*_measured(finished))
+                if line:
+                    log.info("%s", line)
+    return True
 
 
 @flow(name="build-dataset")
@@ -128,6 +236,9 @@ def build_dataset(
             create_table_artifact(table=rows, key="build-dataset-shards", description="one row per shard built")
             last_table = (time.monotonic(), len(rows))
 
+    failed: list[dict] = []
+    finished = True
+    earlier_failures = set(failed_units(plan.output))
     if plan.todo:
         from tasks.actors import StagePools
 
@@ -135,8 +246,9 @@ def build_dataset(
             total=len(plan.todo), unit="shard", desc="build-dataset", disable=None
         ) as bar:
             pools = StagePools(plan.cfg, profile, logger)
-            nodes.update(pools.nodes)
-            logger.info("model actors ready on %d node(s): %s", len(pools.nodes), pools.describe())
+            nodes.update(pools.used_nodes)
+            logger.info("model actors ready on %d node(s) of %d: %s", len(pools.used_nodes), len(pools.nodes),
+                        pools.describe())
             try:
                 cfg = plan.cfg
                 meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
@@ -146,20 +258,30 @@ def build_dataset(
                     nonlocal done
                     done += 1
                     nodes.add(stats["node"])
+                    nodes.update(pools.used_nodes)
+                    if unit.shard in earlier_failures:
+                        clear_failure(plan.output, unit.shard)
                     bar.update()
                     logger.info(
                         "shard %05d: %d accepted, %d rejected, %.2f images/s (%d/%d shards)",
                         unit.shard, stats["accepted"], stats["rejected"], stats["images_per_second"] or 0, done, total,
                     )
-                    rows.append(_row(stats))
+                    rows.append(_row(stats) | {"actors": ", ".join(f"{k} {v}" for k, v in pools.sizes().items())})
                     publish_table()
                     update_progress_artifact(progress, 100.0 * done / total)  # pyright: ignore[reportArgumentType]
 
-                _run_units(plan, meta, pools, on_done)
+                def on_failed(unit, record: dict) -> None:
+                    failed.append(record)
+                    record_failure(plan.output, unit.shard, record)
+                    logger.error("shard %05d (%s) failed after %d tries: %s; recorded in %s", unit.shard,
+                                 unit.description, record["attempts"], record["error"],
+                                 failure_path(plan.output, unit.shard))
+
+                finished = _run_units(plan, meta, pools, on_done, on_failed, logger)
             finally:
                 pools.shutdown()
         publish_table(final=True)
-    built = plan.complete | {u.shard for u in plan.todo}
+    built = set(complete_shards(plan.output)) & {u.shard for u in plan.units}
     all_stats = [read_json(shard_paths(plan.output, u.shard)["stats"]) for u in plan.units if u.shard in built]
     shards = [s["shard"] for s in all_stats]
     sheet = contact_sheet(plan.output, shards, join(plan.output, "contact_sheet.png"))
@@ -182,5 +304,17 @@ def build_dataset(
         "contact_sheet": str(sheet) if sheet else None,
         "nodes": len(nodes),
     }
+    if failed or not finished:
+        create_table_artifact(table=failed, key="build-dataset-failed-units",
+                              description="units that failed every try: the next run builds only what is missing")
+        shown = "; ".join(f"shard {f['shard']:05d} ({f['description']}): {f['error']}" for f in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        stopped = ("" if finished else
+                   f"stopped early at runtime.max_failed_units ({len(failed)} failed), {len(plan.todo) - len(failed)}"
+                   " other unit(s) not all built; ")
+        raise BuildError(
+            f"{stopped}{len(failed)} of {len(plan.todo)} unit(s) failed after {plan.cfg.runtime.unit_retries + 1} "
+            f"tries: {shown}{more}; they are recorded in {join(plan.output, FAILED)}; run the same command again "
+            f"to build only what is missing ({summary['shards']} of {total} shards complete)")
     logger.info("done: %s", summary)
     return summary

@@ -24,12 +24,14 @@ RESTARTS = 4  # an actor's restarts and a call's retries after its actor died
 
 @dataclass
 class Placement:
-    """What each actor of a pool gets: Ray resources, torch threads, and how many actors."""
+    """What each actor of a pool gets: Ray resources, torch threads, how many actors, and the node they are meant for
+    (preferred, not required: Ray places them elsewhere if that node is gone)."""
 
     cpus: float
     gpus: float
     actors: int
     threads: int
+    node: str | None = None
 
 
 def floor_cpus(cpus: float) -> float:
@@ -84,43 +86,101 @@ class ModelActor:
 
 
 class ActorPool:
-    """`placement.actors` ModelActors of one stage, loaded in parallel; calls spread over them. `start=False` leaves
-    waiting for the models to the caller (`wait_ready`), so that several pools load at once."""
+    """ModelActors of one stage, loaded in parallel; calls spread over those that are ready. The pool grows (`add`) and
+    shrinks (`remove`) while it serves: a build resizes its pools to the cluster it has. `start=False` leaves waiting
+    for the models to the caller (`wait_ready`, `poll`), so that several pools load at once."""
 
     def __init__(self, stage: str, build: Callable[[], Any], placement: Placement, log=None, start: bool = True):
+        self.stage, self.build, self.log = stage, build, log
+        self.placement = placement  # the first actors' (what `describe` shows)
+        self.actors: list = []
+        self.where: list[dict] = []  # per actor, once ready: node, device, dtype
+        self.placed: list[Placement] = []  # per actor: what it asked for
+        self.live: list[int] = []  # actors ready and not removed, by index
+        self._pending: dict[Any, int] = {}  # readiness ref → actor index
+        self.add(placement)
+        if start:
+            self.wait_ready()
+
+    def add(self, placement: Placement) -> list[int]:
+        """`placement.actors` more actors of `placement`; they serve once `poll` or `wait_ready` found them ready."""
         import ray
 
         from lambda_eclipse.ray_session import cluster_resources
 
-        self.stage, self.placement = stage, placement
-        p = placement
-        short = gpu_shortfall(stage, p, cluster_resources())
-        if short and log is not None:
-            log.warning("%s", short)
-        remote = ray.remote(num_cpus=p.cpus, num_gpus=p.gpus, max_restarts=RESTARTS,
-                            max_task_retries=RESTARTS)(ModelActor)
-        self.actors: list = [remote.remote(build, p.threads, p.gpus) for _ in range(p.actors)]
-        self.where: list[dict] = [{} for _ in self.actors]
-        self._pending = [actor.ready.remote() for actor in self.actors]
-        if start:
-            self.wait_ready()
+        short = gpu_shortfall(self.stage, placement, cluster_resources())
+        if short and self.log is not None:
+            self.log.warning("%s", short)
+        options: dict[str, Any] = {}
+        if placement.node:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(placement.node, soft=True)
+        remote = ray.remote(num_cpus=placement.cpus, num_gpus=placement.gpus, max_restarts=RESTARTS,
+                            max_task_retries=RESTARTS, **options)(ModelActor)
+        added = []
+        for _ in range(placement.actors):
+            self.actors.append(remote.remote(self.build, placement.threads, placement.gpus))
+            self.where.append({})
+            self.placed.append(placement)
+            added.append(len(self.actors) - 1)
+            self._pending[self.actors[-1].ready.remote()] = added[-1]
+        return added
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def on_node(self) -> dict[int, str | None]:
+        """Each serving or loading actor's node: where it runs, or where it was meant to run while it loads."""
+        return {i: self.where[i]["node"] for i in self.live} | {i: self.placed[i].node for i in self._pending.values()}
+
+    def poll(self, timeout: float | None = 0.0) -> list[int]:
+        """Actors whose models have loaded since the last poll (waiting up to `timeout` s for the first; None: for all).
+        A model that cannot load is raised as one line naming the stage, actor and cause."""
+        import ray
+
+        if not self._pending:
+            return []
+        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending) if timeout is None else 1,
+                           timeout=timeout)
+        ready = []
+        for ref in done:
+            index = self._pending.pop(ref)
+            self.where[index] = self._get(ref, index, "loading its models")
+            self.live.append(index)
+            ready.append(index)
+        return ready
 
     def wait_ready(self) -> None:
         """Until every actor has loaded its models; a model that cannot load is raised here (one line), the pool
         shut down."""
         try:
-            self.where = [self._get(ref, i, "loading its models") for i, ref in enumerate(self._pending)]
+            self.poll(timeout=None)
         except BaseException:
             self.shutdown()
             raise
 
+    def remove(self, index: int) -> None:
+        """Stop actor `index` (its node is gone, or its stage needs fewer actors); calls on it fail from now on."""
+        import ray
+
+        if index in self.live:
+            self.live.remove(index)
+        self._pending = {ref: i for ref, i in self._pending.items() if i != index}
+        ray.kill(self.actors[index])
+
+    def handles(self) -> list:
+        return [self.actors[i] for i in self.live]
+
     @property
     def nodes(self) -> set[str]:
-        return {w["node"] for w in self.where if w}
+        return {self.where[i]["node"] for i in self.live}
 
     def describe(self) -> str:
         p = self.placement
-        places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.where if w)
+        places = ", ".join(f"{self.where[i]['device']} {self.where[i]['dtype']} on node {self.where[i]['node'][:8]}"
+                           for i in self.live)
         return f"{self.stage}: {p.actors} actor(s) × ({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads): {places}"
 
     def _get(self, ref, index: int, doing: str) -> Any:
@@ -138,11 +198,12 @@ class ActorPool:
             raise WorkerError(f"{at} failed {doing}: {ray_error_reason(exc)}") from exc
 
     def call(self, fn: Callable, *args, doing: str = "") -> Any:
-        """`fn(models, *args)` on the first actor."""
-        return self._get(self.actors[0].run.remote(fn, *args), 0, doing or fn.__name__)
+        """`fn(models, *args)` on the first ready actor."""
+        first = self.live[0]
+        return self._get(self.actors[first].run.remote(fn, *args), first, doing or fn.__name__)
 
     def map(self, fn: Callable, items: list[tuple], label: Callable[[int], str]) -> Iterator[tuple[int, Any, int]]:
-        """`fn(models, *items[i])` for every i, spread over the actors (each keeps up to IN_FLIGHT calls queued),
+        """`fn(models, *items[i])` for every i, spread over the ready actors (each keeps up to IN_FLIGHT calls queued),
         yielded as (i, result, actor index) in the order they finish. `label(i)` names item i in errors."""
         import ray
 
@@ -154,7 +215,7 @@ class ActorPool:
             running[self.actors[actor].run.remote(fn, *items[i])] = (i, actor)
 
         for _ in range(IN_FLIGHT):
-            for actor in range(len(self.actors)):
+            for actor in self.live:
                 if pending:
                     submit(actor)
         while running:
@@ -170,6 +231,7 @@ class ActorPool:
 
         for actor in self.actors:
             ray.kill(actor)
+        self.live, self._pending = [], {}
 
 
 class PoolRuntime(Protocol):

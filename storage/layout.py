@@ -19,6 +19,7 @@ from storage.fs import Location, is_file, is_local, join, location, open_file, r
 
 DATASET_JSON = "dataset.json"
 SHARDS = "shards"
+FAILED = "failed"  # failed/NNNNN.json: a unit that failed every try (error, attempts, node, time), until it completes
 DATA_FILES = ("parquet", "tar", "rejects")  # the files `_stats.json` lists, written before it
 
 
@@ -48,6 +49,32 @@ def complete_shards(root: Location) -> list[int]:
         return []
     names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(base, detail=False))
     return sorted(int(name.split("_")[0]) for name in names if name.endswith("_stats.json"))
+
+
+def failure_path(root: Location, shard: int) -> Location:
+    return join(root, FAILED, f"{shard:05d}.json")
+
+
+def record_failure(root: Location, shard: int, record: dict[str, Any]) -> None:
+    fs, base = resolve(join(root, FAILED))
+    fs.makedirs(base, exist_ok=True)
+    write_json_atomic(failure_path(root, shard), record)
+
+
+def clear_failure(root: Location, shard: int) -> None:
+    """The unit's failure record, once its shard is complete."""
+    fs, path = resolve(failure_path(root, shard))
+    if fs.isfile(path):
+        fs.rm_file(path)
+
+
+def failed_units(root: Location) -> list[int]:
+    """Shards whose unit failed in an earlier run and has not completed since."""
+    fs, base = resolve(join(root, FAILED))
+    if not fs.isdir(base):
+        return []
+    names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(base, detail=False))
+    return sorted(int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit())
 
 
 def tmp_path(path: Path) -> Path:

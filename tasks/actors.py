@@ -1,23 +1,26 @@
-"""build-dataset's model stages on Ray: one pool of actors per stage (lambda_eclipse.actor_pool), sized and placed
-from what the stage declares.
+"""build-dataset's model stages on Ray: one pool of actors per stage (lambda_eclipse.actor_pool), sized by the
+cluster it runs on (tasks/placement.py) and kept so while the build runs.
 
-Each actor loads its stage's model once and then serves batches from every work unit being built; pools are
-created together, so the models load in parallel, and are ready before the first unit starts. An actor that
-dies (OOM, a killed process, a lost node) is restarted by Ray and the call is retried on it.
+Each actor loads its stage's model once and then serves batches from every work unit being built; pools are created
+together, so the models load in parallel. While the build runs, `StagePools.tick` follows the cluster: nodes that
+join get actors, actors lost with a node are replaced where they fit and the pools shrink to what remains; every few
+shards `rebalance` moves actors toward the stage that measured slowest. An actor that is no longer wanted leaves the
+handles that new units get at once, and is stopped once no running unit holds it. An actor that dies (OOM, a killed
+process) is restarted by Ray and the call is retried on it.
 """
 
 from __future__ import annotations
 
-import math
-import os
+from dataclasses import dataclass, field, replace
 from functools import partial
 
-from lambda_eclipse.actor_pool import ActorPool, Placement, floor_cpus
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.actor_pool import ActorPool, Placement
+from lambda_eclipse.errors import BuildError, UserError
 from storage.sample import Sample
 from tasks.base import Stage, set_up
 from tasks.config import BuildConfig
 from tasks.pipeline import MODEL_STAGES, STAGES
+from tasks.placement import PoolPlan, StageDemand, plan_pools
 
 PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
 
@@ -44,44 +47,33 @@ def check_runtime(cfg: BuildConfig) -> None:
     check_dtype("features.dtype", cfg.features.dtype)
     _checked(cfg.runtime.gpus, "gpus")
     _checked(cfg.runtime.actors, "actors")
-    if cfg.runtime.units_in_flight < 0:
-        raise UserError(f"runtime.units_in_flight must be 0 (automatic) or more, got {cfg.runtime.units_in_flight}")
+    r = cfg.runtime
+    for key, value in (("units_in_flight", r.units_in_flight), ("unit_retries", r.unit_retries),
+                       ("max_failed_units", r.max_failed_units), ("rebalance_every", r.rebalance_every)):
+        if value < 0:
+            raise UserError(f"runtime.{key} must be ≥ 0, got {value}")
+    if r.placement_timeout <= 0:
+        raise UserError(f"runtime.placement_timeout must be > 0 seconds, got {r.placement_timeout}")
 
 
-def _scale(cluster: dict[str, float], wanted: dict[str, tuple[float, float, int]]) -> float:
-    total = sum(c * n for c, _, n in wanted.values()) + UNIT_CPUS
-    return min(1.0, cluster.get("CPU", os.cpu_count() or 1) / total)
+UNIT_SECONDS = 0.02  # a unit task's CPU seconds per sample before any is measured (tiny profile, 256² photos)
 
 
-def _wanted(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, tuple[float, float, int]]:
-    gpus = _checked(cfg.runtime.gpus, "gpus")
-    actors = _checked(cfg.runtime.actors, "actors")
-    has_gpus = cluster.get("GPU", 0) > 0
-    return {
-        s.name: (s.cpus, gpus.get(s.name, s.gpus if has_gpus else 0.0), int(actors.get(s.name, s.actors)))
-        for s in STAGES
-        if s.uses_model
-    }
+def demands(cfg: BuildConfig, measured: dict[str, float] | None = None) -> list[StageDemand]:
+    """Each model stage's cost per sample (declared on its class; `measured` CPU seconds replace the declared ones)
+    and its runtime.actors / runtime.gpus overrides."""
+    gpus, actors = _checked(cfg.runtime.gpus, "gpus"), _checked(cfg.runtime.actors, "actors")
+    measured = measured or {}
+    return [StageDemand(s.name, s.tflops, measured.get(s.name, s.cpu_seconds), s.cpus,
+                        int(actors[s.name]) if s.name in actors else None, gpus.get(s.name))
+            for s in STAGES if s.uses_model]
 
 
-def placements(cfg: BuildConfig, cluster: dict[str, float]) -> dict[str, Placement]:
-    """Per model stage: the declared resources with the runtime overrides, CPUs scaled down (never the GPUs) so
-    that every actor and one unit task fit on the cluster at once; otherwise the build would wait forever for an
-    actor that cannot be placed."""
-    wanted = _wanted(cfg, cluster)
-    scale = _scale(cluster, wanted)
-    return {
-        name: Placement(cpus=floor_cpus(c * scale), gpus=g, actors=n, threads=max(1, math.floor(c * scale)))
-        for name, (c, g, n) in wanted.items()
-    }
+def alive_nodes() -> dict[str, dict[str, float]]:
+    """The cluster's live nodes and their total resources, as Ray's control store has them now."""
+    import ray
 
-
-UNIT_CPUS = 1.0  # a unit task before scaling: decode, CPU filters, crops, Canny, shard encoding
-
-
-def unit_cpus(cfg: BuildConfig, cluster: dict[str, float]) -> float:
-    """A unit task's CPUs: scaled like the actors', so that on a small cluster one fits beside them."""
-    return floor_cpus(UNIT_CPUS * _scale(cluster, _wanted(cfg, cluster)))
+    return {n["NodeID"]: dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")}
 
 
 def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> list[Sample]:
@@ -90,52 +82,160 @@ def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> li
     import ray
 
     for sample, refs in zip(samples, pixels, strict=True):
-        for field, ref in refs.items():
-            setattr(sample, field, ray.get(ref))
+        for name, ref in refs.items():
+            setattr(sample, name, ray.get(ref))
     step = stage.batch_size or len(samples)
     for i in range(0, len(samples), step):
         stage(samples[i : i + step])
     for sample, refs in zip(samples, pixels, strict=True):
-        for field in refs:
-            setattr(sample, field, None)  # the caller holds them; don't send them back
+        for name in refs:
+            setattr(sample, name, None)  # the caller holds them; don't send them back
     return samples
 
 
+@dataclass
+class _Retired:
+    stage: str
+    index: int
+    generation: int  # the first generation of handles without it
+
+
+@dataclass
 class StagePools:
-    """The actor pools of every model stage (lambda_eclipse.actor_pool); unit tasks get their handles and spread
-    calls over each pool."""
+    """The actor pools of every model stage; unit tasks get `handles()` and spread calls over each pool."""
 
-    def __init__(self, cfg: BuildConfig, profile: str, log=None):
-        from lambda_eclipse.ray_session import cluster_resources
+    cfg: BuildConfig
+    profile: str
+    log: object = None
+    measured: dict[str, float] = field(default_factory=dict)  # CPU seconds per sample, once shards report them
+    unit_seconds: float = UNIT_SECONDS
+    generation: int = 0  # bumped whenever the handles change
+    retired: list[_Retired] = field(default_factory=list)
 
-        self.placements = placements(cfg, cluster_resources())
+    def __post_init__(self) -> None:
+        self.nodes = alive_nodes()
+        self.plan = self._plan()
         self.pools: dict[str, ActorPool] = {}
         try:
             for stage in (s for s in STAGES if s.uses_model):
+                kinds = self.plan.pools[stage.name]
+                if not kinds:
+                    raise BuildError(f"the cluster ({len(self.nodes)} node(s)) has no room for a {stage.name} actor")
                 # The stage object, built from its own parameters, travels to its actors and is set up there.
-                self.pools[stage.name] = ActorPool(stage.name, partial(set_up, stage.from_config(cfg, profile)),
-                                                   self.placements[stage.name], log, start=False)
+                pool = ActorPool(stage.name, partial(set_up, stage.from_config(self.cfg, self.profile)), kinds[0],
+                                 self.log, start=False)
+                for kind in kinds[1:]:
+                    pool.add(kind)
+                self.pools[stage.name] = pool
             # Every model loads at once; a model that cannot load fails the build here, before any unit starts.
             for pool in self.pools.values():
                 pool.wait_ready()
         except BaseException:
             self.shutdown()
             raise
-        self.nodes = set().union(*(pool.nodes for pool in self.pools.values()))
+
+    def _plan(self) -> PoolPlan:
+        return plan_pools(self.nodes, demands(self.cfg, self.measured), self.unit_seconds)
+
+    @property
+    def used_nodes(self) -> set[str]:
+        return set().union(*(pool.nodes for pool in self.pools.values()))
 
     def describe(self) -> str:
-        return ", ".join(
-            f"{name} {p.actors}×({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads)"
-            for name, p in self.placements.items()
-        )
+        return self.plan.describe()
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(pool.live) for name, pool in self.pools.items()}
 
     def handles(self) -> dict[str, list]:
-        return {name: pool.actors for name, pool in self.pools.items()}
+        return {name: pool.handles() for name, pool in self.pools.items()}
+
+    def serving(self) -> bool:
+        """Every stage has an actor to serve a unit."""
+        return all(pool.live for pool in self.pools.values())
+
+    def unservable(self, waited: float) -> str:
+        """Why no unit can run: the stages without an actor, and what is left of the cluster."""
+        missing = [name for name, pool in self.pools.items() if not pool.live]
+        total = {k: sum(n.get(k, 0) for n in self.nodes.values()) for k in ("CPU", "GPU")}
+        return (f"no actor of {', '.join(missing)} could be placed in {waited:.0f} s on what is left of the cluster "
+                f"({len(self.nodes)} node(s), {total['CPU']:g} CPUs, {total['GPU']:g} GPUs); add nodes, or lower "
+                "runtime.actors / runtime.gpus")
+
+    def units_in_flight(self) -> int:
+        """Unit tasks to keep submitted: runtime.units_in_flight, else twice the slots the plan gives them (the
+        second half waits in Ray's queue, so a slot never idles between two units)."""
+        return self.cfg.runtime.units_in_flight or 2 * self.plan.unit_slots
 
     def describe_clip(self) -> dict:
         from tasks.features import describe_clip
 
         return self.pools["features"].call(describe_clip, doing="describing its CLIP model")
+
+    def tick(self, oldest_generation: int | None) -> list[str]:
+        """Follow the cluster: actors that finished loading join, actors on lost nodes leave, the pools are re-planned
+        when nodes come or go, and retired actors that no running unit holds (`oldest_generation`: the oldest handles
+        a running unit got) are stopped. Returns what changed, for the run log."""
+        changes = []
+        before = self.sizes()
+        for pool in self.pools.values():
+            pool.poll()
+        nodes = alive_nodes()
+        if set(nodes) != set(self.nodes):
+            lost, joined = set(self.nodes) - set(nodes), set(nodes) - set(self.nodes)
+            for pool in self.pools.values():
+                for index in [i for i in pool.live if pool.where[i]["node"] in lost]:
+                    pool.remove(index)
+            self.nodes = nodes
+            what = ", ".join(f"{len(x)} node(s) {verb}" for x, verb in ((lost, "lost"), (joined, "joined")) if x)
+            changes.append(f"cluster changed ({what}; {len(nodes)} node(s) now): " + self._resize())
+        if self.sizes() != before:
+            self.generation += 1
+        keep = []
+        for r in self.retired:
+            if oldest_generation is None or oldest_generation >= r.generation:
+                self.pools[r.stage].remove(r.index)
+            else:
+                keep.append(r)
+        self.retired = keep
+        return changes
+
+    def rebalance(self, measured: dict[str, float], unit_seconds: float) -> str | None:
+        """Re-plan with measured CPU seconds per sample; a line for the run log when the pools change."""
+        self.measured, self.unit_seconds = measured, unit_seconds
+        before = self.sizes()
+        summary = self._resize()
+        return f"rebalanced from measured stage times: {summary}" if self.sizes() != before else None
+
+    def _resize(self) -> str:
+        """Re-plan for the nodes and costs as they are now; each node's actors of each stage are brought to the plan's
+        count (new ones load in the background; surplus ones retire)."""
+        self.plan = self._plan()
+        changed = []
+        for name, pool in self.pools.items():
+            want: dict[str | None, list[Placement]] = {}
+            for kind in self.plan.pools[name]:
+                want.setdefault(kind.node, []).extend([replace(kind, actors=1)] * kind.actors)
+            have: dict[str | None, list[int]] = {}
+            for index, node in pool.on_node().items():
+                have.setdefault(node, []).append(index)
+            before = sum(len(v) for v in have.values())
+            for node in set(want) | set(have):
+                wanted, held = want.get(node, []), have.get(node, [])
+                for kind in wanted[len(held):]:
+                    pool.add(kind)
+                for index in sorted(held)[len(wanted):]:  # the newest go first
+                    if index in pool.live:
+                        pool.live.remove(index)
+                        self.retired.append(_Retired(name, index, self.generation + 1))
+                    else:
+                        pool.remove(index)
+            after = self.plan.actors(name)
+            if after != before:
+                changed.append(f"{name} {before}→{after}")
+        if changed:
+            self.generation += 1
+        return (", ".join(changed) or "pools unchanged") + f" ({self.plan.describe()})"
 
     def shutdown(self) -> None:
         for pool in self.pools.values():

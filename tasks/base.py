@@ -23,11 +23,12 @@ from tasks.config import BuildConfig, RuntimeConfig
 class Stage:
     name: ClassVar[str]
     uses_model: ClassVar[bool] = False  # model stages get their own Ray actor pool
-    # What one actor of a model stage asks for (NeMo Curator's pattern); `runtime.actors.<stage>` and
-    # `runtime.gpus.<stage>` override them, and the GPU fraction applies only where the cluster has GPUs.
-    cpus: ClassVar[float] = 1.0
-    gpus: ClassVar[float] = 0.0
-    actors: ClassVar[int] = 1
+    # What a model stage costs per sample (NeMo Curator declares resources the same way); the build sizes each
+    # stage's pool from these and the cluster (tasks/placement.py), measured CPU seconds replacing `cpu_seconds`
+    # once shards report them. `runtime.actors.<stage>` and `runtime.gpus.<stage>` override the sizing.
+    tflops: ClassVar[float] = 0.0  # GPU work per sample (docs/design.md's FLOP estimates); 0: runs on CPUs only
+    cpu_seconds: ClassVar[float] = 0.0  # CPU seconds per sample on a CPU node (tiny profile, 256² photos)
+    cpus: ClassVar[float] = 1.0  # CPUs per actor on a GPU cluster (its input preparation)
 
     @classmethod
     def from_config(cls, cfg: BuildConfig, profile: str = "tiny") -> Self:

@@ -44,7 +44,8 @@ def noun_token_positions(input_ids: list[int], noun_ids: list[list[int]]) -> lis
 @dataclass
 class Boxes(ModelStage):
     name = "boxes"
-    gpus = 0.1  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    tflops = 0.5  # Grounding DINO Swin-T at 800 px
+    cpu_seconds = 0.05
     boxes: BoxesConfig = field(default_factory=BoxesConfig)
 
     def load(self) -> None:

@@ -12,7 +12,8 @@ from tasks.config import CaptionConfig
 @dataclass
 class Caption(ModelStage):
     name = "caption"
-    gpus = 0.2  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    tflops = 0.7  # BLIP-2 ViT-g + Q-Former + flan-t5-xl, ~30 greedy tokens
+    cpu_seconds = 0.03
     caption: CaptionConfig = field(default_factory=CaptionConfig)
 
     def load(self) -> None:

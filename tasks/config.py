@@ -104,7 +104,11 @@ class RuntimeConfig:
     workers: int = 0  # CPUs given to Ray; 0: all of this machine's
     gpus: dict[str, float] = field(default_factory=dict)  # GPU fraction per model stage (runtime.gpus.masks=0.5)
     actors: dict[str, int] = field(default_factory=dict)  # actors per model stage (runtime.actors.masks=2)
-    units_in_flight: int = 0  # work units (shards) building at once; 0: twice the largest actor pool, at least 2
+    units_in_flight: int = 0  # work units (shards) submitted at once; 0: twice the unit slots the placement gives
+    unit_retries: int = 3  # times a failing unit is tried again (with backoff) before it is recorded as failed
+    max_failed_units: int = 0  # failed units past which the build stops early; 0: 1 % of the units, at least 1
+    rebalance_every: int = 4  # shards between two re-plans of the pools from measured stage times; 0: never
+    placement_timeout: float = 600.0  # seconds a stage may go without any actor (after a lost node) before failing
 
 
 @dataclass

@@ -24,7 +24,8 @@ LAST_WORD_SLOT = CONTEXT_LENGTH - 1
 @dataclass
 class ClipFeatures(ModelStage):
     name = "features"
-    gpus = 0.3  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    tflops = 4.0  # ViT-bigG-14 at 224 px, ~0.97 each: target, ~2 subjects, edge; text ~0.1
+    cpu_seconds = 0.03
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 

@@ -20,7 +20,8 @@ from tasks.config import MasksConfig
 @dataclass
 class Masks(ModelStage):
     name = "masks"
-    gpus = 0.4  # GPU share by compute per image (docs/design.md's FLOP estimates); the four sum to 1
+    tflops = 5.9  # SAM ViT-H image encoder at 1024 px
+    cpu_seconds = 0.05
     masks: MasksConfig = field(default_factory=MasksConfig)
 
     def load(self) -> None:

@@ -32,6 +32,7 @@ def caption_nouns(doc: Doc) -> list[Noun]:
 class Nouns(Stage):
     name = "nouns"
     uses_model = True
+    cpu_seconds = 0.005  # spaCy en_core_web_sm on a caption
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def setup(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from storage.sample import Sample
 from storage.schema import feature_schema
@@ -28,11 +29,28 @@ from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
 WINDOW = 3  # batches of one unit in flight at once
 
 
+class ActorsGone(RuntimeError):
+    """Every actor of a stage this unit was given has died (a lost node): the unit is run again with the pools as
+    they are now, which is no failure of its own."""
+
+
+class UnitFailed(RuntimeError):
+    """A unit's failure, with the node it ran on (for its failure record)."""
+
+    def __init__(self, message: str, node: str):
+        super().__init__(message)
+        self.node = node
+
+    def __reduce__(self):
+        return UnitFailed, (str(self), self.node)
+
+
 @dataclass
 class _Batch:
     samples: list[Sample]
     group: int = 0  # the next stage group to run
     ref: ray.ObjectRef | None = None  # the model call it waits on
+    actor: object = None  # the actor serving that call
     live: list[int] = field(default_factory=list)  # indices of the samples sent with that call
     pixels: dict[str, dict[str, ray.ObjectRef]] = field(default_factory=dict)  # key → field → shared pixels
 
@@ -40,7 +58,7 @@ class _Batch:
 class UnitRunner:
     def __init__(self, cfg: BuildConfig, profile: str, pools: dict[str, list]):
         self.cfg = cfg
-        self.pools = pools
+        self.pools = {name: list(actors) for name, actors in pools.items()}  # this unit's copy: dead actors leave it
         self.groups = stage_groups()
         self.cpu_stages: dict[str, Stage] = {s.name: s.create(cfg, profile) for s in STAGES if not s.uses_model}
         self.batch = max(s.batch_size_for(cfg, 1) for s in STAGES if s.uses_model)
@@ -59,6 +77,8 @@ class UnitRunner:
             if not live:
                 continue
             pool = self.pools[group[0].name]
+            if not pool:
+                raise ActorsGone(f"every {group[0].name} actor this unit was given has died")
             actor = pool[self._turn % len(pool)]
             self._turn += 1
             sent, refs = [], []
@@ -72,7 +92,7 @@ class UnitRunner:
                 refs.append({k: v for k, v in shared.items() if getattr(sample, k) is not None})
                 light = _without(sample, PIXELS)
                 sent.append(light)
-            batch.live = live
+            batch.live, batch.actor = live, actor
             batch.ref = actor.run.remote(process_batch, sent, refs)
             return
 
@@ -83,7 +103,7 @@ class UnitRunner:
                 for name in PIXELS:
                     setattr(result, name, getattr(mine, name))
             batch.samples[i] = result
-        batch.ref, batch.live = None, []
+        batch.ref, batch.live, batch.actor = None, [], None
 
     def run(self, samples: Iterator[Sample]) -> Iterator[Sample]:
         """Every sample of `samples`, processed, in input order."""
@@ -102,7 +122,17 @@ class UnitRunner:
             if waiting:
                 (ready,), _ = ray.wait(list(waiting), num_returns=1)
                 batch = waiting[ready]
-                self._receive(batch, ray.get(ready))
+                try:
+                    results = ray.get(ready)
+                except (RayActorError, ActorUnavailableError):
+                    # Its actor is gone for good (a lost node, a pool that shrank): the same call on another one.
+                    stage = self.groups[batch.group - 1][0].name
+                    self.pools[stage] = [a for a in self.pools[stage] if a != batch.actor]
+                    batch.group -= 1
+                    batch.ref = None
+                    self._advance(batch)
+                    continue
+                self._receive(batch, results)
                 self._advance(batch)
             while active and active[0].ref is None and active[0].group >= len(self.groups):
                 done = active.pop(0)
@@ -137,6 +167,13 @@ def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, process
 
 def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list]) -> dict:
     """A Ray task: read, process and write one unit's shard on this worker; returns its stats."""
-    runner = UnitRunner(cfg, profile, pools)
-    stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
-    return stats | {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # where it ran
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        runner = UnitRunner(cfg, profile, pools)
+        stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+    except (ActorsGone, RayError):
+        raise  # the cluster's, not the unit's: the flow runs it again
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise UnitFailed(f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__, node) from exc
+    return stats | {"node": node, "pid": os.getpid()}  # where it ran

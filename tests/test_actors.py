@@ -1,30 +1,26 @@
-"""The Ray adapter for model stages: what each stage's actors ask for, and the overrides."""
+"""build-dataset's model stages on Ray: each stage's costs and overrides (what the placement sizes its pool from),
+checked before Ray starts."""
 
 import pytest
 
 from lambda_eclipse.errors import UserError
-from tasks.actors import placements, unit_cpus
+from tasks.actors import demands
 from tasks.config import load_build_config
 from tasks.pipeline import MODEL_STAGES
 
 
-def test_declared_resources_fit_a_small_cpu_cluster():
-    cfg = load_build_config()
-    placed = placements(cfg, {"CPU": 2.0})
-    assert list(placed) == MODEL_STAGES
-    assert all(p.gpus == 0 and p.actors == 1 and p.threads == 1 for p in placed.values())  # no GPU: none asked
-    total = sum(p.cpus * p.actors for p in placed.values()) + unit_cpus(cfg, {"CPU": 2.0})
-    assert total <= 2.0 + 1e-6  # every actor and one unit task fit at once, or the build would wait forever
-
-
-def test_gpu_shares_apply_only_where_the_cluster_has_gpus_and_overrides_win():
+def test_every_model_stage_declares_its_costs_and_overrides_reach_it():
     cfg = load_build_config(overrides=["runtime.gpus.masks=0.5", "runtime.actors.masks=2", "runtime.actors.caption=3"])
-    on_gpus = placements(cfg, {"CPU": 64.0, "GPU": 8.0})
-    assert on_gpus["masks"].gpus == 0.5 and on_gpus["caption"].gpus == 0.2 and on_gpus["nouns"].gpus == 0
-    assert on_gpus["masks"].actors == 2 and on_gpus["caption"].actors == 3 and on_gpus["boxes"].actors == 1
-    assert on_gpus["caption"].cpus == 1.0 and on_gpus["caption"].threads == 1  # threads from the actor's share
-    on_cpus = placements(cfg, {"CPU": 64.0})
-    assert on_cpus["masks"].gpus == 0.5 and on_cpus["caption"].gpus == 0  # an explicit fraction is kept
+    by_name = {d.name: d for d in demands(cfg)}
+    assert list(by_name) == MODEL_STAGES
+    assert all(d.cpu_seconds > 0 for d in by_name.values())
+    assert by_name["nouns"].tflops == 0
+    assert all(by_name[s].tflops > 0 for s in ("caption", "boxes", "masks", "features"))
+    assert by_name["masks"].tflops == max(d.tflops for d in by_name.values())  # SAM ViT-H: the most GPU work
+    assert (by_name["masks"].gpus, by_name["masks"].actors, by_name["caption"].actors) == (0.5, 2, 3)
+    assert by_name["boxes"].actors is None and by_name["boxes"].gpus is None
+    measured = {d.name: d.cpu_seconds for d in demands(cfg, {"masks": 0.25})}
+    assert measured["masks"] == 0.25 and measured["caption"] == by_name["caption"].cpu_seconds
 
 
 @pytest.mark.parametrize(
@@ -39,4 +35,16 @@ def test_gpu_shares_apply_only_where_the_cluster_has_gpus_and_overrides_win():
 )
 def test_bad_placements_name_the_stage(override, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
-        placements(load_build_config(overrides=[override]), {"CPU": 4.0})
+        demands(load_build_config(overrides=[override]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("runtime.unit_retries=-1", "runtime.unit_retries must be ≥ 0, got -1"),
+    ("runtime.max_failed_units=-2", "runtime.max_failed_units must be ≥ 0, got -2"),
+    ("runtime.placement_timeout=0", "runtime.placement_timeout must be > 0 seconds, got 0"),
+])
+def test_bad_runtime_values_fail_before_ray_starts(override, message):
+    from tasks.actors import check_runtime
+
+    with pytest.raises(UserError, match=message):
+        check_runtime(load_build_config(overrides=[override]))

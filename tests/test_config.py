@@ -43,7 +43,7 @@ def test_each_stage_is_built_from_its_own_sections():
     features = ClipFeatures.from_config(cfg, "paper-shapes")  # nothing loads until setup()
     assert (features.subjects.min_subjects, features.batch_size, features.profile) == (2, 7, "paper-shapes")
     assert not hasattr(features, "clip")
-    assert {f for f in vars(features)} == {"profile", "models", "runtime", "features", "subjects"}
+    assert set(vars(features)) == {"profile", "models", "runtime", "features", "subjects"}
 
 
 def test_content_hash_tracks_content_not_runtime():
