@@ -85,8 +85,8 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     flow = {}
     warm = tmp / "photos_warmup"
     write_photos(warm, 4, size=size)
-    with local_cluster(nodes, cpus) as address:
-        os.environ["RAY_ADDRESS"] = address
+    with local_cluster(nodes, cpus) as cluster:
+        os.environ["RAY_ADDRESS"] = cluster.address
         # First call in a process: the Prefect API server starts, modules import; not a cost per sample.
         build_dataset(inputs=[str(warm)], output=str(tmp / "flow_warmup"), profile="tiny", overrides=settings)
         for n in (n1, n2):
@@ -212,6 +212,47 @@ def bench_paper_shapes(n: int, dtype: str, side: int = 1024) -> None:
           f"{bound:.1f} samples/s; fraction reached: {end_to_end / bound:.4f}")
 
 
+def bench_placement() -> None:
+    """The pools the placement (tasks/placement.py) gives on cluster shapes bigger than this machine, and the
+    throughput they predict from the stages' costs (docs/design.md's FLOP estimates on GPUs; the declared tiny-profile
+    CPU seconds on CPUs), against the cluster's bound. Pure arithmetic: no Ray, no GPU."""
+    from tasks.actors import UNIT_SECONDS, demands
+    from tasks.config import load_build_config
+    from tasks.placement import GPU_TFLOPS, plan_pools
+
+    budget = 0.06  # CPU seconds per accepted sample around the models at 2048² (docs/design.md, rules for scale)
+    shapes = [
+        ("this machine", 1, os.cpu_count() or 1, 0, UNIT_SECONDS),
+        ("3 nodes x 6 CPUs (the local test cluster)", 3, 6, 0, UNIT_SECONDS),
+        ("one 64-core CPU node", 1, 64, 0, UNIT_SECONDS),
+        ("one node of 8 H100-class GPUs, 96 CPUs", 1, 96, 8, budget),
+        ("16 such nodes", 16, 96, 8, budget),
+    ]
+    cost = demands(load_build_config())
+    print("stage costs per sample: " + ", ".join(f"{d.name} {d.tflops:g} TFLOP / {d.cpu_seconds * 1e3:g} ms CPU"
+                                                  for d in cost) + f"; unit task {UNIT_SECONDS * 1e3:g} ms CPU (tiny), "
+          f"{budget * 1e3:g} ms at 2048² on GPU nodes; {GPU_TFLOPS:g} TFLOP/s per GPU")
+    for label, nodes, cpus, gpus, unit in shapes:
+        cluster = {f"n{i}": {"CPU": float(cpus), "GPU": float(gpus)} if gpus else {"CPU": float(cpus)}
+                   for i in range(nodes)}
+        plan = plan_pools(cluster, cost, unit)
+        reserved = plan.reserved()
+        print(f"\n{label}:")
+        for name in plan.pools:
+            kinds: dict[tuple[float, float], int] = {}
+            for p in plan.pools[name]:
+                kinds[(p.cpus, p.gpus)] = kinds.get((p.cpus, p.gpus), 0) + p.actors
+            print(f"  {name:9s} {plan.actors(name):4d} actors: "
+                  + ", ".join(f"{n}×({c:g} CPU, {g:g} GPU)" for (c, g), n in sorted(kinds.items(), reverse=True)))
+        print(f"  units     {plan.unit_slots:4d} slots × {plan.unit_cpus:g} CPU")
+        used = (f"{reserved['GPU']:.2f} of {nodes * gpus} GPUs, " if gpus else "") + (
+            f"{reserved['CPU']:.1f} of {nodes * cpus} CPUs reserved ({reserved['CPU'] / (nodes * cpus):.0%})")
+        print(f"  {used}; predicted {plan.predicted:.1f} samples/s of a {plan.bound:.1f} samples/s bound "
+              f"({plan.predicted / plan.bound:.1%})")
+    one = plan_pools({"n0": {"CPU": 96.0, "GPU": 8.0}}, cost, budget)
+    print(f"predicted on one 8-GPU node: {one.predicted / one.bound:.1%} of the FLOP bound")
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
@@ -223,8 +264,12 @@ def main() -> None:
     args.add_argument("--tars", type=int, default=2000, help="tars for the planning benchmark (0: skip it)")
     args.add_argument("--images", type=int, default=2, help="images per stage (paper-shapes)")
     args.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="paper-shapes dtype")
+    args.add_argument("--placement", action="store_true",
+                      help="only the pools the placement gives on bigger cluster shapes, and the throughput predicted")
     ns = args.parse_args()
-    if ns.profile == "tiny":
+    if ns.placement:
+        bench_placement()
+    elif ns.profile == "tiny":
         if ns.tars:
             bench_planning(ns.tars, 50)
         bench_tiny(ns.n1, ns.n2, ns.size, ns.cpus, ns.nodes)

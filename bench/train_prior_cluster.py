@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     d = 1280 if args.profile == "paper" else 32
     with tempfile.TemporaryDirectory(prefix="bench-train-prior-cluster-") as tmp, \
-            local_cluster(nodes=args.nodes, cpus_per_node=args.cpus) as address:
-        os.environ["RAY_ADDRESS"] = address
+            local_cluster(nodes=args.nodes, cpus_per_node=args.cpus) as cluster:
+        os.environ["RAY_ADDRESS"] = cluster.address
         rows = -(-args.steps * args.batch_size // 2)  # one epoch covers the run on either layout
         data = write_feature_dataset(Path(tmp) / "data", [(rows, 4)] * 2, d=d)
         # imported after RAY_ADDRESS is set: ray_session reads it when Ray is imported

@@ -70,17 +70,52 @@ for _ in range(nodes - 1):
     cluster.add_node(**node)
 cluster.wait_for_nodes()
 print(cluster.address, flush=True)
-sys.stdin.read()  # until the owner closes our stdin
+for line in sys.stdin:  # commands from the owner, until it closes our stdin
+    verb, _, arg = line.strip().partition(" ")
+    if verb == "add":
+        added = cluster.add_node(**node | ({"num_cpus": float(arg)} if arg else {}))
+        cluster.wait_for_nodes()
+        print(added.node_id, flush=True)
+    elif verb == "remove":
+        (gone,) = [n for n in cluster.worker_nodes if n.node_id == arg]
+        cluster.remove_node(gone, allow_graceful=False)
+        print("removed", flush=True)
+    elif verb == "nodes":
+        print(" ".join(n.node_id for n in cluster.worker_nodes), flush=True)
 cluster.shutdown()
 """
+
+
+class LocalCluster:
+    """A handle on `local_cluster`'s cluster: its address, and worker nodes added or removed (as a spot node joins or
+    is taken back) while something runs on it."""
+
+    def __init__(self, proc, address: str):
+        self.proc, self.address = proc, address
+
+    def _ask(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def add_node(self, cpus: float | None = None) -> str:
+        """A new worker node (of `cpus` CPUs, else the others' count); its node id once the cluster has it."""
+        return self._ask("add" + (f" {cpus}" if cpus is not None else ""))
+
+    def remove_node(self, node_id: str) -> None:
+        """Stop a worker node at once, as a lost machine would (its raylet is killed, not drained)."""
+        self._ask(f"remove {node_id}")
+
+    def worker_nodes(self) -> list[str]:
+        return self._ask("nodes").split()
 
 
 @contextlib.contextmanager
 def local_cluster(nodes: int = 2, cpus_per_node: float = 1, object_store_bytes: int = 1 << 30):
     """A multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`, loopback only) for tests and
-    benchmarks, run by a child process so that the caller is a plain client; yields its address. Stopping it
-    stops only the processes it started. Each node's object store holds `object_store_bytes` (Cluster's own
-    default is small enough that 1024² photos spill to disk)."""
+    benchmarks, run by a child process so that the caller is a plain client; yields a `LocalCluster` (its address,
+    and nodes to add or remove). Stopping it stops only the processes it started. Each node's object store holds
+    `object_store_bytes` (Cluster's own default is small enough that 1024² photos spill to disk)."""
     import subprocess
     import sys
 
@@ -94,7 +129,7 @@ def local_cluster(nodes: int = 2, cpus_per_node: float = 1, object_store_bytes: 
         address = proc.stdout.readline().strip() if proc.stdout else ""
         if not address:
             raise RuntimeError(f"the local {nodes}-node Ray cluster did not start (exit code {proc.wait()})")
-        yield address
+        yield LocalCluster(proc, address)
     finally:
         if proc.stdin:
             proc.stdin.close()

@@ -21,7 +21,7 @@ from typing import Literal
 from fsspec.implementations.local import LocalFileSystem
 
 from lambda_eclipse.errors import UserError
-from storage.fs import Location, join, location, name, open_file, resolve
+from storage.fs import Location, join, location, open_file, resolve
 from storage.sample import Sample, SourceRef
 
 CAPTION_EXTENSIONS = (".txt", ".json")
@@ -172,22 +172,28 @@ def _local_walk(base: str, loops: list[str]) -> Iterator[tuple[str, int]]:
                 yield prefix + file, -1
 
 
-def _folder_files(root: Location, extensions: tuple[str, ...], loops: list[str]) -> tuple[list[tuple[str, int]], int]:
-    """Every image under `root`, recursively, sorted as paths (component by component); one listing, no reads."""
+def _folder_files(root: Location, extensions: tuple[str, ...],
+                  loops: list[str]) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """Every image and every WebDataset tar under `root`, at any depth, sorted as paths (component by component), and
+    the count of other files; one listing, no reads. Tars are returned as (their own location, size)."""
     fs, base = resolve(root)
     if isinstance(fs, LocalFileSystem):
         found: Iterable[tuple[str, int]] = _local_walk(base, loops)
     else:  # object stores have no symlinks
         listed: dict[str, dict] = fs.find(base, detail=True)  # pyright: ignore[reportAssignmentType] - detail: a dict
         found = ((path[len(base.rstrip("/")) + 1 :], info["size"]) for path, info in listed.items())
-    files, skipped = [], 0
+    files, tars, skipped = [], [], 0
     for relative, size in found:
         if relative.lower().endswith(extensions):
             files.append((relative.split("/"), size))
+        elif relative.endswith(".tar"):
+            tars.append((relative.split("/"), size))
         else:
             skipped += 1
     files.sort()
-    return [("/".join(parts), size) for parts, size in files], skipped
+    tars.sort()
+    return ([("/".join(parts), size) for parts, size in files],
+            [(str(join(root, *parts)), size) for parts, size in tars], skipped)
 
 
 def list_inputs(inputs: list[str], extensions: tuple[str, ...]) -> Listing:
@@ -202,15 +208,14 @@ def list_inputs(inputs: list[str], extensions: tuple[str, ...]) -> Listing:
         if not fs.exists(fs_path):
             raise UserError(f"input {item} does not exist; pass an existing folder or .tar file")
         if fs.isdir(fs_path):
-            entries = {name(e["name"]): e for e in fs.ls(fs_path, detail=True)}
-            tars = [(str(join(path, n)), int(e["size"])) for n, e in sorted(entries.items()) if n.endswith(".tar")]
-            images_here = any(e["type"] == "file" and n.lower().endswith(extensions) for n, e in entries.items())
-            if tars and not images_here:
+            # A folder's images (at any depth) become folder units, its tars (at any depth) tar units: a folder
+            # of both builds both.
+            files, tars, skipped = _folder_files(path, extensions, listing.loops)
+            if tars:
                 listing.tars.append((str(path), tars))
-            else:
-                files, skipped = _folder_files(path, extensions, listing.loops)
+            if files or not tars:
                 listing.folders.append((str(path), files))
-                listing.skipped += skipped
+            listing.skipped += skipped
         elif str(path).endswith(".tar"):
             listing.tars.append((str(path), [(str(path), int(fs.info(fs_path)["size"]))]))
         else:

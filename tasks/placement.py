@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from lambda_eclipse.actor_pool import Placement, floor_cpus
+from lambda_eclipse.actor_pool import Placement
 
 GPU_TFLOPS = 800.0  # dense bf16 TFLOP/s of one H100-class GPU, for predictions only (the ratio to the bound is exact)
 UNIT_CPUS = 1.0  # one unit task: decode, CPU filters, crops, Canny, shard encoding
@@ -148,46 +148,28 @@ def _gpu_plan(nodes: list[dict[str, float]], demands: list[StageDemand], unit_se
 
 
 def _cpu_plan(nodes: list[dict[str, float]], demands: list[StageDemand], unit_seconds: float) -> PoolPlan:
+    """Every stage and the unit tasks get CPUs in proportion to their CPU seconds per sample, in actors (and unit
+    slots) of at most one CPU each: shares are exact, so the plan reserves the whole node and predicts its bound."""
     total = sum(n.get("CPU", 0) for n in nodes)
-    biggest = max((n.get("CPU", 0) for n in nodes), default=0.0)
     fixed = {d.name: d for d in demands if d.actors is not None}
+    fixed_cpus = min(total / 2, float(sum(d.actors or 0 for d in fixed.values())))  # one CPU per fixed actor
     free = [d for d in demands if d.actors is None]
     cost = sum(d.cpu_seconds for d in free) + unit_seconds
-    fixed_cpus = sum(d.actors or 0 for d in fixed.values())  # a fixed pool: one CPU per actor where it fits
-    share_of = {d.name: max(0.0, total - fixed_cpus) * d.cpu_seconds / cost for d in free}
-    unit_share = max(0.0, total - fixed_cpus) * unit_seconds / cost
-    counts = {name: max(1, round(s)) if s >= 1 else 1 for name, s in share_of.items()}
-    slots = max(1, round(unit_share)) if unit_share >= 1 else 1
+    room = total - fixed_cpus
 
-    def whole_cpus() -> float:
-        return fixed_cpus + sum(counts[n] for n, s in share_of.items() if s >= 1) + (slots if unit_share >= 1 else 0)
+    def split(share: float) -> tuple[int, float]:
+        count = max(1, math.ceil(share - 1e-9))
+        return count, _down(share / count)
 
-    # the fractional shares keep their room; rounding the others up must not take it
-    reserve = sum(s for s in share_of.values() if s < 1) + (unit_share if unit_share < 1 else 0.0)
-    while whole_cpus() + reserve > total + FIT and (slots > 1 or any(c > 1 for c in counts.values())):
-        # rounding up overshot the cluster: take one from whoever was rounded up most
-        over = {n: c - share_of[n] for n, c in counts.items() if c > 1}
-        if slots > 1:
-            over["<units>"] = slots - unit_share
-        worst = max(over, key=lambda n: over[n])
-        if worst == "<units>":
-            slots -= 1
-        else:
-            counts[worst] -= 1
-    small = [n for n, s in share_of.items() if s < 1] + (["<units>"] if unit_share < 1 else [])
-    room = max(0.0, total - whole_cpus())
-    small_total = sum(share_of.get(n, unit_share) for n in small) or 1.0
-    scale = min(1.0, room / small_total)
     pools: dict[str, list[Placement]] = {}
     for d in demands:
         if d.name in fixed:
-            cpus = min(1.0, biggest)
-            pools[d.name] = [Placement(cpus=floor_cpus(cpus), gpus=0.0, actors=d.actors or 1, threads=1)]
-        elif share_of[d.name] >= 1:
-            pools[d.name] = [Placement(cpus=1.0, gpus=0.0, actors=counts[d.name], threads=1)]
+            per = _down(fixed_cpus / sum(f.actors or 1 for f in fixed.values()))
+            pools[d.name] = [Placement(cpus=per, gpus=0.0, actors=d.actors or 1, threads=max(1, math.floor(per)))]
         else:
-            pools[d.name] = [Placement(cpus=_down(share_of[d.name] * scale), gpus=0.0, actors=1, threads=1)]
-    unit_cpus = UNIT_CPUS if unit_share >= 1 else _down(unit_share * scale)
+            count, per = split(room * d.cpu_seconds / cost)
+            pools[d.name] = [Placement(cpus=per, gpus=0.0, actors=count, threads=1)]
+    slots, unit_cpus = split(room * unit_seconds / cost)
     rates = [sum(p.cpus * p.actors for p in pools[d.name]) / d.cpu_seconds for d in demands if d.cpu_seconds]
     rates.append(slots * unit_cpus / unit_seconds if unit_seconds else math.inf)
     return PoolPlan(pools, unit_cpus, slots, min(rates), total / (sum(d.cpu_seconds for d in demands) + unit_seconds))

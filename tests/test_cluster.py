@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def two_node_cluster():
-    with local_cluster(nodes=2, cpus_per_node=1) as address:
-        yield address
+    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
+        yield cluster.address
 
 
 def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, tmp_path):

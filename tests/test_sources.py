@@ -69,6 +69,24 @@ def test_folder_of_tars_is_one_unit_per_tar(tmp_path):
     assert [u.shard for u in units] == [0, 1, 2]
 
 
+def test_a_folder_of_tars_and_photos_at_any_depth_builds_both(tmp_path):
+    """Tars at the top and photos in a sub-folder (and a tar below that): every input is planned or counted."""
+    for i in range(2):
+        _tar(tmp_path / f"{i:05d}.tar", {f"{i}.jpg": _jpeg(i)})
+    (tmp_path / "photos" / "more").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "photos" / f"p{i}.jpg").write_bytes(_jpeg(i))
+    _tar(tmp_path / "photos" / "more" / "00009.tar", {"9.jpg": _jpeg(9)})
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    plan = plan_inputs([str(tmp_path)], 2, EXT)
+    tars = [u for u in plan.units if u.kind == "tar"]
+    folders = [u for u in plan.units if u.kind == "folder"]
+    assert [u.root.removeprefix(str(tmp_path) + "/") for u in tars] == ["00000.tar", "00001.tar",
+                                                                         "photos/more/00009.tar"]
+    assert [f for u in folders for f, _ in u.files] == ["photos/p0.jpg", "photos/p1.jpg", "photos/p2.jpg"]
+    assert plan.skipped == 1  # notes.txt, counted and named in the plan's summary
+
+
 def test_fingerprint_changes_with_inputs(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"1")
     before = plan_inputs([str(tmp_path)], 10, EXT).units[0].fingerprint()

@@ -26,8 +26,8 @@ SETTINGS = ["runtime.workers=2", "data.workers=0", "train.batch_size=4", "train.
 
 @pytest.fixture(scope="module")
 def cluster():
-    with local_cluster(nodes=2, cpus_per_node=1) as address:
-        yield address
+    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
+        yield cluster.address
 
 
 def _train_prior(data, run, address, api_url) -> subprocess.Popen:
