@@ -13,8 +13,10 @@ itself; credentials and options come from each process's environment (e.g. `AWS_
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import time
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -28,6 +30,11 @@ from lambda_eclipse.errors import UserError
 Location = Path | str
 PROCESS_LOCAL = ("memory",)  # protocols whose files other processes cannot see
 _LOCAL = LocalFileSystem()
+# Reads of inputs are tried again on transient errors (object-store clients retry some themselves first).
+READ_TRIES, READ_BACKOFF = 4, 0.5  # 0.5, 1, 2 s between tries
+THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+             "RequestTimeout", "InternalError", "ServiceUnavailable"}
+TRANSIENT_ERRNOS = {errno.EIO, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY}
 
 
 def _url_to_fs(url: str) -> tuple[AbstractFileSystem, str]:
@@ -118,11 +125,33 @@ def is_file(loc: Location) -> bool:
     return fs.isfile(path)
 
 
+def transient(exc: BaseException) -> bool:
+    """A storage error worth another try: throttling, a 5xx answer, a dropped or timed-out connection; not a missing
+    file or a refused permission."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError, before s3fs translates it
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status == 429 or status >= 500 or response.get("Error", {}).get("Code") in THROTTLED
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
 def read_bytes(loc: Location, start: int = 0, end: int | None = None) -> bytes:
-    """Bytes `start` to `end` (exclusive; None: to the end) of a file: one ranged read on object stores."""
-    fs, path = resolve(loc)
-    # fsspec's unannotated open() makes cat_file's result str | bytes; it reads in "rb", so bytes
-    return fs.cat_file(path, start=start, end=end)  # pyright: ignore[reportReturnType]
+    """Bytes `start` to `end` (exclusive; None: to the end) of a file: one ranged read on object stores, tried again
+    with backoff on transient errors (`READ_TRIES` in all)."""
+    for attempt in range(READ_TRIES):
+        fs, path = resolve(loc)
+        try:
+            # fsspec's unannotated open() makes cat_file's result str | bytes; it reads in "rb", so bytes
+            return fs.cat_file(path, start=start, end=end)  # pyright: ignore[reportReturnType]
+        except Exception as exc:
+            if attempt + 1 == READ_TRIES or not transient(exc):
+                raise
+            time.sleep(READ_BACKOFF * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def write_bytes(loc: Location, data: bytes) -> None:

@@ -80,7 +80,10 @@ class Decode(Stage):
         for sample in samples:
             try:
                 data = sample.read()
-            except OSError as exc:  # FileNotFoundError too: an input deleted after planning
+            except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+                # an input deleted since planning, or one that cannot be read as a file: the input's fault. Any other
+                # error (storage throttling, a dropped connection, after storage/fs.py's retries) fails the unit,
+                # which is tried again: it is no property of the photo and must not become a reject.
                 sample.reject_at(self.name, f"unreadable file: {exc}")
                 continue
             sample.data = None  # the decoded pixels replace the encoded bytes

@@ -1,6 +1,7 @@
 """Inputs and outputs as fsspec URLs: sources, shards and the prior's reader on memory:// and file://, the
 stats-last commit marker on a store without rename, one-line errors for bad URLs, and the flow on file:// URLs."""
 
+import errno
 import importlib.util
 import io
 import json
@@ -280,3 +281,39 @@ def test_build_dataset_flow_with_url_inputs_and_outputs(tmp_path, prefect_harnes
     assert (out / "contact_sheet.png").stat().st_size > 0
     # file:// is the local filesystem: sources are recorded as plain paths, so a plain-path rerun continues it
     assert prepare_build([str(photos)], str(out), overrides=settings).todo == []
+
+
+def test_transient_read_errors_are_tried_again_and_others_are_not(monkeypatch, tmp_path):
+    """Throttling, 5xx answers and dropped connections get more tries with backoff; a missing file fails at once
+    (the decode stage rejects it as deleted since planning)."""
+    from storage import fs
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"jpeg bytes")
+    monkeypatch.setattr(fs, "READ_BACKOFF", 0.0)
+    calls = []
+    real = fs.LocalFileSystem.cat_file
+
+    class SlowDown(Exception):
+        response = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}
+
+    failures = [ConnectionResetError("reset by peer"), SlowDown("slow down"), OSError(errno.EIO, "I/O error")]
+
+    def flaky(self, *args, **kwargs):
+        calls.append(args)
+        if failures:
+            raise failures.pop(0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(fs.LocalFileSystem, "cat_file", flaky)
+    assert fs.read_bytes(path) == b"jpeg bytes" and len(calls) == 4
+    failures[:] = [ConnectionResetError("1"), ConnectionResetError("2"), ConnectionResetError("3"),
+                   ConnectionResetError("4")]
+    with pytest.raises(ConnectionResetError, match="4"):
+        fs.read_bytes(path)  # READ_TRIES tries, then the unit fails (and is tried again as a unit)
+    calls.clear()
+    monkeypatch.setattr(fs.LocalFileSystem, "cat_file", real)
+    with pytest.raises(FileNotFoundError):
+        fs.read_bytes(tmp_path / "gone.jpg")
+    assert not fs.transient(FileNotFoundError()) and not fs.transient(PermissionError())
+    assert fs.transient(TimeoutError()) and not fs.transient(ValueError("bad"))
