@@ -253,6 +253,40 @@ def bench_placement() -> None:
     print(f"predicted on one 8-GPU node: {one.predicted / one.bound:.1%} of the FLOP bound")
 
 
+def bench_balance(photos: int, size: int, cpus: float, nodes: int) -> None:
+    """From equal pools (every model stage declared equally costly) on a local cluster, a build rebalanced after every
+    shard: the pool sizes after each rebalance, from the stage times the shards measured."""
+    from flows.build_dataset import build_dataset
+    from lambda_eclipse.ray_session import local_cluster
+    from lambda_eclipse.synthetic import write_photos
+    from tasks import actors
+    from tasks.pipeline import STAGES
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-balance-"))
+    write_photos(tmp / "photos", photos, size=size)
+    for stage in STAGES:  # equal declared costs: the measurements alone move the actors
+        if stage.uses_model:
+            stage.cpu_seconds = 0.03
+    history: list[tuple[dict[str, float], dict[str, int]]] = []
+    real = actors.StagePools.rebalance
+
+    def recorded(self, measured, unit_seconds):
+        line = real(self, measured, unit_seconds)
+        history.append(({k: round(v * 1e3, 1) for k, v in measured.items()}, self.sizes()))
+        return line
+
+    actors.StagePools.rebalance = recorded
+    with local_cluster(nodes, cpus) as cluster:
+        os.environ["RAY_ADDRESS"] = cluster.address
+        build_dataset(inputs=[str(tmp / "photos")], output=str(tmp / "out"), profile="tiny",
+                      overrides=[f"resolution.min_side={min(size, 1024)}", "input.unit_size=4",
+                                 "runtime.rebalance_every=1"])
+        del os.environ["RAY_ADDRESS"]
+    print(f"{nodes} node(s) x {cpus:g} CPUs, {photos} photos of {size}², equal declared costs; after each shard:")
+    for i, (measured, sizes) in enumerate(history):
+        print(f"  shard {i + 1:2d}: ms/sample {measured}  actors (serving) {sizes}")
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
@@ -266,9 +300,13 @@ def main() -> None:
     args.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="paper-shapes dtype")
     args.add_argument("--placement", action="store_true",
                       help="only the pools the placement gives on bigger cluster shapes, and the throughput predicted")
+    args.add_argument("--balance", action="store_true",
+                      help="only the pool sizes over time of a build rebalanced after every shard, from equal pools")
     ns = args.parse_args()
     if ns.placement:
         bench_placement()
+    elif ns.balance:
+        bench_balance(ns.n1, min(ns.size, 256), ns.cpus, ns.nodes)
     elif ns.profile == "tiny":
         if ns.tars:
             bench_planning(ns.tars, 50)

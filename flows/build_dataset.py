@@ -249,6 +249,9 @@ def build_dataset(
             nodes.update(pools.used_nodes)
             logger.info("model actors ready on %d node(s) of %d: %s", len(pools.used_nodes), len(pools.nodes),
                         pools.describe())
+            asked = pools.ask_autoscaler(len(plan.todo))
+            logger.info("asked the autoscaler for up to %d node(s) of %s (runtime.max_nodes caps it)", asked["nodes"],
+                        asked["shape"])
             try:
                 cfg = plan.cfg
                 meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,

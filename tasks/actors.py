@@ -11,6 +11,7 @@ process) is restarted by Ray and the call is retried on it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -49,7 +50,8 @@ def check_runtime(cfg: BuildConfig) -> None:
     _checked(cfg.runtime.actors, "actors")
     r = cfg.runtime
     for key, value in (("units_in_flight", r.units_in_flight), ("unit_retries", r.unit_retries),
-                       ("max_failed_units", r.max_failed_units), ("rebalance_every", r.rebalance_every)):
+                       ("max_failed_units", r.max_failed_units), ("rebalance_every", r.rebalance_every),
+                       ("max_nodes", r.max_nodes)):
         if value < 0:
             raise UserError(f"runtime.{key} must be ≥ 0, got {value}")
     if r.placement_timeout <= 0:
@@ -237,6 +239,24 @@ class StagePools:
             self.generation += 1
         return (", ".join(changed) or "pools unchanged") + f" ({self.plan.describe()})"
 
+    def ask_autoscaler(self, units: int) -> dict:
+        """Ask Ray's autoscaler for the nodes `units` unit tasks could use, up to runtime.max_nodes: bundles shaped
+        like the largest node now, one node per `unit_slots` of its plan (an autoscaler adds nodes that fit them, up
+        to its own max_workers; on a cluster without one this is a no-op). Returns what was asked."""
+        from ray.autoscaler.sdk import request_resources
+
+        largest = max(self.nodes.values(), key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        shape = {k: v for k, v in largest.items() if k in ("CPU", "GPU") and v}
+        per_node = max(1, plan_pools({"n": largest}, demands(self.cfg, self.measured), self.unit_seconds).unit_slots)
+        nodes = math.ceil(units / per_node)
+        if self.cfg.runtime.max_nodes:
+            nodes = min(nodes, self.cfg.runtime.max_nodes)
+        request_resources(bundles=[shape] * nodes)
+        return {"nodes": nodes, "shape": shape}
+
     def shutdown(self) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])  # release what the build asked for: an autoscaler may scale down again
         for pool in self.pools.values():
             pool.shutdown()

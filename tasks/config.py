@@ -109,6 +109,7 @@ class RuntimeConfig:
     max_failed_units: int = 0  # failed units past which the build stops early; 0: 1 % of the units, at least 1
     rebalance_every: int = 4  # shards between two re-plans of the pools from measured stage times; 0: never
     placement_timeout: float = 600.0  # seconds a stage may go without any actor (after a lost node) before failing
+    max_nodes: int = 0  # nodes (like the largest one now) the build asks an autoscaler for; 0: as many as it could use
 
 
 @dataclass

@@ -200,6 +200,8 @@ def plan_pools(nodes: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, 
     """The pools that fill the cluster of `nodes` (each node's total resources, as Ray counts them, by node id), for
     stages costing `demands` per sample and unit tasks costing `unit_seconds` of CPU per sample."""
     named = dict(nodes) if isinstance(nodes, Mapping) else {str(i): n for i, n in enumerate(nodes)}
+    # a node with neither CPUs nor GPUs for us (a head node started with --num-cpus=0) takes no work
+    named = {k: n for k, n in named.items() if n.get("CPU", 0) >= 0.1 or n.get("GPU", 0) >= 1} or named
     gpu_cluster = any(n.get("GPU", 0) >= 1 for n in named.values())
     plans = {}
     for i, (node_id, resources) in enumerate(sorted(named.items())):

@@ -19,9 +19,10 @@ SETTINGS = ["--set", "resolution.min_side=96", "--set", "input.unit_size=2"]
 # Samples the cluster's reserved CPUs every 0.2 s from its own Ray client and prints the peak fraction when its stdin
 # closes: Ray's own accounting of what the build holds, not a guess from the plan.
 SAMPLER = """
-import sys, threading, time
+import os, sys, threading, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the cluster listens on loopback only (ray_session.py)
 import ray
-ray.init(address=sys.argv[1], log_to_driver=False)
+ray.init(address=sys.argv[1], log_to_driver=False, _node_ip_address="127.0.0.1")
 peak, done = 0.0, threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
 print("sampling", flush=True)

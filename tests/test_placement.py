@@ -103,6 +103,8 @@ def test_a_lost_node_takes_only_its_own_share_and_cpu_nodes_beside_gpus_run_unit
     plan = plan_pools(nodes, DEFAULT, UNIT_SECONDS)
     for name in plan.pools:  # every node has an actor of every stage: losing one leaves a whole set
         assert {p.node for p in plan.pools[name]} == set(nodes)
+    head = plan_pools({"head": {"CPU": 0.0}, "w": {"CPU": 4.0}}, DEFAULT, UNIT_SECONDS)  # a head with --num-cpus=0
+    assert {p.node for kinds in head.pools.values() for p in kinds} == {"w"}
     mixed = {"gpu": {"CPU": 32, "GPU": 2}, "cpu": {"CPU": 16}}
     plan = plan_pools(mixed, DEFAULT, 0.06)
     assert all(p.node == "gpu" for kinds in plan.pools.values() for p in kinds)
