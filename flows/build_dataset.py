@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
+from flows.build_watch import BuildWatch
 from flows.prepared import prepared
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
@@ -141,6 +142,7 @@ def build_dataset(
                 cfg = plan.cfg
                 meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
                                                cfg.model_ids(profile), pools.describe_clip())
+                watch = BuildWatch(plan.todo, lambda: {n: len(a) for n, a in pools.handles().items()})  # rate, ETA
 
                 def on_done(unit, stats: dict) -> None:
                     nonlocal done
@@ -151,9 +153,11 @@ def build_dataset(
                         "shard %05d: %d accepted, %d rejected, %.2f images/s (%d/%d shards)",
                         unit.shard, stats["accepted"], stats["rejected"], stats["images_per_second"] or 0, done, total,
                     )
-                    rows.append(_row(stats))
+                    watch.shard_done(unit, stats)
+                    rows.append(_row(stats) | watch.busy_columns())
                     publish_table()
-                    update_progress_artifact(progress, 100.0 * done / total)  # pyright: ignore[reportArgumentType]
+                    update_progress_artifact(progress, 100.0 * done / total,  # pyright: ignore[reportArgumentType]
+                                             description=watch.describe(done, total))
 
                 _run_units(plan, meta, pools, on_done)
             finally:

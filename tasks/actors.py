@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from functools import partial
 
+from lambda_eclipse import metrics
 from lambda_eclipse.actor_pool import ActorPool, Placement, floor_cpus
 from lambda_eclipse.errors import UserError
 from storage.sample import Sample
@@ -89,6 +91,7 @@ def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> li
     read zero-copy; only the fields the stage adds travel back."""
     import ray
 
+    start = time.perf_counter()  # pipeline metrics: batch seconds, busy seconds (lambda_eclipse/metrics.py)
     for sample, refs in zip(samples, pixels, strict=True):
         for field, ref in refs.items():
             setattr(sample, field, ray.get(ref))
@@ -98,6 +101,7 @@ def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> li
     for sample, refs in zip(samples, pixels, strict=True):
         for field in refs:
             setattr(sample, field, None)  # the caller holds them; don't send them back
+    metrics.batch_done(stage.name, len(samples), time.perf_counter() - start)
     return samples
 
 

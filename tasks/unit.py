@@ -16,6 +16,7 @@ from itertools import islice
 
 import ray
 
+from lambda_eclipse import metrics
 from storage.sample import Sample
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
@@ -137,6 +138,8 @@ def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, process
 
 def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list]) -> dict:
     """A Ray task: read, process and write one unit's shard on this worker; returns its stats."""
-    runner = UnitRunner(cfg, profile, pools)
-    stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+    with metrics.unit_in_flight():  # pipeline metrics (lambda_eclipse/metrics.py): exact, from the shard's stats
+        runner = UnitRunner(cfg, profile, pools)
+        stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+    metrics.shard_done(stats, unit.bytes)
     return stats | {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # where it ran
