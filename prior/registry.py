@@ -148,7 +148,7 @@ def _create(path: Location, data: bytes) -> bool:
     fs, where = resolve(path)
     try:
         with fs.open(where, "xb") as f:
-            f.write(data)
+            f.write(data)  # pyright: ignore[reportArgumentType]  (fsspec types open() as text; "xb" is binary)
     except FileExistsError:
         return False
     return True
