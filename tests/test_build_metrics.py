@@ -21,10 +21,10 @@ SETTINGS = ["resolution.min_side=96", "input.unit_size=4"]
 SAMPLE = re.compile(r"^(?P<name>ray_lambda_eclipse_\w+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
 
-def _metrics_agent_missing() -> str | None:
+def _metrics_agent_missing() -> bool:
     import ray._private.utils
 
-    return ray._private.utils.get_dashboard_dependency_error()
+    return ray._private.utils.get_dashboard_dependency_error() is not None
 
 
 def _free_port() -> int:
@@ -58,7 +58,7 @@ def _by_stage(series: dict, name: str) -> dict[str, int]:
     return {dict(labels)["stage"]: round(v) for (n, labels), v in series.items() if n == name}
 
 
-@pytest.mark.skipif(bool(_metrics_agent_missing()), reason="ray[default] (Ray's metrics agent) is not installed")
+@pytest.mark.skipif(_metrics_agent_missing(), reason="ray[default] (Ray's metrics agent) is not installed")
 def test_a_local_builds_metrics_equal_its_funnel(tmp_path: Path):
     photos = tmp_path / "photos"
     write_photos(photos, 6, size=128)
