@@ -35,6 +35,7 @@ from generate.prior_checkpoint import profile_of
 from generate.requests import GenerateRequest, Job
 from generate.subjects import NO_BOX, SubjectSpec, read_image
 from lambda_eclipse.errors import UserError
+from storage.confine import confine_files
 from storage.layout import read_json, write_json_atomic
 
 RUN, RESULTS, IMAGES = "evaluation.json", "per_prompt.csv", "images"
@@ -105,6 +106,7 @@ def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profi
     every = benchmark_prompts(benchmark, data, load_benchmarks(e.benchmarks))
     prompts = every[: e.max_prompts or None]
     used = {s.name: s for p in prompts for s in p.subjects}
+    confine_files((f"subject {s.name}", str(photo)) for s in used.values() for photo in s.photos)
     for subject in used.values():
         if e.reference_image >= len(subject.photos):
             raise UserError(f"evaluate.reference_image={e.reference_image}, but subject {subject.name} has "

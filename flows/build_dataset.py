@@ -25,6 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
+from flows.build_watch import BuildWatch
 from flows.prepared import prepared
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
@@ -256,6 +257,7 @@ def build_dataset(
                 cfg = plan.cfg
                 meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
                                                cfg.model_ids(profile), pools.describe_clip())
+                watch = BuildWatch(plan.todo, pools.sizes)  # rates, ETA, busy fractions
 
                 def on_done(unit, stats: dict) -> None:
                     nonlocal done
@@ -269,9 +271,12 @@ def build_dataset(
                         "shard %05d: %d accepted, %d rejected, %.2f images/s (%d/%d shards)",
                         unit.shard, stats["accepted"], stats["rejected"], stats["images_per_second"] or 0, done, total,
                     )
-                    rows.append(_row(stats) | {"actors": ", ".join(f"{k} {v}" for k, v in pools.sizes().items())})
+                    watch.shard_done(unit, stats)
+                    rows.append(_row(stats) | watch.busy_columns()
+                                | {"actors": ", ".join(f"{k} {v}" for k, v in pools.sizes().items())})
                     publish_table()
-                    update_progress_artifact(progress, 100.0 * done / total)  # pyright: ignore[reportArgumentType]
+                    update_progress_artifact(progress, 100.0 * done / total,  # pyright: ignore[reportArgumentType]
+                                             description=watch.describe(done, total))
 
                 def on_failed(unit, record: dict) -> None:
                     failed.append(record)

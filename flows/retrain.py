@@ -26,7 +26,8 @@ from flows.evaluate import evaluate
 from flows.train_prior import train_prior
 from flows.validate_dataset import validate_dataset
 from lambda_eclipse.errors import UserError
-from prior.registry import METRICS, Registry, decide, decision_markdown, now
+from prior.config import load_train_config
+from prior.registry import METRICS, Registry, dataset_identity, decide, decision_markdown, now, training_key
 from storage.confine import confine
 from storage.fs import join
 
@@ -75,6 +76,50 @@ def _evaluate(prior: str, settings: dict, output: str) -> dict:
     return {"metrics": scores(result["summary"]), "evaluation": {"settings": settings, "output": output}}
 
 
+DEAD = {"FAILED", "CRASHED", "CANCELLED"}  # a claim held by a run in one of these states is taken over
+
+
+def _state_of(flow_run_id: str | None) -> str | None:
+    """The state type of a flow run (RUNNING, COMPLETED, …), None when the API does not know it."""
+    if not flow_run_id:
+        return None
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        except ObjectNotFound:
+            return None
+    return state.type.value if state else None
+
+
+def _defer(reg: Registry, key: str, holder: dict, me: dict) -> dict | None:
+    """Another run claimed this candidate: the result of deferring to it, or None when that run failed without
+    training it (this run takes the claim over and trains)."""
+    logger = get_run_logger()
+    state = _state_of(holder.get("flow_run_id"))
+    record = next((r for r in reg.records() if r["run"] == holder["run"]), None)
+    trained = bool(record and record.get("metrics"))
+    if not trained and (state is None or state in DEAD):
+        logger.warning("retrain run %s claimed this candidate (%s) but is %s: this run trains it", holder["flow_run"],
+                       key, (state or "unknown to this Prefect API").lower())
+        holder = reg.claim(key, me, replace=True)
+        if holder["flow_run_id"] == me["flow_run_id"]:
+            return None
+        state = _state_of(holder.get("flow_run_id"))
+    doing = "already trained" if trained else "being trained"
+    reason = (f"deferred: dataset {holder['data']} with this training config is {doing} by retrain run "
+              f"{holder['flow_run']} (flow run {holder['flow_run_id']}, {(state or 'unknown').lower()}), candidate "
+              f"{holder['run']}; this run trains nothing")
+    logger.info("%s", reason)
+    return {"run": holder["run"], "final": record["final"] if record else None,
+            "steps": record["steps"] if record else None, "metrics": record.get("metrics") if record else None,
+            "current_metrics": None, "promoted": False, "reason": reason, "deferred_to": holder["flow_run"]}
+
+
 @flow(name="retrain")
 def retrain(
     runs: str,
@@ -103,6 +148,16 @@ def retrain(
         started_from, data = current["run"], data or current["data"]
     if data is None:
         raise UserError("data: give the dataset to train on, or continue_current=true to continue the current prior")
+    # Exactly one run per candidate: an event delivered twice, or a duplicate trigger, defers to the run that trains it.
+    key = training_key(dataset_identity(data), profile, load_train_config(None, overrides or []).to_dict(),
+                       started_from)
+    me = {"run": f"prior-{flow_run.get_name()}", "flow_run": flow_run.get_name(), "flow_run_id": flow_run.get_id(),
+          "data": data}
+    holder = reg.claim(key, me)
+    if holder["flow_run_id"] != me["flow_run_id"]:  # a retried run holds its own claim and resumes
+        deferred = _defer(reg, key, holder, me)
+        if deferred is not None:
+            return deferred
     if check_dataset:
         validate_dataset(data)  # an invalid dataset fails this run here, before any training
     output = str(join(runs, f"prior-{flow_run.get_name()}"))
@@ -138,4 +193,4 @@ def retrain(
         emit_event(event=EVENT, resource={"prefect.resource.id": f"lambda-eclipse.prior.{record['run']}"},
                    payload={"run": record["run"], "final": record["final"], "metrics": record["metrics"]})
     return {"run": record["run"], "final": record["final"], "steps": record["steps"], "metrics": record["metrics"],
-            "current_metrics": baseline, "promoted": decision.promote, "reason": decision.reason}
+            "current_metrics": baseline, "promoted": decision.promote, "reason": decision.reason, "deferred_to": None}

@@ -13,11 +13,12 @@ from generate.config import ModelsAndRuntime, ModelsSection, load_generate_confi
 from generate.decoder_checkpoint import DecoderCheckpoint, open_decoder
 from generate.outputs import check_output
 from generate.prior_checkpoint import PriorCheckpoint, open_prior, profile_of
-from generate.requests import GenerateRequest, Job, RenderSettings, check_requests
+from generate.requests import GenerateRequest, Job, RenderSettings, check_requests, request_files
 from lambda_eclipse.config import PROFILES
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models import kandinsky
 from lambda_eclipse.models.clip import TINY_EMBED_DIM, clip_tokenizer
+from storage.confine import confine_files
 
 if TYPE_CHECKING:
     from open_clip.tokenizer import SimpleTokenizer
@@ -116,6 +117,7 @@ def prepare(
     and `runtime` sections (GenerateConfig, or evaluate's EvalConfig); the defaults when None. `extra_missing` lists
     further missing `paper` weights, reported in the same error. `decoder`: a fine-tuned decoder UNet directory.
     """
+    confine_files(request_files(requests))  # in a deployment's run, before any of them is read
     if profile is None:
         profile = profile_of(prior)
     if profile not in PROFILES:

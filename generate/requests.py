@@ -174,6 +174,17 @@ def read_batch(path: str | Path, seed: int, num_images: int) -> list[GenerateReq
     return requests
 
 
+def request_files(requests: list[GenerateRequest]) -> list[tuple[str, str | None]]:
+    """Every file the requests name, as (what, path) for error messages ("prompts.jsonl:3: subject 'dog'")."""
+    files: list[tuple[str, str | None]] = []
+    for request in requests:
+        at = f"{request.where}: " if request.where else ""
+        for spec in request.subjects:
+            files += [(f"{at}subject {spec.word!r} image", spec.image), (f"{at}subject {spec.word!r} mask", spec.mask)]
+        files.append((f"{at}canny", request.canny))
+    return files
+
+
 def check_requests(requests: list[GenerateRequest], tokenizer) -> tuple[list[Job], list[str]]:
     jobs, warnings = [], []
     for i, request in enumerate(requests):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray resolves this machine's address as 127.0.0.1
 # Transparent huge pages for torch's CPU tensors of 2 MB and more (torch reads this once, at its first allocation): a
@@ -14,8 +15,14 @@ RUNTIME_ENV = {"worker_process_setup_hook": "lambda_eclipse.compat.worker_setup"
 
 
 @contextlib.contextmanager
-def ray_session(workers: int = 0):
+def ray_session(workers: int = 0, metrics_port: int | None = None):
+    """Ray for the block: RAY_ADDRESS's cluster (which exports metrics as it was started to), else a local Ray whose
+    metrics agent exports on 127.0.0.1:`metrics_port` (default $LAMBDA_ECLIPSE_METRICS_PORT; none: a port of Ray's
+    choosing). A session that is already up (a caller's) is used as it is."""
+    from lambda_eclipse.metrics import metrics_port as port_from_env
+
     address = os.environ.get("RAY_ADDRESS")
+    metrics_port = metrics_port or port_from_env()
     if address and address.startswith(("127.", "localhost")):
         # Ray turns a loopback address into this host's network address, where a loopback-only cluster (tests,
         # benchmarks) does not listen; this setting keeps it on loopback. Read when Ray is imported.
@@ -38,6 +45,10 @@ def ray_session(workers: int = 0):
         # Bound to loopback, no dashboard: ~5 s to start here and ~1.9 GB less memory (docs/pitfalls.md).
         # address="local": a new Ray of this process's own. Without it, ray.init() joins the cluster last started on
         # this machine (/tmp/ray/ray_current_cluster), e.g. another user's or a test's, which may be gone.
+        # Loopback only (read by the processes Ray starts now): the node's address, and so every port its agents open
+        # (the metrics export too), is 127.0.0.1 rather than this host's network address.
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
+        extra: dict[str, Any] = {"_metrics_export_port": metrics_port} if metrics_port else {}
         ray.init(
             address="local",
             num_cpus=workers or None,
@@ -45,6 +56,7 @@ def ray_session(workers: int = 0):
             _node_ip_address="127.0.0.1",
             runtime_env=RUNTIME_ENV,
             log_to_driver=False,
+            **extra,
         )
     try:
         yield

@@ -8,6 +8,10 @@ A folder (a local path or an fsspec URL; default `$LAMBDA_ECLIPSE_RUNS/registry`
                         started_from (the prior it continued, or null), trained_at, promotions
     current.json        the pointer: {run, final, promoted_at, by, reason, previous}
 
+    claims/<key>.json   one per (dataset, its config hash and shards, training config, prior continued): the retrain
+                        flow run that trains that candidate (`training_key`). It is created exclusively, so of two
+                        runs for the same candidate (an event delivered twice) one trains and the other defers to it.
+
 Every file is written whole and atomically (a rename locally; one PUT on object stores), so a reader never sees half
 a record; a record is only ever replaced by its own run, so concurrent retraining runs do not collide.
 
@@ -17,17 +21,21 @@ current prior's minus `tolerance` (all three are cosine similarities, higher is 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from lambda_eclipse.errors import UserError
 from storage.fs import Location, is_file, join, location, makedirs, resolve
-from storage.layout import read_json, write_json_atomic
+from storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths, write_json_atomic
 
 REGISTRY_ENV, RUNS_ENV = "LAMBDA_ECLIPSE_REGISTRY", "LAMBDA_ECLIPSE_RUNS"
 METRICS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}  # evaluation metrics, higher is better
-PRIORS, CURRENT = "priors", "current.json"
+PRIORS, CURRENT, CLAIMS = "priors", "current.json", "claims"
 
 
 def now() -> str:
@@ -83,6 +91,26 @@ class Registry:
         write_json_atomic(self._record_path(record["run"]), record)
         return record
 
+    def _claim_path(self, key: str) -> Location:
+        return join(self.root, CLAIMS, f"{key}.json")
+
+    def claim(self, key: str, claim: dict, replace: bool = False) -> dict:
+        """Take the claim on candidate `key` for `claim` (its run and flow run); returns the claim that holds it
+        afterwards: `claim` itself, or the one another run took first. `replace`: take it over (from a run that
+        failed), then read back which run holds it."""
+        makedirs(join(self.root, CLAIMS))
+        path = self._claim_path(key)
+        record = claim | {"key": key, "claimed_at": now()}
+        if replace:
+            write_json_atomic(path, record)
+        elif not _create(path, json.dumps(record, indent=2, sort_keys=True).encode()):
+            return read_json(path)
+        return read_json(path)
+
+    def claimed(self, key: str) -> dict | None:
+        path = self._claim_path(key)
+        return read_json(path) if is_file(path) else None
+
     def current(self) -> dict | None:
         """The current prior's record, with the pointer's fields under "promotion"; None when nothing is promoted."""
         path = join(self.root, CURRENT)
@@ -102,6 +130,49 @@ class Registry:
         makedirs(self.root)
         write_json_atomic(join(self.root, CURRENT), pointer)
         return pointer
+
+
+def _create(path: Location, data: bytes) -> bool:
+    """Write `path` only if it does not exist yet, whole (False: it exists). On disk a hard link publishes the
+    complete file at once and fails on an existing name; object stores get a conditional PUT (If-None-Match)."""
+    if isinstance(path, Path):
+        staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        staged.write_bytes(data)
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            return False
+        finally:
+            staged.unlink()
+        return True
+    fs, where = resolve(path)
+    try:
+        with fs.open(where, "xb") as f:
+            f.write(data)  # pyright: ignore[reportArgumentType]  (fsspec types open() as text; "xb" is binary)
+    except FileExistsError:
+        return False
+    return True
+
+
+def dataset_identity(data: str) -> dict:
+    """What makes a dataset the same dataset for training: where it is, its config hash (dataset.json) and its
+    complete shards' contents (their files' sha256 from `_stats.json`: an incremental build that added shards is
+    another dataset)."""
+    root = location(data)
+    meta = join(root, DATASET_JSON)
+    digest = hashlib.sha256()
+    for shard in complete_shards(root):
+        files = read_json(shard_paths(root, shard)["stats"]).get("files", {})
+        digest.update(f"{shard}:{json.dumps(files, sort_keys=True)}\n".encode())
+    return {"data": str(root), "dataset_hash": read_json(meta).get("config_hash") if is_file(meta) else None,
+            "shards": digest.hexdigest()}
+
+
+def training_key(dataset: dict, profile: str | None, train_config: dict, started_from: str | None) -> str:
+    """The candidate a retrain run would train: its dataset (`dataset_identity`), the training profile and config,
+    and the prior it continues; two runs with the same key would train the same prior."""
+    what = {"dataset": dataset, "profile": profile, "train": train_config, "started_from": started_from}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def resolve_prior(prior: str | None, registry: str | None = None) -> str:

@@ -12,9 +12,11 @@ process) is restarted by Ray and the call is retried on it.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+from lambda_eclipse import metrics
 from lambda_eclipse.actor_pool import ActorPool, Placement
 from lambda_eclipse.errors import BuildError, UserError
 from storage.sample import Sample
@@ -83,6 +85,7 @@ def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> li
     read zero-copy; only the fields the stage adds travel back."""
     import ray
 
+    start = time.perf_counter()  # pipeline metrics: batch seconds, busy seconds (lambda_eclipse/metrics.py)
     for sample, refs in zip(samples, pixels, strict=True):
         for name, ref in refs.items():
             setattr(sample, name, ray.get(ref))
@@ -92,6 +95,7 @@ def process_batch(stage: Stage, samples: list[Sample], pixels: list[dict]) -> li
     for sample, refs in zip(samples, pixels, strict=True):
         for name in refs:
             setattr(sample, name, None)  # the caller holds them; don't send them back
+    metrics.batch_done(stage.name, len(samples), time.perf_counter() - start)
     return samples
 
 

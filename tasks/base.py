@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from lambda_eclipse import metrics
 from lambda_eclipse.config import ModelsConfig
 from storage.sample import Sample
 from tasks.config import BuildConfig, RuntimeConfig
@@ -75,6 +76,7 @@ class Stage:
 def set_up(stage: Stage) -> Stage:
     """`stage`, set up: what a model actor builds (lambda_eclipse.actor_pool) from the stage object it was sent."""
     stage.setup()
+    metrics.actor_up(stage.name)
     return stage
 
 

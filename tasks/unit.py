@@ -17,6 +17,7 @@ from itertools import islice
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
+from lambda_eclipse import metrics
 from storage.sample import Sample
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
@@ -169,11 +170,13 @@ def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: 
     """A Ray task: read, process and write one unit's shard on this worker; returns its stats."""
     node = ray.get_runtime_context().get_node_id()
     try:
-        runner = UnitRunner(cfg, profile, pools)
-        stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+        with metrics.unit_in_flight():  # pipeline metrics (lambda_eclipse/metrics.py): exact, from the shard's stats
+            runner = UnitRunner(cfg, profile, pools)
+            stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
     except (ActorsGone, RayError):
         raise  # the cluster's, not the unit's: the flow runs it again
     except Exception as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         raise UnitFailed(f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__, node) from exc
+    metrics.shard_done(stats, unit.bytes)
     return stats | {"node": node, "pid": os.getpid()}  # where it ran

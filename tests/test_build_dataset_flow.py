@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,10 @@ def test_dashboard_outputs(built):
     assert latest["build-dataset-progress"]["type"] == "progress" and latest["build-dataset-progress"]["data"] == 100.0
     shards, summary = latest["build-dataset-shards"], latest["build-dataset-summary"]
     assert shards["type"] == "table" and "rejected: decode" in shards["data"] and "masks /s" in shards["data"]
+    assert "busy: masks" in shards["data"] and "busy: caption" in shards["data"]  # each model stage's busy fraction
+    progress = latest["build-dataset-progress"]["description"]  # the pace over the last minutes (the ETA while left)
+    assert re.fullmatch(r"4/4 shards complete · [\d.]+ images/s, [\d.]+ accepted samples/s over the last 5 min",
+                        progress), progress
     assert summary["type"] == "markdown" and "| features |" in summary["data"]
     assert "![contact sheet](data:image/jpeg;base64," in summary["data"]  # shown by the UI on any machine
 

@@ -60,3 +60,54 @@ def test_the_validate_flow_refuses_an_escaping_path(roots, prefect_harness):
     data, _ = roots
     with pytest.raises(UserError, match=r"^data='.*/\.\./\.\./etc' is outside"):
         validate_dataset(data=f"{data}/../../etc")
+
+
+def test_files_a_request_names_are_confined(roots, tmp_path):
+    from storage.confine import confine_files
+
+    data, _ = roots
+    confine_files([("subject 'dog' image", str(data / "dog.jpg")), ("canny", None)])
+    with pytest.raises(UserError) as caught:
+        confine_files([("subject 'dog' image", str(data / "dog.jpg")), ("prompts.jsonl:2: canny", "/etc/hosts")])
+    assert str(caught.value) == (f"prompts.jsonl:2: canny: '/etc/hosts' is outside this deployment's data roots "
+                                 f"({data}, {data.parent / 'runs'}, s3://bucket/lambda, from {DATA_ROOTS}); name a "
+                                 "file inside them")
+
+
+def test_a_batch_entry_outside_the_roots_is_refused_before_anything_is_read(roots):
+    from generate.plan import prepare
+    from generate.requests import requests_from_args
+
+    data, _ = roots
+    batch = data / "prompts.jsonl"
+    batch.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "subjects": {"dog": "../../../../etc/hosts"}}\n')
+    requests = requests_from_args(None, None, None, str(batch), 0, 1)
+    with pytest.raises(UserError, match=rf"^{batch}:2: subject 'dog' image: '.*/etc/hosts' is outside this "
+                                        r"deployment's data roots \(.*\); name a file inside them$"):
+        prepare(requests, prior=str(data / "no-prior"), output=str(data / "out"))
+
+
+def test_the_generate_flow_refuses_a_subject_photo_outside_the_roots(roots, prefect_harness):
+    from flows.generate import generate
+
+    data, _ = roots
+    with pytest.raises(UserError, match=r"^subject 'dog' image: '/etc/hosts' is outside"):
+        generate(prior=str(data / "prior"), output=str(data / "out"), prompt="a dog", subjects=["dog=/etc/hosts"],
+                 canny=None)
+
+
+def test_an_evaluation_photo_linked_out_of_the_roots_is_refused(roots, tmp_path):
+    from evaluation.run import prepare_evaluation
+    from lambda_eclipse.synthetic import write_photos
+
+    data, runs = roots
+    bench = data / "dreambench"
+    write_photos(bench / "dog", 2, size=32)
+    outside = tmp_path / "private.jpg"
+    first = sorted((bench / "dog").iterdir())[0]
+    outside.write_bytes(first.read_bytes())
+    first.unlink()
+    first.symlink_to(outside)
+    with pytest.raises(UserError, match=r"^subject dog: '.*' is outside this deployment's data roots"):
+        prepare_evaluation("dreambench", str(bench), str(runs / "prior"), str(runs / "eval"), profile="tiny",
+                           overrides=["evaluate.max_prompts=1"])

@@ -353,6 +353,16 @@ def test_a_completed_build_runs_the_loop_and_promotes_the_prior(stack, built):
     assert check["parent_task_run_id"] and check["state"]["type"] == "COMPLETED"
     assert "✅ valid" in {a["key"]: a for a in stack.artifacts(check["id"])}["validate-dataset-report"]["data"]
     assert stack.gpu_slots_drain() == 0
+    # The same Completed event delivered again (events are delivered at least once): a second loop run on the same
+    # dataset with the same training config trains nothing and names the run it defers to.
+    again_id = stack.run_deployment("retrain-on-new-dataset", {"data": output})
+    again = stack.wait(again_id, timeout=600)
+    assert again["state"]["type"] == "COMPLETED", f"{again['state']}\n{stack.run_logs(again_id)[-4000:]}"
+    deadline = time.monotonic() + 120  # log lines reach the API in batches, after the run may have ended
+    while f"is already trained by retrain run {run['name']}" not in stack.run_logs(again_id):
+        assert time.monotonic() < deadline, stack.run_logs(again_id)[-4000:]
+        time.sleep(1)
+    assert _registry(stack)["runs"] == [run_name] and not (stack.tmp / "runs" / f"prior-{again['name']}").exists()
 
     # generate without --prior: the registry's current prior (LAMBDA_ECLIPSE_RUNS/registry)
     generated = stack.tmp / "data" / "generated"
@@ -395,7 +405,10 @@ def _invalid_and_worse(stack: Stack, built: dict) -> None:
     shutil.copytree(built["output"], corrupt)
     next(iter(sorted((corrupt / "shards").glob("*.parquet")))).write_bytes(b"not parquet")
     _completed_build_of(stack, corrupt)
-    worse_id = stack.run_deployment("retrain-on-new-dataset", {"data": str(built["output"]), "tolerance": -1.0})
+    # another training config (a seed): another candidate on the same dataset (the same one would defer, above)
+    overrides = stack.deployment("retrain-on-new-dataset")["parameters"]["overrides"] + ["train.seed=1"]
+    worse_id = stack.run_deployment("retrain-on-new-dataset", {"data": str(built["output"]), "tolerance": -1.0,
+                                                               "overrides": overrides})
     bad = _triggered(stack, "retrain-on-new-dataset", data=str(corrupt))
     bad = stack.wait(bad["id"], timeout=600)
     assert bad["state"]["type"] == "FAILED", bad["state"]

@@ -165,3 +165,42 @@ def test_priors_commands_import_nothing_heavy(runs):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr
     assert "the prior registry" in run.stderr and "is empty" in run.stderr
+
+
+# -- one candidate, one run ----------------------------------------------------------------------------------------
+
+def test_the_first_claim_on_a_candidate_holds_it(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg = Registry(tmp_path / "registry")
+    claims = [{"run": f"prior-r{i}", "flow_run": f"r{i}", "flow_run_id": str(i), "data": "/d"} for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:  # eight deliveries of one event at once
+        held = list(pool.map(lambda c: reg.claim("k1", c), claims))
+    assert len({h["flow_run_id"] for h in held}) == 1  # every one sees the same winner
+    assert reg.claimed("k1") == held[0] and reg.claimed("k2") is None
+    assert reg.claim("k1", claims[5], replace=True)["flow_run_id"] == "5"  # taken over from a failed run
+    assert not [p for p in (tmp_path / "registry" / "claims").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_claim_on_object_storage_is_a_conditional_write():
+    import uuid
+
+    reg = Registry(f"memory://claims-{uuid.uuid4().hex}/registry")
+    assert reg.claim("k", {"flow_run_id": "a"})["flow_run_id"] == "a"
+    assert reg.claim("k", {"flow_run_id": "b"})["flow_run_id"] == "a"
+
+
+def test_a_training_key_changes_with_the_dataset_its_shards_and_the_training_config(tmp_path):
+    from prior.registry import dataset_identity, training_key
+    from storage.synthetic_features import write_feature_dataset
+
+    data = write_feature_dataset(tmp_path / "dataset", [(4, 2)])
+    ident = dataset_identity(str(data))
+    assert ident["data"] == str(data) and ident == dataset_identity(str(data))
+    key = training_key(ident, None, {"train": {"seed": 0}}, None)
+    assert key == training_key(dataset_identity(str(data)), None, {"train": {"seed": 0}}, None)
+    assert key != training_key(ident, None, {"train": {"seed": 1}}, None)
+    assert key != training_key(ident, "tiny", {"train": {"seed": 0}}, None)
+    assert key != training_key(ident, None, {"train": {"seed": 0}}, "prior-earlier")
+    grown = write_feature_dataset(tmp_path / "grown", [(4, 2), (3, 1)])
+    assert dataset_identity(str(grown))["shards"] != dataset_identity(str(data))["shards"]

@@ -5,12 +5,14 @@ dataset stops the run before training; `generate` without --prior uses the promo
 import json
 
 import pytest
+from conftest import logs_of_latest_run
 
 from flows.cli import main
 from flows.retrain import gpu_slots, retrain, scores
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
-from prior.registry import Registry
+from prior.config import load_train_config
+from prior.registry import Registry, dataset_identity, training_key
 from storage.synthetic_features import write_feature_dataset
 from storage.validate import DatasetInvalid
 
@@ -74,9 +76,10 @@ def test_a_worse_candidate_is_recorded_but_not_promoted(loop):
     first = loop["first"]
     # a negative tolerance asks every metric to beat the current prior's by 1 (cosines cannot): never promoted. The
     # evaluation settings differ from the current prior's, so it is evaluated again with these.
+    # another training config (a seed): another candidate; the same one would defer to the first run (below)
     second = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
-                     data=str(loop["data"]), overrides=TRAIN, eval_overrides=EVAL + ["evaluate.seed=1"],
-                     tolerance=-1.0)
+                     data=str(loop["data"]), overrides=TRAIN + ["train.seed=1"],
+                     eval_overrides=EVAL + ["evaluate.seed=1"], tolerance=-1.0)
     assert not second["promoted"] and second["reason"].startswith("not promoted: DINO, CLIP-I, CLIP-T below")
     reg = loop["reg"]
     assert [r["run"] for r in reg.records()] == [first["run"], second["run"]]
@@ -121,3 +124,58 @@ def test_a_missing_gpu_limit_is_named_with_the_command_to_create_it(monkeypatch)
                                         r"create it with `prefect gcl create gpu-missing-in-this-test --limit N`"):
         with gpu_slots("train-prior"):
             pass
+
+
+def test_a_duplicate_trigger_defers_to_the_run_that_trained_the_candidate(loop):
+    """The Completed event of one build delivered twice: the second retrain run, on the same dataset with the same
+    training config, trains nothing and names the run it defers to."""
+    first, reg = loop["first"], loop["reg"]
+    before, dirs = [r["run"] for r in reg.records()], sorted((loop["root"] / "runs").iterdir())
+    again = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
+                    data=str(loop["data"]), overrides=TRAIN, eval_overrides=EVAL, tolerance=0.01)
+    holder = first["run"].removeprefix("prior-")
+    assert again["deferred_to"] == holder and again["run"] == first["run"] and not again["promoted"]
+    assert again["final"] == first["final"] and again["metrics"] == first["metrics"]
+    assert again["reason"].startswith(f"deferred: dataset {loop['data']} with this training config is already trained "
+                                      f"by retrain run {holder} (flow run ")
+    assert [r["run"] for r in reg.records()] == before  # no new candidate, no run directory
+    assert sorted((loop["root"] / "runs").iterdir()) == dirs
+    assert f"is already trained by retrain run {holder}" in logs_of_latest_run("retrain", "deferred: ")
+
+
+def _claim_by(reg: Registry, data, overrides: list[str], state) -> str:
+    """A claim on the candidate (data, overrides) by a flow run in `state`, made through the API: another retrain
+    run that took the event first."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(retrain, name="other-run", state=state)
+    key = training_key(dataset_identity(str(data)), None, load_train_config(None, overrides).to_dict(), None)
+    reg.claim(key, {"run": "prior-other-run", "flow_run": "other-run", "flow_run_id": str(run.id), "data": str(data)})
+    return str(run.id)
+
+
+def test_a_trigger_while_the_candidate_trains_defers_and_a_crashed_claim_is_taken_over(loop):
+    from prefect import get_client
+    from prefect.states import Crashed, Running
+
+    reg, overrides = loop["reg"], TRAIN + ["train.seed=2"]
+    other = _claim_by(reg, loop["data"], overrides, Running())
+    before = [r["run"] for r in reg.records()]
+
+    def trigger() -> dict:
+        return retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
+                       data=str(loop["data"]), overrides=overrides, eval_overrides=EVAL, tolerance=-1.0)
+
+    waiting = trigger()
+    assert waiting["deferred_to"] == "other-run" and waiting["final"] is None
+    assert waiting["reason"].startswith(f"deferred: dataset {loop['data']} with this training config is being trained "
+                                        f"by retrain run other-run (flow run {other}, running)")
+    assert [r["run"] for r in reg.records()] == before
+    with get_client(sync_client=True) as client:  # the other run crashed before it trained anything
+        client.set_flow_run_state(other, Crashed(), force=True)
+    taken = trigger()
+    assert taken["deferred_to"] is None and taken["steps"] == 4 and taken["run"] not in before
+    assert [r["run"] for r in reg.records()] == [*before, taken["run"]]
+    assert "retrain run other-run claimed this candidate" in logs_of_latest_run("retrain", "is crashed: this run "
+                                                                                           "trains it")

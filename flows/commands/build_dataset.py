@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
 
 from lambda_eclipse.config import add_config_options, describe_keys
 from tasks.config import BuildConfig
@@ -46,15 +51,58 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from flows.build_dataset import build_dataset
     from flows.prepared import handing
 
-    # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
-    with handing("build-dataset", plan):
-        summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile, workers=args.workers,
-                                config=plan.cfg.to_dict())
-    print(
-        f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
-        f"in {summary['shards']} shards → {summary['output']}"
-    )
+    with _metrics_session(args, plan.cfg.runtime.workers):
+        # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
+        with handing("build-dataset", plan):
+            summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
+                                    workers=args.workers, config=plan.cfg.to_dict())
+        print(
+            f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
+            f"in {summary['shards']} shards → {summary['output']}", flush=True,
+        )
+        _linger(args)
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_session(args: argparse.Namespace, workers: int) -> Iterator[None]:
+    """With --metrics-port and no RAY_ADDRESS: the local Ray, exporting on 127.0.0.1:PORT, started here so that it
+    outlives the flow (which uses it as it is) for --metrics-linger seconds. On a cluster, Ray's own export serves the
+    metrics and the port is not used."""
+    if args.metrics_port is None:
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        print(f"--metrics-port {args.metrics_port} is not used with RAY_ADDRESS: the cluster's Ray exports the "
+              "pipeline metrics on its own metrics port (docs/operate.md, Monitoring)", file=sys.stderr)
+        args.metrics_port = None
+        yield
+        return
+    from lambda_eclipse.ray_session import ray_session
+
+    with ray_session(workers, metrics_port=args.metrics_port):
+        print(f"pipeline metrics: http://127.0.0.1:{args.metrics_port}/metrics (Prometheus text format)",
+              file=sys.stderr, flush=True)
+        yield
+
+
+def _linger(args: argparse.Namespace) -> None:
+    """Keep the local metrics endpoint up after the build so that a scrape sees the final counts (Ray's workers
+    report every 10 s); Ctrl-C ends the wait."""
+    if args.metrics_port is None or args.metrics_linger <= 0:
+        return
+    print(f"keeping http://127.0.0.1:{args.metrics_port}/metrics up for {args.metrics_linger:g} s "
+          "(--metrics-linger; Ctrl-C ends it)", file=sys.stderr, flush=True)
+    try:
+        time.sleep(args.metrics_linger)
+    except KeyboardInterrupt:
+        pass
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1–65535)")
+    return int(text)
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -86,6 +134,16 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--gpus-per-stage", action="append", metavar="STAGE=FRACTION",
         help="GPU fraction per model stage (caption, nouns, boxes, masks, features), e.g. caption=0.5,masks=0.5; "
         "default 0 (CPU)",
+    )
+    build.add_argument(
+        "--metrics-port", type=_port, metavar="PORT",
+        help="without RAY_ADDRESS: the local Ray exports the pipeline metrics (lambda_eclipse_*) for Prometheus on "
+        "http://127.0.0.1:PORT/metrics; on a cluster, Ray's own metrics export serves them",
+    )
+    build.add_argument(
+        "--metrics-linger", type=float, default=30.0, metavar="SECONDS",
+        help="with --metrics-port: keep the endpoint up this long after the build, so that a scrape sees the final "
+        "counts [default: 30]",
     )
     build.add_argument(
         "--dry-run", action="store_true",
