@@ -51,11 +51,12 @@ def check_runtime(cfg: BuildConfig) -> None:
     _checked(cfg.runtime.gpus, "gpus")
     _checked(cfg.runtime.actors, "actors")
     r = cfg.runtime
-    for key, value in (("units_in_flight", r.units_in_flight), ("unit_retries", r.unit_retries),
-                       ("max_failed_units", r.max_failed_units), ("rebalance_every", r.rebalance_every),
-                       ("max_nodes", r.max_nodes)):
+    for key, value, zero in (("units_in_flight", r.units_in_flight, "automatic"),
+                             ("unit_retries", r.unit_retries, "no retry"),
+                             ("max_failed_units", r.max_failed_units, "automatic"),
+                             ("rebalance_every", r.rebalance_every, "never"), ("max_nodes", r.max_nodes, "no cap")):
         if value < 0:
-            raise UserError(f"runtime.{key} must be ≥ 0, got {value}")
+            raise UserError(f"runtime.{key} must be 0 ({zero}) or more, got {value}")
     if r.placement_timeout <= 0:
         raise UserError(f"runtime.placement_timeout must be > 0 seconds, got {r.placement_timeout}")
 

@@ -39,8 +39,8 @@ def test_bad_placements_name_the_stage(override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("runtime.unit_retries=-1", "runtime.unit_retries must be ≥ 0, got -1"),
-    ("runtime.max_failed_units=-2", "runtime.max_failed_units must be ≥ 0, got -2"),
+    ("runtime.unit_retries=-1", r"runtime.unit_retries must be 0 \(no retry\) or more, got -1"),
+    ("runtime.max_failed_units=-2", r"runtime.max_failed_units must be 0 \(automatic\) or more, got -2"),
     ("runtime.placement_timeout=0", "runtime.placement_timeout must be > 0 seconds, got 0"),
 ])
 def test_bad_runtime_values_fail_before_ray_starts(override, message):
