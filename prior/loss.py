@@ -30,7 +30,7 @@ import torch.nn.functional as F
 LAMBDA = 0.2
 TAU = 12.8  # the default similarity's; cosine: TAU_COSINE
 TAU_COSINE = 0.01
-REDUCTIONS = ("sum", "mean")  # the first is the default
+REDUCTIONS = ("mean", "sum")  # the first is the default
 SIMILARITIES = ("dot", "cosine")
 
 
@@ -50,19 +50,24 @@ def prior_loss(
     tau: float = TAU,
     reduction: str = REDUCTIONS[0],
     similarity: str = SIMILARITIES[0],
+    texts: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Eq. 1 on a batch: predicted ẑ_x, target z_x and pooled text z_y, each (B, d).
 
     Returns scalar tensors `total` = `mse` + lam · `contrastive`, with each term separately for logging.
     `mse` is mean_i ‖ẑ_i − z_i‖² (reduction=sum) or that divided by d (mean); `contrastive` is
     −mean_i log softmax_j(s(ẑ_i, z_y^j) / tau) at j = i, s the inner product (dot) or cosine similarity.
+    `texts` (N, d): the softmax's texts j when they are more than this batch's, the global batch's gathered from
+    every trainer, in which `text_embedding`'s rows start at row `offset`.
     """
     check_options(reduction, similarity)
-    predicted, target_image, text_embedding = predicted.float(), target_image.float(), text_embedding.float()
+    predicted, target_image = predicted.float(), target_image.float()
+    texts = (text_embedding if texts is None else texts).float()
     squared = (predicted - target_image).square()
     mse = squared.sum(dim=-1).mean() if reduction == "sum" else squared.mean()
     if similarity == "cosine":
-        predicted, text_embedding = F.normalize(predicted, dim=-1), F.normalize(text_embedding, dim=-1)
-    logits = predicted @ text_embedding.T / tau
-    contrastive = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+        predicted, texts = F.normalize(predicted, dim=-1), F.normalize(texts, dim=-1)
+    logits = predicted @ texts.T / tau
+    contrastive = F.cross_entropy(logits, torch.arange(offset, offset + len(logits), device=logits.device))
     return {"total": mse + lam * contrastive, "mse": mse, "contrastive": contrastive}
