@@ -20,6 +20,8 @@ from lambda_eclipse.errors import UserError
 # Torch-free at import, so that the CLI's parser (and --help) loads no model library.
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+GUIDANCE = 7.5  # generate's classifier-free guidance (the paper's)
+INTERPOLATE_GUIDANCE = 4.0  # the released interpolation.py's: the Kandinsky 2.2 decoder pipeline's default
 
 
 @dataclass
