@@ -82,7 +82,7 @@ def test_canny_from_controls_each_prompt_by_its_edge_map_and_compares_with_table
     assert canny == [str(p) for p in sorted((references / "backpack").iterdir())]
     evaluator = Evaluator(plan)
     control = evaluator.generator.prior_inputs(plan.generate.jobs[1])["control_embedding"][0].numpy()
-    edges = canny_rgb(np.asarray(Image.open(canny[1])), 100, 200, 0)  # a released-layout prior: the image's size
+    edges = canny_rgb(np.asarray(Image.open(str(canny[1]))), 100, 200, 0)  # a released-layout prior: the image's size
     np.testing.assert_allclose(control, evaluator.generator.clip.encode_images([edges])[0], rtol=1e-6)
     for prompt, job in plan.todo():
         record(plan, prompt, *evaluator.score(prompt, job))
