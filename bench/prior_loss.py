@@ -26,7 +26,7 @@ from prior.loss import LAMBDA, prior_loss
 from prior.model import EclipsePrior, prior_config
 
 # reduction:similarity:tau; the first is the default of prior/loss.py
-OPTIONS = ("mean:dot:12.8", "mean:dot:1", "mean:dot:128", "mean:cosine:0.01", "mean:cosine:0.07", "sum:dot:12.8")
+OPTIONS = ("mean:dot:128", "mean:dot:12.8", "mean:dot:1", "mean:cosine:0.01", "sum:dot:128", "sum:dot:12.8")
 
 
 def synthetic_set(n: int, d: int, tokens: int, scale: float, text_cosine: float, seed: int) -> dict[str, torch.Tensor]:

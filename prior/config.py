@@ -49,7 +49,7 @@ LOSS_SIMILARITIES = ("dot", "cosine")  # prior/loss.py's SIMILARITIES
 class LossSection:
     # prior/loss.py's defaults (a test keeps them equal), written out so that the CLI's parser needs no torch
     lam: float = 0.2  # weight of the contrastive term of Eq. 1 (paper: 0.2)
-    tau: float = 12.8  # its temperature (not in the paper): 0.01·d for dot; use 0.01 with similarity=cosine
+    tau: float = 128.0  # its temperature (not in the paper; measured, prior/loss.py): use 0.01 with similarity=cosine
     reduction: str = "mean"  # squared error: mean (÷ d, §3.1's "mean-squared error") | sum (over dimensions)
     similarity: str = "dot"  # contrastive logits: dot (Eq. 1's inner product) | cosine (normalised, as CLIP)
 

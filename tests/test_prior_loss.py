@@ -96,7 +96,7 @@ def test_matches_independent_numpy_formula(reduction, similarity):
 
 def test_defaults_and_config_agree():
     section = LossSection()
-    assert (LAMBDA, TAU, loss_module.TAU_COSINE) == (0.2, 12.8, 0.01)
+    assert (LAMBDA, TAU, loss_module.TAU_COSINE) == (0.2, 128.0, 0.01)
     assert (section.lam, section.tau, section.reduction, section.similarity) == (LAMBDA, TAU, "mean", "dot")
     assert (LOSS_REDUCTIONS, LOSS_SIMILARITIES) == (loss_module.REDUCTIONS, loss_module.SIMILARITIES)
     default = prior_loss(PREDICTED, TARGET, TEXT)
