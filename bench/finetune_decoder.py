@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             loss, _ = trainer.train_step()
         _sync(trainer.device)
         elapsed = time.perf_counter() - start
-        print(f"steps/s: {args.steps / elapsed:.3f} ({args.steps * args.batch * job.cfg.finetune.gradient_accumulation / elapsed:.3f} photos/s), last loss "
-              f"{loss.item():.4f}")
+        photos = args.steps * args.batch * job.cfg.finetune.gradient_accumulation
+        print(f"steps/s: {args.steps / elapsed:.3f} ({photos / elapsed:.3f} photos/s), last loss {loss.item():.4f}")
         if trainer.device.type == "cuda":
             print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
