@@ -14,7 +14,9 @@ Each --subject binds its WORD in the prompt (whole word, any case; the k-th --su
 occurrence) and puts the subject's CLIP image embedding at that word's tokens. The image is used as given (padded
 to a white square), through a mask (white = subject), or segmented with Grounding DINO + SAM (--segment).
 Defaults follow the paper: 50 DDIM steps, guidance 7.5, the all-zero image's CLIP embedding as the negative image
-embedding and (without --canny) as the control.
+embedding and (without --canny) as the control. --canny's edge map is made as the prior's training data made theirs
+(its training.json), and for the released checkpoint as its inference code does: Canny(100, 200) at the image's
+own size; each image's JSON says which.
 
 --batch FILE.jsonl, one JSON object per line (paths relative to the file; seed/num_images default to the flags):
   {{"prompt": "a dog wearing a hat", "subjects": {{"dog": "dog.jpg", "hat": "hat.png"}}}}
