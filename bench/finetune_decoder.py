@@ -2,7 +2,8 @@
 
 Writes synthetic subject photos, builds the fine-tuning models once (timed: the photos' CLIP embedding, then the
 decoder), then measures optimisation steps/s after `--warmup` steps (Eq. 2: MoVQ encoding, UNet forward and backward,
-AdamW) and, on a GPU, the peak memory allocated. The photos are embedded whole (`data.segment=false`): segmentation
+AdamW; each step finetune.gradient_accumulation micro-batches of `--batch`, 4 by default) and, on a GPU, the peak
+memory allocated. The photos are embedded whole (`data.segment=false`): segmentation
 runs once per photo before training and is not part of a step.
 
     python -m bench.finetune_decoder [--profile tiny|paper-shapes] [--steps 20] [--warmup 3] [--batch 1]
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         job = place(job, torch.cuda.device_count())  # the training loop in this process: this machine's GPUs
         start = time.perf_counter()
         trainer = Trainer(job)
-        print(f"{args.profile}: {job.resolution} px, batch {args.batch}, {job.precision} on {job.device}, "
+        print(f"{args.profile}: {job.resolution} px, batch {args.batch} × accumulation "
+              f"{job.cfg.finetune.gradient_accumulation}, {job.precision} on {job.device}, "
               f"{torch.get_num_threads()} CPU thread(s); models and embeddings ready in "
               f"{time.perf_counter() - start:.1f} s")
         for _ in range(args.warmup):
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             loss, _ = trainer.train_step()
         _sync(trainer.device)
         elapsed = time.perf_counter() - start
-        print(f"steps/s: {args.steps / elapsed:.3f} ({args.steps * args.batch / elapsed:.3f} photos/s), last loss "
-              f"{loss.item():.4f}")
+        photos = args.steps * args.batch * job.cfg.finetune.gradient_accumulation
+        print(f"steps/s: {args.steps / elapsed:.3f} ({photos / elapsed:.3f} photos/s), last loss {loss.item():.4f}")
         if trainer.device.type == "cuda":
             print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

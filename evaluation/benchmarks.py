@@ -22,6 +22,13 @@
   french_horn, robot) and a second bird, horse and guinea pig, 990 and 18,104 candidates give exactly 904 and 1,476
   (tests/test_benchmarks.py). `multibench_candidates` counts them. `evaluate.max_prompts` bounds a run.
 
+With `evaluate.multibench_files=DIR` the prompts are read from a folder of prompt files instead, as they are (no
+sampling): the authors' released Multibench prompts, whose exact file format is not known here, so this is the layout
+expected (docs/paper-defaults.md): every DIR/*.jsonl, in file-name order, one JSON object per line,
+{"prompt": "a dog wearing a hat", "subjects": ["dog", "hat"]}, naming 2 or 3 --data folders in the order their words
+occur in the prompt (each word found as a whole word, any case, after the previous one). A prompt's id is
+"<file stem>/<line number>".
+
 Placeholders are filled by position, so each subject's character span in the prompt is known exactly (also when two
 subjects share a word), and the filled prompt is the CLIP-T text: the prompt without
 subject placeholders, as DreamBooth scores its prompts without the identifier token.
@@ -188,8 +195,52 @@ def multibench_prompts(subjects: list[BenchSubject], bench: dict) -> list[BenchP
     return prompts
 
 
-def benchmark_prompts(benchmark: str, data: str | Path, bench: dict) -> list[BenchPrompt]:
+def read_multibench_files(subjects: list[BenchSubject], folder: str | Path) -> list[BenchPrompt]:
+    """Multibench prompts from a folder of prompt files (the layout in the module docstring), in file and line order."""
+    root = Path(folder)
+    files = sorted(root.glob("*.jsonl")) if root.is_dir() else []
+    if not files:
+        raise UserError(f"evaluate.multibench_files={folder}: no *.jsonl prompt files there (one JSON object per line: "
+                        '{"prompt": "a dog wearing a hat", "subjects": ["dog", "hat"]})')
+    by_name = {s.name: s for s in subjects}
+    groups = {n: group for n, _, group in SIZES}
+    prompts = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                item = json.loads(line)
+                text, names = item["prompt"], item["subjects"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f'{where}: expected {{"prompt": "...", "subjects": ["folder", ...]}}') from None
+            if not isinstance(text, str) or not isinstance(names, list) or len(names) not in groups:
+                raise UserError(f"{where}: a prompt text and a list of 2 or 3 subject folders, got {line.strip()!r}")
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                raise UserError(f"{where}: subjects {unknown} are not folders of --data ({', '.join(sorted(by_name))})")
+            chosen = tuple(by_name[n] for n in names)
+            spans, start = [], 0
+            for subject in chosen:
+                found = re.compile(rf"\b{re.escape(subject.word)}\b", re.IGNORECASE).search(text, start)
+                if found is None:
+                    raise UserError(f"{where}: subject {subject.name}'s word {subject.word!r} is not in {text!r} "
+                                    "after the previous subject's")
+                spans.append(found.span())
+                start = found.end()
+            prompts.append(BenchPrompt(f"{path.stem}/{number:05d}", len(prompts), groups[len(names)], text, chosen,
+                                       tuple(spans)))
+    return prompts
+
+
+def benchmark_prompts(benchmark: str, data: str | Path, bench: dict, multibench_files: str = "") -> list[BenchPrompt]:
     if benchmark not in BENCHMARKS:
         raise UserError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
     subjects = read_subjects(data, bench["dreambench"])
-    return (dreambench_prompts if benchmark == "dreambench" else multibench_prompts)(subjects, bench)
+    if benchmark == "dreambench":
+        if multibench_files:
+            raise UserError("evaluate.multibench_files is for --benchmark multibench")
+        return dreambench_prompts(subjects, bench)
+    return read_multibench_files(subjects, multibench_files) if multibench_files else multibench_prompts(subjects,
+                                                                                                          bench)

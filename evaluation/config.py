@@ -22,6 +22,12 @@ class EvaluateSection:
     segment: bool = True  # segment the subject photos before embedding them (paper §4)
     reference_image: int = 0  # which photo of a subject (sorted by name) conditions the prior
     benchmarks: str = ""  # a benchmarks.json to use instead of the bundled copy
+    # a folder of Multibench prompt files (the authors' released prompts; layout: evaluation/benchmarks.py,
+    # read_multibench_files): used as they are; empty: the prompts are rebuilt from the paper's Tables 8 and 9
+    multibench_files: str = ""
+    # Table 5's protocol: a folder of one reference image per prompt, DIR/<prompt id>.<png|jpg|…> (DreamBench:
+    # DIR/dog/03.png), whose Canny edge map controls that prompt's images; empty: no edge map (the paper's default)
+    canny_from: str = ""
     actors: int = 1  # model actors the prompts are spread over (each asks for runtime.gpus); same numbers for any
     # CLIP-I / CLIP-T encoder (evaluation/encoders.py): OpenAI's CLIP ViT-B/32, as DreamBooth-metric implementations
     # use, not the generator's own conditioning encoder (bigG); "conditioning" scores with that one instead.

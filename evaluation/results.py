@@ -25,6 +25,7 @@ PAPER = {
     "two subjects": {"dino": 0.4478, "clip_i": 0.7409, "clip_t": 0.3327},
     "three subjects": {"dino": 0.3420, "clip_i": 0.6463, "clip_t": 0.3469},
 }
+PAPER_CANNY = {"single subject": {"dino": 0.5173, "clip_i": 0.7437, "clip_t": 0.3158}}  # Table 5, DreamBench + Canny
 
 
 def _complete(row: dict) -> bool:
@@ -92,7 +93,7 @@ def segmentation_failures(rows: list[dict]) -> dict[str, int]:
 
 
 def summary_markdown(title: str, summary: list[dict], total: int, note: str, encoders: dict[str, str],
-                     failures: dict[str, int], segment: bool) -> str:
+                     failures: dict[str, int], segment: bool, paper_rows: dict[str, dict] = PAPER) -> str:
     done = sum(row["prompts"] for row in summary)
     lines = [f"# {title}", "", f"{done} of {total} prompts evaluated. {note}", "",
              f"Encoders: DINO — {encoders['dino']}; CLIP-I and CLIP-T — {encoders['clip']}. The paper's rows are as "
@@ -102,7 +103,9 @@ def summary_markdown(title: str, summary: list[dict], total: int, note: str, enc
         lines.append(f"| λ-ECLIPSE, this run: {row['group']} | {row['prompts']} | {row['images']} | "
                      f"{row['dino']:.4f} | {row['clip_i']:.4f} | {row['clip_t']:.4f} |")
     for row in summary:
-        paper = PAPER[row["group"]]
+        if row["group"] not in paper_rows:  # Table 5 is DreamBench's only
+            continue
+        paper = paper_rows[row["group"]]
         lines.append(f"| λ-ECLIPSE, reported (paper): {row['group']} | | | {paper['dino']} | {paper['clip_i']} | "
                      f"{paper['clip_t']} |")
     lines += ["", "## Segmentation of the reference photos", ""]

@@ -9,6 +9,10 @@ OUTPUT/
   summary.md, summary.json  the means per group next to the paper's reported rows, the encoders that scored them,
                        and the subjects whose reference photo segmentation found no box in
 
+With evaluate.canny_from=DIR (Table 5's protocol: the paper made DIR's images with Stable Diffusion v1.5 from the
+DreamBench prompts, uncustomised) prompt ID's images are controlled by the Canny edge map of DIR/ID.<png|jpg|…>, made
+as generate --canny makes it for the prior in use; the summary then compares with Table 5's row.
+
 Prompt i of the benchmark (its index in the full list, whatever max_prompts is) renders image k with seed
 evaluate.seed + i · images_per_prompt + k, so an interrupted run that continues, a longer run, and a run spread over
 any number of actors give the same numbers as one uninterrupted run on one actor.
@@ -29,7 +33,7 @@ from evaluation.benchmarks import GROUPS, BenchPrompt, BenchSubject, benchmark_p
 from evaluation.config import EvalConfig, load_eval_config
 from evaluation.encoders import CONDITIONING, check_clip_model, clip_source, describe, load_eval_clip
 from evaluation.metrics import subjects_similarity, text_similarity
-from evaluation.results import Results, segmentation_failures, summarize, summary_markdown
+from evaluation.results import PAPER, PAPER_CANNY, Results, segmentation_failures, summarize, summary_markdown
 from generate.plan import GeneratePlan, available, prepare
 from generate.prior_checkpoint import profile_of
 from generate.requests import GenerateRequest, Job
@@ -37,10 +41,13 @@ from generate.subjects import NO_BOX, SubjectSpec, read_image
 from lambda_eclipse.errors import UserError
 from storage.confine import confine_files
 from storage.layout import read_json, write_json_atomic
+from tasks.config import InputConfig
 
 RUN, RESULTS, IMAGES = "evaluation.json", "per_prompt.csv", "images"
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 TITLES = {"dreambench": "DreamBench (paper Table 2)", "multibench": "Multibench (paper Table 4)"}
+CANNY_TITLES = {"dreambench": "DreamBench with Canny edge control (paper Table 5)",
+                "multibench": "Multibench with Canny edge control (not in the paper)"}
 
 
 @dataclass
@@ -94,6 +101,26 @@ def _check_resume(output: Path, identity: dict) -> None:
                         "afresh, or rerun with the earlier settings to continue it")
 
 
+def canny_images(prompts: list[BenchPrompt], folder: str) -> dict[str, str]:
+    """Each prompt's reference image for its edge map, DIR/<prompt id>.<ext>; a UserError naming those missing."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--canny-from {folder} is not a directory; it must hold one image per prompt, "
+                        "DIR/<prompt id>.png (DreamBench: DIR/dog/03.png)")
+    extensions = InputConfig().extensions
+    found, missing = {}, []
+    for prompt in prompts:
+        images = [root / f"{prompt.id}{ext}" for ext in extensions if (root / f"{prompt.id}{ext}").is_file()]
+        if images:
+            found[prompt.id] = str(images[0])
+        else:
+            missing.append(f"{prompt.id}.png")
+    if missing:
+        raise UserError(f"--canny-from {folder}: no image for {len(missing)} of {len(prompts)} prompts, e.g. "
+                        f"{', '.join(missing[:3])} (any of {', '.join(extensions)})")
+    return found
+
+
 def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profile: str | None = None,
                        config_file: str | None = None, overrides: list[str] | None = None,
                        decoder: str | None = None) -> EvalPlan:
@@ -103,7 +130,7 @@ def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profi
     e = cfg.evaluate
     profile = profile or profile_of(prior)
     check_clip_model(profile, cfg)
-    every = benchmark_prompts(benchmark, data, load_benchmarks(e.benchmarks))
+    every = benchmark_prompts(benchmark, data, load_benchmarks(e.benchmarks), e.multibench_files)
     prompts = every[: e.max_prompts or None]
     used = {s.name: s for p in prompts for s in p.subjects}
     confine_files((f"subject {s.name}", str(photo)) for s in used.values() for photo in s.photos)
@@ -113,10 +140,11 @@ def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profi
                             f"{len(subject.photos)} photo(s)")
         for photo in subject.photos:  # every photo is a real image of the metrics
             read_image(photo, f"subject {subject.name}")
+    canny = canny_images(prompts, e.canny_from) if e.canny_from else {}
     requests = [
         GenerateRequest(p.prompt, [SubjectSpec(s.word, s.photos[e.reference_image]) for s in p.subjects],
-                        seed=e.seed + p.index * e.images_per_prompt, num_images=e.images_per_prompt,
-                        spans=list(p.spans), where=f"prompt {p.id}")
+                        canny=canny.get(p.id), seed=e.seed + p.index * e.images_per_prompt,
+                        num_images=e.images_per_prompt, spans=list(p.spans), where=f"prompt {p.id}")
         for p in prompts
     ]
     missing = []
@@ -225,8 +253,12 @@ def finish(plan: EvalPlan) -> dict:
     note = (f"{plan.cfg.evaluate.images_per_prompt} images per prompt, {g.settings.steps} DDIM steps, guidance "
             f"{g.settings.guidance}, {g.settings.width}×{g.settings.height} px, {g.profile} profile, prior "
             f"`{g.prior.path}` (sha256 `{g.prior.sha256[:16]}…`), {decoder}.")
-    markdown = summary_markdown(TITLES[plan.benchmark], summary, len(plan.prompts), note, plan.encoders, failures,
-                                g.segment)
+    canny = plan.cfg.evaluate.canny_from
+    if canny:
+        note += (f" Canny edge maps of {canny}'s images control the prompts "
+                 f"({g.prior.canny()['from']}: shorter side {g.prior.canny()['size'] or 'as it is'}).")
+    markdown = summary_markdown((CANNY_TITLES if canny else TITLES)[plan.benchmark], summary, len(plan.prompts), note,
+                                plan.encoders, failures, g.segment, PAPER_CANNY if canny else PAPER)
     (plan.output / SUMMARY_MD).write_text(markdown + "\n")
     result = {"benchmark": plan.benchmark, "prompts": len(plan.prompts), "evaluated": len(rows), "summary": summary,
               "output": str(plan.output), "encoders": plan.encoders, "segmentation_failures": failures,

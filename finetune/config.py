@@ -1,7 +1,8 @@
 """finetune-decoder configuration: one dataclass per section; defaults are the paper's values where it gives one
-(Appendix D: AdamW, learning rate 1e-5, no warm-up, no prior-preservation loss), else diffusers' Kandinsky 2.2 decoder
-fine-tuning script's (train_text_to_image_decoder.py: batch 1, 512 px, betas 0.9/0.999, no weight decay, ε 1e-8,
-gradient norm clipped at 1, constant learning rate).
+(Appendix D: AdamW, learning rate 1e-5, no warm-up, no prior-preservation loss), else the authors' decoder fine-tuning
+script and README (diffusers' Kandinsky 2.2 train_text_to_image_decoder.py: z_x of the whole photo, batch 1 ×
+gradient accumulation 4, 400 steps for one concept and 8,000 for the 30 DreamBench concepts, 512 px centre crop, no
+flip, betas 0.9/0.999, no weight decay, ε 1e-8, gradient norm clipped at 1, constant learning rate).
 
 Parsed like the other configs (lambda_eclipse/config.py): defaults, then a YAML file, then `--set section.key=value`;
 an unknown section or key is an error naming the valid ones. Torch-free at import (the CLI's --help reads it).
@@ -26,8 +27,10 @@ CROPS = ("center", "random")
 
 @dataclass
 class FinetuneSection:
-    max_steps: int = 400  # the paper: "a few optimization steps" (Fig. 9 gives no number); ours
-    batch_size: int = 1  # photos per step
+    # optimizer steps; 0: from the number of concepts, as the authors' README (400 for one, 8,000 for 30: steps_for)
+    max_steps: int = 0
+    batch_size: int = 1  # photos per micro-batch
+    gradient_accumulation: int = 4  # micro-batches per optimizer step (the authors': 4 × batch 1)
     lr: float = 1e-5  # the paper's; constant, no warm-up
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only: a quarter of AdamW's state memory)
     weight_decay: float = 0.0
@@ -41,8 +44,10 @@ class FinetuneSection:
 @dataclass
 class DataSection:
     resolution: int = 0  # training image side; 0: the decoder's default (512 paper, 64 tiny)
-    segment: bool = True  # z_x of the segmented photo (Grounding DINO + SAM, as evaluate); false: the whole photo
-    flip: float = 0.5  # probability of a horizontal flip of the training photo (its z_x is not recomputed)
+    # z_x of the whole photo, as the authors' script and as the prior's ẑ_x (a full scene) at inference; true: of
+    # the photo with its subject segmented (Grounding DINO + SAM, as evaluate)
+    segment: bool = False
+    flip: float = 0.0  # probability of a horizontal flip of the training photo (its z_x is not recomputed)
     crop: str = "center"  # center: the largest centred square; random: a random square (see crop_min_scale)
     crop_min_scale: float = 0.8  # random crops: side in [crop_min_scale, 1] × the photo's shorter side
 
@@ -84,8 +89,9 @@ class FinetuneConfig:
         """Reject values the training loop cannot run with, naming every bad key at once."""
         f, d, r = self.finetune, self.data, self.runtime
         rules = [
-            ("finetune.max_steps", f.max_steps >= 1, "must be ≥ 1"),
+            ("finetune.max_steps", f.max_steps >= 0, "must be ≥ 0 (0: from the number of concepts)"),
             ("finetune.batch_size", f.batch_size >= 1, "must be ≥ 1"),
+            ("finetune.gradient_accumulation", f.gradient_accumulation >= 1, "must be ≥ 1"),
             ("finetune.lr", f.lr > 0, "must be > 0"),
             ("finetune.optimizer", f.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
             ("finetune.weight_decay", f.weight_decay >= 0, "must be ≥ 0"),
@@ -114,6 +120,14 @@ class FinetuneConfig:
         return {f"finetune.{k}": v for k, v in finetune.items()} | {f"data.{k}": v for k, v in data["data"].items()} | {
             f"models.{k}": v for k, v in data["models"].items()}
 
+
+STEPS_ONE, STEPS_THIRTY = 400, 8000  # the authors' README: one concept; the 30 DreamBench concepts at once
+
+
+def steps_for(concepts: int) -> int:
+    """finetune.max_steps=0's steps: on the line through (1, 400) and (30, 8,000), ≈ 262 more per concept (and on
+    beyond 30)."""
+    return round(STEPS_ONE + (concepts - 1) * (STEPS_THIRTY - STEPS_ONE) / 29)
 
 
 def load_finetune_config(path: str | Path | None = None,

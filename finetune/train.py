@@ -1,13 +1,19 @@
 """Concept fine-tuning of the Kandinsky 2.2 decoder UNet (paper §3.3, Eq. 2; Appendix D).
 
 Eq. 2: E_{ε, t, z_x} ‖ε − h_φ(x_t, t, z_x)‖², with x_t the noised MoVQ latent of a reference photo and z_x the CLIP
-image embedding of that photo, segmented (finetune/references.py). Only the UNet h_φ is trained: the prior is not
-involved (the decoder never sees text), MoVQ and CLIP stay frozen; AdamW at a constant 1e-5, no warm-up, no
-prior-preservation loss, every subject in one model. As diffusers' Kandinsky 2.2 decoder fine-tuning script
+image embedding of that photo, whole by default (data.segment; finetune/references.py). Only the UNet h_φ is trained:
+the prior is not involved (the decoder never sees text), MoVQ and CLIP stay frozen; AdamW at a constant 1e-5, no
+warm-up, no prior-preservation loss, every subject in one model. As diffusers' Kandinsky 2.2 decoder fine-tuning script
 (train_text_to_image_decoder.py): the UNet is conditioned through `added_cond_kwargs={"image_embeds": z_x}` (no
 encoder hidden states), timesteps are uniform over the decoder's 1000 DDPM steps, and of its 8 output channels (ε and
 the learned variance) the first 4 are the ε prediction the loss compares with the noise. The loss is the mean over
 elements (the script's) rather than Eq. 2's sum: a constant factor, which AdamW's update does not see (bar ε).
+
+An optimizer step takes finetune.batch_size × finetune.gradient_accumulation photos, drawn (with their augmentations,
+noise and timesteps) at once and run through the UNet batch_size at a time, the gradients summed: the same update as
+one batch of them all, within float rounding. Checkpoints are taken between optimizer steps, where no micro-batch is
+pending: what the accumulation has consumed is in the saved RNG state, so a run stopped mid-accumulation redoes
+that step's micro-batches on resume, bit for bit.
 
 OUTPUT layout:
     unet/                      the fine-tuned UNet (UNet2DConditionModel.save_pretrained: config.json +
@@ -32,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune.config import PROFILES, FinetuneConfig
+from finetune.config import PROFILES, FinetuneConfig, steps_for
 from finetune.subjects import Subject, read_subjects
 from lambda_eclipse.constants import WEIGHTS_NAME
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
@@ -154,6 +160,8 @@ def prepare_finetune(subjects: list[str], output: str, profile: str, cfg: Finetu
         "subjects": {s.name: [sha256_file(p) for p in s.photos] for s in read},
     } | cfg.training_identity()
     resume_from = str(existing[-1]) if existing else None
+    if not cfg.finetune.max_steps:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, max_steps=steps_for(len(read))))
     job = FinetuneJob(read, str(out), profile, cfg, "", "", resolution, identity, resume_from)
     _same_identity(job, job.identity)
     return job
@@ -264,24 +272,24 @@ class Trainer:
             self._restore(Path(job.resume_from))
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step of Eq. 2; (loss, gradient norm) as device tensors (no host sync)."""
+        """One optimisation step of Eq. 2 over gradient_accumulation micro-batches; (loss, gradient norm) as device
+        tensors (no host sync)."""
         import torch
-        import torch.nn.functional as F
 
-        pixels, embeds = self.photos.batch(self.generator, self.job.cfg.finetune.batch_size)
+        f = self.job.cfg.finetune
+        pixels, embeds = self.photos.batch(self.generator, f.batch_size * f.gradient_accumulation)
         pixels, embeds = pixels.to(self.device), embeds.to(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp != torch.float32)
         with torch.no_grad(), autocast:
-            latents = self.movq.encode(pixels).latents.float()  # unquantised, as the pipeline decodes them
+            latents = torch.cat([self.movq.encode(p).latents.float()  # unquantised, as the pipeline decodes them
+                                 for p in pixels.split(f.batch_size)])
         # Drawn on the CPU generator: the same numbers on any device, and saved with the checkpoint.
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
         t = torch.randint(self.timesteps, (len(latents),), generator=self.generator).to(self.device)
         noisy = self.noise_schedule.add_noise(latents, noise, t)  # pyright: ignore[reportArgumentType]
-        with autocast:
-            out = self.unet(noisy, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": embeds})
-        loss = F.mse_loss(out.sample[:, :4].float(), noise)  # channels 4–7: the learned variance, not trained here
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        losses = [self.micro_step(*part) for part in zip(*(x.split(f.batch_size) for x in (noisy, t, embeds, noise)))]
+        loss = torch.stack(losses).mean()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.job.cfg.finetune.grad_clip or math.inf,
                                                    foreach=True)
@@ -289,6 +297,18 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return loss.detach(), grad_norm
+
+    def micro_step(self, noisy, t, embeds, noise) -> torch.Tensor:
+        """Eq. 2's loss on one micro-batch, its gradient added to the parameters' (divided by the micro-batch count:
+        the step's gradient is the mean's); the loss, detached."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp != torch.float32):
+            out = self.unet(noisy, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": embeds})
+        loss = F.mse_loss(out.sample[:, :4].float(), noise)  # channels 4–7: the learned variance, not trained here
+        self.scaler.scale(loss / self.job.cfg.finetune.gradient_accumulation).backward()
+        return loss.detach()
 
     def _rng(self) -> dict:
         import torch

@@ -79,8 +79,9 @@ def evaluate(
     confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
     plan = prepared("evaluate", lambda: prepare_evaluation(benchmark, data, prior, output, profile, config_file,
                                                            overrides, decoder))
-    todo = plan.todo()
     e = plan.cfg.evaluate
+    confine(canny_from=e.canny_from or None, multibench_files=e.multibench_files or None)  # paths in the config
+    todo = plan.todo()
     for warning in plan.generate.warnings:
         logger.warning(warning)
     logger.info("%s: %d of %d prompts in this run, %d already done, %d images per prompt, %s profile; DINO: %s; "

@@ -16,7 +16,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.prepared import prepared
-from generate.config import load_generate_config
+from generate.config import GUIDANCE, INTERPOLATE_GUIDANCE, load_generate_config
 from generate.interpolate import GRID, grid_images, write_grid
 from generate.pipeline import Generator
 from generate.plan import GeneratePlan, prepare
@@ -72,7 +72,7 @@ def generate(
     num_images: int = 1,
     seed: int = 0,
     steps: int = 50,
-    guidance: float = 7.5,
+    guidance: float = GUIDANCE,
     height: int | None = None,
     width: int | None = None,
     segment: bool = False,
@@ -127,7 +127,7 @@ def interpolate(
     seed: int = 0,
     profile: str | None = None,
     inference_steps: int = 50,
-    guidance: float = 7.5,
+    guidance: float = INTERPOLATE_GUIDANCE,
     height: int | None = None,
     width: int | None = None,
     segment: bool = False,

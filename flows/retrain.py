@@ -169,6 +169,7 @@ def retrain(
         "run": output.rstrip("/").rsplit("/", 1)[-1], "run_dir": output, "final": summary["final"], "data": data,
         "dataset_hash": summary["dataset_hash"], "profile": summary["profile"], "steps": summary["step"],
         "train_metrics": summary["metrics"], "started_from": started_from,
+        "training": {key: summary.get(key) for key in ("loss", "batch", "edge")},  # prior/train.py's training_record
         "trained_at": now(), "flow_run": flow_run.get_name(), "metrics": None, "evaluation": None,
     })
     # profile None: train-prior's choice from the dataset, which the evaluation then uses too

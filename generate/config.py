@@ -18,6 +18,9 @@ from lambda_eclipse.config import ModelsConfig, load_config
 from lambda_eclipse.device import check_device, check_dtype, local_device, torch_dtype
 from lambda_eclipse.errors import UserError
 
+GUIDANCE = 7.5  # generate's classifier-free guidance (the paper's)
+INTERPOLATE_GUIDANCE = 4.0  # the released interpolation.py's: the Kandinsky 2.2 decoder pipeline's default
+
 
 @dataclass
 class ModelsSection:

@@ -45,7 +45,7 @@ def job_metadata(job: Job, settings: RenderSettings, generator: Generator) -> di
              "token_positions": s.token_positions, "embedded": generator.subject(s.spec).how}
             for s in job.subjects
         ],
-        "control": {"canny": job.canny} if job.canny else "zero image",
+        "control": {"canny": job.canny, "edge_map": generator.checkpoint.canny()} if job.canny else "zero image",
         "truncated": job.truncated,
         "steps": settings.steps, "guidance": settings.guidance, "height": settings.height, "width": settings.width,
         "scheduler": "DDIM", "profile": generator.profile, "dtype": str(generator.dtype).removeprefix("torch."),

@@ -4,8 +4,9 @@ One `Generator` holds the models (loaded once for a whole batch or evaluation):
 - text: OpenCLIP text hidden states (77 × d) and pooled embedding of the prompt;
 - subjects: each subject's crop (subjects.py) embedded by the CLIP image tower and written into the text states at
   its word's token positions (prior/data.py's `interleave`, the training policy);
-- control: the CLIP embedding of the Canny edge map of --canny, or by default of the all-zero image (the paper drops
-  the edge map at inference unless asked; training replaced it by this embedding);
+- control: the CLIP embedding of the Canny edge map of --canny (computed as the prior's training data were, else as
+  the released inference code does: generate/prior_checkpoint.py), or by default of the all-zero image (the paper
+  drops the edge map at inference unless asked; training replaced it by this embedding);
 - prior: ε ~ N(0, I) from the image's seed → ẑ_x (Eq. 1);
 - decoder: Kandinsky 2.2 with DDIM, the CLIP embedding of the all-zero image as the negative image embedding (as
   diffusers' Kandinsky prior and the released λ-ECLIPSE code do), classifier-free guidance.
@@ -29,7 +30,6 @@ from generate.subjects import NO_BOX, Segmenter, SubjectSpec, as_given, mask_cro
 from lambda_eclipse.models.clip import load_clip
 from lambda_eclipse.models.kandinsky import load_decoder
 from prior.data import interleave
-from tasks.config import EdgeConfig
 from tasks.edges import canny_rgb
 
 
@@ -82,8 +82,8 @@ class Generator:
     def control(self, canny: str | None) -> np.ndarray:
         if canny is None:
             return self.zero_image
-        edges = EdgeConfig()  # the thresholds of the training edge maps (100, 200)
-        edge = canny_rgb(read_image(canny, "--canny"), edges.low_threshold, edges.high_threshold)
+        edges = self.checkpoint.canny()  # as the prior's training data did, else as the released inference does
+        edge = canny_rgb(read_image(canny, "--canny"), edges["low_threshold"], edges["high_threshold"], edges["size"])
         return self.clip.encode_images([edge])[0]
 
     def prior_inputs(self, job: Job) -> dict[str, torch.Tensor]:

@@ -7,6 +7,11 @@ local Hugging Face cache (the released `ECLIPSE-Community/Lambda-ECLIPSE-Prior-v
 The checkpoint's config says which model profile it belongs to (its embedding size is the CLIP's): without
 `--profile`, generate and evaluate use that profile. A `--profile` whose CLIP gives another embedding size is an
 error, not a warning: the prior cannot read that CLIP's embeddings at all.
+
+A prior trained here has a training.json next to its weights (prior/train.py's training_record), which holds the Canny
+settings of its training data: `generate --canny` computes the edge map as they did. Without one (the released
+checkpoint, or a prior trained on a dataset without a build config) it follows the released inference code:
+Canny(100, 200) on the image at its own size.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from storage.layout import read_json, sha256_file
 
 CONFIG, WEIGHTS, FINAL = CONFIG_NAME, WEIGHTS_NAME, "final"  # prior/train.py's layout
+TRAINING = "training.json"  # prior/train.py's TRAINING
+RELEASED_CANNY = {"low_threshold": 100, "high_threshold": 200, "size": 0}  # the released inference: the image's size
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
 # The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
 PROFILE_OF_DIM = {TINY_EMBED_DIM: "tiny", 1280: "paper"}
@@ -31,6 +38,13 @@ class PriorCheckpoint:
     path: str  # the directory holding config.json and the weights
     config: dict
     sha256: str  # of the weights file, recorded with every generated image
+    edge: dict | None = None  # the Canny settings of its training data (training.json), None when not recorded
+
+    def canny(self) -> dict:
+        """How --canny's edge map is computed for this prior: thresholds, shorter side (0: the image's own) and why."""
+        if self.edge:
+            return {k: self.edge[k] for k in RELEASED_CANNY} | {"from": "the prior's training data (training.json)"}
+        return RELEASED_CANNY | {"from": "the released inference code (the prior records no training data)"}
 
 
 def _directory(source: str) -> Path:
@@ -94,7 +108,9 @@ def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
         )
     if config.get("num_embeddings") != CONTEXT_LENGTH:
         raise UserError(f"prior {path} takes {config.get('num_embeddings')} text tokens; CLIP gives {CONTEXT_LENGTH}")
-    return PriorCheckpoint(source, str(path), config, sha256_file(weights))
+    training = path / TRAINING
+    edge = read_json(training).get("edge") if training.is_file() else None
+    return PriorCheckpoint(source, str(path), config, sha256_file(weights), edge)
 
 
 def load_prior(checkpoint: PriorCheckpoint, device):

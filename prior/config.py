@@ -14,6 +14,7 @@ from typing import Any
 from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
+from lambda_eclipse.errors import UserError
 
 PROFILES = ("tiny", "paper")  # prior sizes: prior/model.py's configs
 SCHEDULES = ("cosine", "linear", "constant")
@@ -21,7 +22,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 @dataclass
 class TrainSection:
-    batch_size: int = 512  # per data-parallel trainer (paper: 512 on each of 2 GPUs)
+    # the global batch (paper: 512 on each of 2 GPUs): each of the runtime.workers trainers takes batch_size / workers
+    batch_size: int = 1024
     max_steps: int = 100_000  # paper: ~100k iterations
     # > 0: train this many steps beyond the step the run starts from (--resume, init_from) instead of up to
     # max_steps, with the lr schedule (warm-up, then the decay) spanning those steps; nightly retraining continues
@@ -39,7 +41,7 @@ class TrainSection:
 
 
 # prior/loss.py's choices; its docstring gives each one's provenance (the paper gives λ, not τ)
-LOSS_REDUCTIONS = ("sum", "mean")  # prior/loss.py's REDUCTIONS (a test keeps them equal)
+LOSS_REDUCTIONS = ("mean", "sum")  # prior/loss.py's REDUCTIONS (a test keeps them equal)
 LOSS_SIMILARITIES = ("dot", "cosine")  # prior/loss.py's SIMILARITIES
 
 
@@ -47,8 +49,8 @@ LOSS_SIMILARITIES = ("dot", "cosine")  # prior/loss.py's SIMILARITIES
 class LossSection:
     # prior/loss.py's defaults (a test keeps them equal), written out so that the CLI's parser needs no torch
     lam: float = 0.2  # weight of the contrastive term of Eq. 1 (paper: 0.2)
-    tau: float = 12.8  # its temperature (not in the paper): 0.01·d for dot; use 0.01 with similarity=cosine
-    reduction: str = "sum"  # squared error: sum over dimensions (Eq. 1's ‖·‖²) | mean (÷ d, as F.mse_loss)
+    tau: float = 128.0  # its temperature (not in the paper; measured, prior/loss.py): use 0.01 with similarity=cosine
+    reduction: str = "mean"  # squared error: mean (÷ d, §3.1's "mean-squared error") | sum (over dimensions)
     similarity: str = "dot"  # contrastive logits: dot (Eq. 1's inner product) | cosine (normalised, as CLIP)
 
 
@@ -62,7 +64,7 @@ class DataSection:
 @dataclass
 class ValSection:
     every: int = 1000  # steps between validations; 0: only at the end
-    batch_size: int = 256  # top-1 retrieval is measured within a batch of this size
+    batch_size: int = 256  # per trainer: top-1 retrieval is measured within a batch of this size
     max_batches: int = 50  # per trainer and validation, to keep it cheap (the paper's val split is 0.4M); 0: all
 
 
@@ -81,7 +83,7 @@ class LogSection:
 class RuntimeSection:
     device: str = "auto"  # auto: cuda when the Ray cluster has GPUs, else cpu
     precision: str = "auto"  # autocast dtype; auto: bf16 on cuda, fp32 on cpu
-    workers: int = 1  # data-parallel trainers (Ray Train workers); 0: one per GPU of the Ray cluster
+    workers: int = 0  # data-parallel trainers (Ray Train workers); 0: one per GPU of the Ray cluster, 1 without GPUs
     cpus_per_worker: float = 1  # Ray CPUs each trainer reserves (its torch threads)
     max_failures: int = 3  # trainer failures (a killed worker, a lost node) Ray recovers from, from the last checkpoint
 
@@ -131,7 +133,17 @@ class TrainConfig:
             ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
         ]
         check_rules(self, rules)
+        if r.workers:
+            share(t.batch_size, r.workers)
         return self
+
+
+def share(batch_size: int, trainers: int) -> int:
+    """Each trainer's part of the global batch `train.batch_size`; a UserError naming both when it does not divide."""
+    if batch_size % trainers:
+        raise UserError(f"train.batch_size={batch_size} (the global batch) does not divide among {trainers} "
+                        "data-parallel trainers: choose a multiple of the trainer count, or another runtime.workers")
+    return batch_size // trainers
 
 
 

@@ -62,6 +62,9 @@ class Dataset:
     embed_dim: int
     zero_image: tuple[float, ...]
     splits: dict[str, Split]
+    # the build's Canny settings (build config `edge`: thresholds and size), which generate --canny repeats; None
+    # for a dataset written without a build config
+    edge: dict | None = None
 
 
 def open_dataset(root: Location) -> Dataset:
@@ -99,7 +102,8 @@ def open_dataset(root: Location) -> Dataset:
         if not kept:
             raise UserError(f"dataset {root} has no {name!r} samples in its {len(shards)} complete shards")
         splits[name] = Split(name, *map(tuple, zip(*kept)))
-    return Dataset(str(root), d, tuple(float(x) for x in zero), splits)
+    edge = (meta.get("config") or {}).get("edge")
+    return Dataset(str(root), d, tuple(float(x) for x in zero), splits, edge)
 
 
 def interleave(hidden_states: np.ndarray, subject_embeddings: np.ndarray, subjects: list[dict]) -> np.ndarray:

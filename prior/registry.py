@@ -4,7 +4,8 @@
 A folder (a local path or an fsspec URL; default `$LAMBDA_ECLIPSE_RUNS/registry`, or `$LAMBDA_ECLIPSE_REGISTRY`):
 
     priors/<run>.json   one record per trained prior: run, run_dir, final (the checkpoint to load), data and its
-                        config hash, profile, steps, training metrics (val), evaluation metrics and their settings,
+                        config hash, profile, steps, training metrics (val), training (loss settings, global
+                        batch, Canny settings: prior/train.py's training_record), evaluation metrics and their settings,
                         started_from (the prior it continued, or null), trained_at, promotions
     current.json        the pointer: {run, final, promoted_at, by, reason, previous}
 

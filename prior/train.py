@@ -14,12 +14,19 @@ RUN_DIR layout:
                                 `checkpoint.keep` are kept (Ray Train's checkpoint manager, whose record of them is
                                 checkpoints/checkpoint_manager_snapshot.json)
     final/                      the last model, diffusers layout
+    */training.json             in every checkpoint and final/: how the prior was trained (`training_record`: loss
+                                settings, batch, dataset and its Canny settings), which generate --canny follows
     metrics.jsonl               one record per training window and per validation; tensorboard/ holds the same
-    summary.json                the run's last step, paths and metrics; written last
+    summary.json                the run's last step, paths and metrics, and training.json's record; written last
+
+`train.batch_size` is the global batch: each of the trainers takes its share, and the contrastive term's softmax
+runs over the texts of the whole global batch, gathered from every trainer (they are inputs, not outputs of the
+model, so no gradient crosses trainers): the loss and the update are those of one trainer on the whole batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -40,7 +47,7 @@ from safetensors.torch import load_file
 from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
 from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
-from prior.config import PROFILES, TrainConfig
+from prior.config import PROFILES, TrainConfig, share
 from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior, prior_config
@@ -60,6 +67,7 @@ from storage.layout import read_json, write_json_atomic
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 METRICS, SUMMARY, TENSORBOARD = "metrics.jsonl", "summary.json", "tensorboard"
+TRAINING = "training.json"  # generate/prior_checkpoint.py reads it
 PAPER_DIM = 1280  # the paper prior's CLIP (ViT-bigG-14) embedding size
 
 log = logging.getLogger(__name__)
@@ -217,6 +225,7 @@ def run_training(job: TrainJob) -> dict:
         if shards < trainers:
             raise UserError(f"dataset {job.data.root} has {shards} shards with training samples; {trainers} "
                             "data-parallel trainers need at least one each (set runtime.workers)")
+        share(job.cfg.train.batch_size, trainers)
         job = replace(job, device=device, trainers=trainers)
         filesystem, path = arrow(job.output)
         log.info("training on %d Ray Train worker(s) on %s; checkpoints in %s", trainers, device,
@@ -305,13 +314,14 @@ def train_loop(job: TrainJob) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # fp16 needs loss scaling, bf16 not
     # Every trainer's loader streams must hold shards: at most (train shards / trainers) loader workers each.
     workers = min(cfg.data.workers, len(job.data.splits["train"].shards) // world)
+    per_trainer = share(t.batch_size, world)
     step, batches, history, same_run, window, state = 0, 0, [], False, None, {}
     if start:
         _, state, same_run = start
         step = state["step"]
         optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         if same_run:
-            batches, history = _restore(state, scaler, rank, world, workers, t.batch_size, job.output)
+            batches, history = _restore(state, scaler, rank, world, workers, per_trainer, job.output)
             saved = state.get("schedule") or {}
             window = (saved["start"], saved["stop"]) if saved.get("fit") == job.fit else None
         else:  # a new run from another's state: the moments carry over, the hyperparameters are this run's
@@ -333,25 +343,20 @@ def train_loop(job: TrainJob) -> None:
 
         net = ray.train.torch.prepare_model(model)  # DistributedDataParallel
     common: dict[str, Any] = dict(rank=rank, world=world, seed=t.seed, pin_memory=device.type == "cuda")
-    train_batches = iter(loader(job.data, "train", t.batch_size, workers, start=batches, buffer=cfg.data.shuffle_buffer,
+    train_batches = iter(loader(job.data, "train", per_trainer, workers, start=batches, buffer=cfg.data.shuffle_buffer,
                                 zero_control_prob=cfg.data.zero_control_prob, **common))
     val_batches = loader(job.data, "val", cfg.val.batch_size, cfg.data.workers, **common)
     records = Records(job.output, history, step, enabled=rank == 0)
-    meter = Window(device, world, t.batch_size, step)
+    meter = Window(device, world, per_trainer, step)
     checkpoint = CheckpointWriter(job, window, rank, world, workers)
     if rank == 0:
-        log.info("training from step %d to %d on %d × %s, batch %d per trainer", step, stop, world, device,
-                 t.batch_size)
+        log.info("training from step %d to %d on %d × %s, global batch %d (%d per trainer)", step, stop, world,
+                 device, t.batch_size, per_trainer)
     if step >= stop and not same_run:  # a new run with nothing to train: it holds its start model, validated
         records.write("val", step, validate(model, val_batches, device, amp, cfg, world))
         checkpoint.save(step, batches, model, optimizer, scheduler, scaler, records)
     while step < stop:
-        batch = to_device(next(train_batches), device)
-        target = batch.pop("target")
-        with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
-            predicted = net(**batch, return_dict=False)
-        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
-                            reduction=cfg.loss.reduction, similarity=cfg.loss.similarity)
+        losses = step_losses(net, to_device(next(train_batches), device), cfg, amp, rank, world)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.unscale_(optimizer)
@@ -375,7 +380,7 @@ def train_loop(job: TrainJob) -> None:
         if checkpoint_now:
             checkpoint.save(step, batches, model, optimizer, scheduler, scaler, records)
     if rank == 0:
-        _save_final(model, join(job.output, FINAL))
+        _save_final(model, join(job.output, FINAL), training_record(job))
         own = str(join(job.output, CHECKPOINTS, f"step-{step:08d}"))
         write_json_atomic(join(job.output, SUMMARY), {
             "step": step,
@@ -383,10 +388,41 @@ def train_loop(job: TrainJob) -> None:
             "checkpoint": own if is_file(join(own, STATE)) else checkpoints(job.output)[-1],
             "profile": job.profile,
             "started_from": job.start_from if not same_run else None,
+            **training_record(job),
             "train": records.last.get("train"),
             "val": records.last.get("val"),
         })
     records.close()
+
+
+def step_losses(net, batch: dict[str, torch.Tensor], cfg: TrainConfig, amp: torch.dtype, rank: int,
+                world: int) -> dict[str, torch.Tensor]:
+    """Eq. 1 on this trainer's share of the global batch, its softmax over the global batch's texts. Averaged over
+    the trainers (DistributedDataParallel averages the gradients) it is the loss of the whole batch on one trainer:
+    equal shares, and every term a mean over this trainer's rows."""
+    target = batch.pop("target")
+    device = target.device
+    with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
+        predicted = net(**batch, return_dict=False)
+    texts = batch["proj_embedding"]
+    if world > 1:
+        gathered = [torch.empty_like(texts) for _ in range(world)]
+        torch.distributed.all_gather(gathered, texts.contiguous())
+        texts = torch.cat(gathered)
+    return prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
+                      reduction=cfg.loss.reduction, similarity=cfg.loss.similarity, texts=texts,
+                      offset=rank * len(target))
+
+
+def training_record(job: TrainJob) -> dict:
+    """How this prior was trained, in summary.json, every checkpoint's training.json and the prior registry."""
+    return {
+        "loss": dataclasses.asdict(job.cfg.loss),
+        "batch": {"global": job.cfg.train.batch_size, "trainers": job.trainers,
+                  "per_trainer": job.cfg.train.batch_size // job.trainers, "negatives": "global batch"},
+        "dataset": job.data.root,
+        "edge": job.data.edge,
+    }
 
 
 def _placement() -> tuple[int, int, torch.device]:
@@ -490,6 +526,7 @@ class CheckpointWriter:
             checkpoint = None
             if self.rank == 0:
                 model.save_pretrained(tmp)
+                write_json_atomic(Path(tmp) / TRAINING, training_record(self.job))
                 torch.save(
                     {
                         "step": step,
@@ -500,7 +537,7 @@ class CheckpointWriter:
                         # Batches consumed per trainer from this run's dataset; the order they came in depends on
                         # the layout, stored to compare on resume.
                         "data": {"batches": batches, "world": self.world, "workers": self.workers,
-                                 "batch_size": self.job.cfg.train.batch_size},
+                                 "batch_size": share(self.job.cfg.train.batch_size, self.world)},
                         "schedule": {"start": self.window[0], "stop": self.window[1], "fit": self.job.fit},
                         "metrics": records.history,
                     },
@@ -540,9 +577,10 @@ def _upload(local: Path, loc: Location) -> None:
         fs.put_file(str(file), f"{path}/{file.name}")
 
 
-def _save_final(model: EclipsePrior, loc: Location) -> None:
+def _save_final(model: EclipsePrior, loc: Location, record: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="prior-final-") as tmp:
         model.save_pretrained(tmp)
+        write_json_atomic(Path(tmp) / TRAINING, record)
         _upload(Path(tmp), loc)
 
 

@@ -1,11 +1,13 @@
 """Canny edge map of the target image, the λ-ECLIPSE prior's control input (as RGB for the CLIP encoder).
 
-The map is computed at one fixed resolution, in training (this stage) and at inference (`generate --canny`, through
-`canny_rgb` with the same defaults): the image's shorter side is first resized to `edge.size` px (area averaging).
+The map is computed at one fixed resolution, in training (this stage) and at inference (`generate --canny` with a prior
+trained here repeats its dataset's `edge` settings): the image's shorter side is first resized to `edge.size` px (area
+averaging).
 Canny's lines are one pixel wide whatever the image size, so without it a 2048 px photo's map, shrunk to CLIP's
 224 px, holds lines 2× fainter and finer detail than a 1024 px one's: the control embedding would measure the
 photo's resolution. The paper does not say at which resolution it ran Canny; 512 px is Kandinsky 2.2's generation
-size (the images the control should lay out) and keeps the lines visible at 224 px.
+size (the images the control should lay out) and keeps the lines visible at 224 px. The released checkpoint's own
+inference runs Canny on the image at its own size, which generate does for it (generate/prior_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from storage.sample import Sample
 from tasks.base import Stage
 from tasks.config import EdgeConfig
 
-EDGE_SIZE = EdgeConfig.size  # the default edge.size, which generate's --canny uses too
-
 
 def edge_resolution(height: int, width: int, size: int) -> tuple[int, int]:
     """(height, width) with the shorter side `size` and the aspect ratio kept; size 0 keeps (height, width)."""
@@ -33,11 +33,8 @@ def edge_resolution(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int, size: int = EDGE_SIZE) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → its Canny edge map as (h, w, 3) uint8 RGB, h and w from `edge_resolution`.
-
-    Also the generate command's --canny input, which passes no size: the default is the build's default edge.size.
-    """
+def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → its Canny edge map as (h, w, 3) uint8 RGB, h and w from `edge_resolution`."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     height, width = edge_resolution(gray.shape[0], gray.shape[1], size)
     if (height, width) != gray.shape[:2]:

@@ -1,13 +1,16 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from generate.pipeline import Generator
+from generate.prior_checkpoint import PriorCheckpoint
 from lambda_eclipse.models.clip import load_clip
 from storage.sample import Reject, Sample, SourceRef
 from tasks.config import BuildConfig
-from tasks.edges import EDGE_SIZE, CannyEdge, canny_rgb, edge_resolution
+from tasks.edges import CannyEdge, canny_rgb, edge_resolution
 
 
 def edges(gray, low=100, high=200):
@@ -80,7 +83,7 @@ def stage_edge(image: np.ndarray, cfg: BuildConfig | None = None) -> np.ndarray:
 
 def test_the_same_photo_at_1024_and_2048_gives_the_same_edge_map():
     small, large = stage_edge(photo(1024)), stage_edge(photo(2048))
-    assert EDGE_SIZE == BuildConfig().edge.size == 512
+    assert BuildConfig().edge.size == 512
     assert small.shape == large.shape == (512, 512, 3)
     assert (small > 0).sum() > 1000 and (small == large).all()
     # at their own resolutions (edge.size=0) the two maps differ in size and in line density
@@ -95,7 +98,7 @@ def test_the_shorter_side_is_resized_and_the_aspect_kept():
     assert edge_resolution(3000, 1000, 512) == (1536, 512)
     assert edge_resolution(300, 200, 512) == (768, 512)  # a small image is enlarged to the same scale
     assert edge_resolution(300, 200, 0) == (300, 200)
-    assert canny_rgb(np.zeros((1024, 1536, 3), np.uint8), 100, 200).shape == (512, 768, 3)
+    assert canny_rgb(np.zeros((1024, 1536, 3), np.uint8), 100, 200, 512).shape == (512, 768, 3)
     with pytest.raises(ValueError, match=r"edge.size=-1: must be ≥ 0"):
         canny_rgb(np.zeros((8, 8, 3), np.uint8), 100, 200, -1)
 
@@ -106,8 +109,10 @@ def test_training_and_inference_compute_the_same_control_embedding(tmp_path):
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     cfg = BuildConfig()
     clip = load_clip("tiny", cfg.models, torch.device("cpu"), torch.float32)
-    generator = object.__new__(Generator)  # only its `control` is exercised: the CLIP it holds and that method
+    generator = object.__new__(Generator)  # only its `control` is exercised: the CLIP and prior it holds, that method
     generator.clip = clip
+    # a prior trained on this build: train-prior records the dataset's edge settings (dataset.json's config.edge)
+    generator.checkpoint = PriorCheckpoint("prior", "prior", {}, "", edge=dataclasses.asdict(cfg.edge))
     trained = clip.encode_images([stage_edge(image, cfg)])[0]  # as the features stage embeds sample.edge
     np.testing.assert_array_equal(generator.control(str(path)), trained)
     assert stage_edge(image, cfg).shape == (683, 512, 3)

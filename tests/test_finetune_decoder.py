@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import logs_of_latest_run
 
-from finetune.config import DataSection, load_finetune_config
+from finetune.config import DataSection, load_finetune_config, steps_for
 from finetune.data import TrainingPhotos
 from finetune.train import (
     CHECKPOINTS,
@@ -35,8 +35,8 @@ from lambda_eclipse.synthetic import write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 # A learning rate that moves a random tiny UNet within a few steps (the paper's 1e-5 is for the real decoder).
-SETTINGS = ["finetune.max_steps=12", "finetune.lr=1e-3", "finetune.batch_size=2", "log.every=4",
-            "checkpoint.every=4", "checkpoint.keep=2"]
+# Batch 1 × gradient accumulation 4, whole photos, no flips: the defaults (the authors' script's).
+SETTINGS = ["finetune.max_steps=12", "finetune.lr=1e-3", "log.every=4", "checkpoint.every=4", "checkpoint.keep=2"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,9 +51,9 @@ def subjects(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(subjects, tmp_path_factory):
-    """One uninterrupted run: (output directory, in-memory UNet, finetune.json record)."""
+    """One uninterrupted run of the segmented option: (output directory, in-memory UNet, finetune.json record)."""
     output = tmp_path_factory.mktemp("finetuned") / "decoder"
-    cfg = load_finetune_config(None, SETTINGS)
+    cfg = load_finetune_config(None, [*SETTINGS, "data.segment=true"])
     unet, record = finetune(place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
     return output, unet, record
 
@@ -113,21 +113,24 @@ def test_finetuned_decoder_renders_differently_and_round_trips_bit_identically(t
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(trained, subjects, tmp_path, monkeypatch):
+    """Killed in step 6's third micro-batch, after the step-4 checkpoint: resumed, bit-identical to `trained`."""
     output = tmp_path / "decoder"
-    cfg = load_finetune_config(None, SETTINGS)
-    step = Trainer.train_step
+    cfg = load_finetune_config(None, [*SETTINGS, "data.segment=true"])
+    micro_step, micro_batches = Trainer.micro_step, []
 
-    def crash_at_step_6(self):
-        if self.step == 5:
-            raise KeyboardInterrupt  # killed mid-run, after the step-4 checkpoint
-        return step(self)
+    def crash_mid_accumulation(self, *batch):
+        if self.step == 5 and len(micro_batches) == 5 * 4 + 2:
+            raise KeyboardInterrupt
+        micro_batches.append(self.step)
+        return micro_step(self, *batch)
 
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
+    monkeypatch.setattr(Trainer, "micro_step", crash_mid_accumulation)
     with pytest.raises(KeyboardInterrupt):
         finetune(place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
     assert [c.name for c in checkpoints(output)] == ["step-00000004"]
     assert not (output / "unet").exists() and not (output / "finetune.json").exists()
-    monkeypatch.setattr(Trainer, "train_step", step)
+    assert micro_batches[-2:] == [5, 5]  # two of step 6's four micro-batches had run
+    monkeypatch.setattr(Trainer, "micro_step", micro_step)
 
     with pytest.raises(UserError, match="already holds checkpoints .latest step-00000004.; pass --resume"):
         prepare_finetune(subjects, str(output), "tiny", cfg)
@@ -144,20 +147,23 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(trained, subjects,
 
 def test_resume_with_other_settings_is_refused(trained, subjects):
     output = trained[0]
-    cfg = load_finetune_config(None, [*SETTINGS, "finetune.lr=1e-4", "data.flip=0"])
+    cfg = load_finetune_config(None, [*SETTINGS, "data.segment=true", "finetune.lr=1e-4", "data.flip=0.5",
+                                      "finetune.gradient_accumulation=2"])
     with pytest.raises(UserError) as exc:
         prepare_finetune(subjects, str(output), "tiny", cfg, resume=True)
     assert "finetune.lr (0.001 then, 0.0001 now)" in str(exc.value)
-    assert "data.flip (0.5 then, 0.0 now)" in str(exc.value)
+    assert "data.flip (0.0 then, 0.5 now)" in str(exc.value)
+    assert "finetune.gradient_accumulation (4 then, 2 now)" in str(exc.value)
     with pytest.raises(UserError, match="subjects"):
-        prepare_finetune(subjects[:1], str(output), "tiny", load_finetune_config(None, SETTINGS), resume=True)
+        cfg = load_finetune_config(None, [*SETTINGS, "data.segment=true"])
+        prepare_finetune(subjects[:1], str(output), "tiny", cfg, resume=True)
 
 
 def test_gradient_checkpointing_and_bf16_autocast(subjects, tmp_path):
     """The GPU memory and speed options compute the same step: checkpointing recomputes the same gradients, bf16
     autocast close ones."""
     def gradients(name: str, *overrides: str) -> tuple[float, torch.Tensor]:
-        cfg = load_finetune_config(None, ["data.segment=false", *overrides])
+        cfg = load_finetune_config(None, list(overrides))
         trainer = Trainer(place(prepare_finetune(subjects[:1], str(tmp_path / name), "tiny", cfg), 0))
         assert trainer.unet.is_gradient_checkpointing == ("runtime.gradient_checkpointing=true" in overrides)
         loss, _ = trainer.train_step()  # the gradients stay on the parameters until the next step
@@ -169,6 +175,44 @@ def test_gradient_checkpointing_and_bf16_autocast(subjects, tmp_path):
     assert checkpointed_loss == loss and torch.allclose(checkpointed, plain, rtol=1e-4, atol=1e-7)
     assert bf16_loss != loss and abs(bf16_loss - loss) < 0.01 * loss
     assert torch.nn.functional.cosine_similarity(bf16, plain, dim=0) > 0.99
+
+
+def test_accumulating_four_micro_batches_of_one_is_one_batch_of_four(subjects, tmp_path):
+    """The same photos, noise and timesteps (drawn once per step), the same gradient within float rounding, and so
+    the same update: within 1 % of the learning rate wherever |gradient| ≫ AdamW's ε."""
+    lr = 1e-3
+
+    def one_step(name: str, *overrides: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = load_finetune_config(None, [f"finetune.lr={lr}", *overrides])
+        trainer = Trainer(place(prepare_finetune(subjects, str(tmp_path / name), "tiny", cfg), 0))
+        before = torch.cat([p.detach().flatten() for p in trainer.params])
+        trainer.train_step()  # the gradients stay on the parameters until the next step
+        grads = torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None])
+        return before, torch.cat([p.detach().flatten() for p in trainer.params]), grads
+
+    before, accumulated, accumulated_grad = one_step("4x1")  # the defaults: batch 1 × accumulation 4
+    _, batched, batched_grad = one_step("1x4", "finetune.batch_size=4", "finetune.gradient_accumulation=1")
+    _, _, two_grad = one_step("1x2", "finetune.batch_size=2", "finetune.gradient_accumulation=1")
+    scale = batched_grad.abs().max().item()
+    torch.testing.assert_close(accumulated_grad, batched_grad, rtol=1e-4, atol=1e-5 * scale)
+    assert (accumulated - before).abs().max() == pytest.approx(lr, rel=0.01)  # it moved
+    # AdamW's first update is g / (|g| + ε) · lr: where |g| is near ε = 1e-8, rounding noise decides it
+    clear = batched_grad.abs() > 100 * 1e-8
+    assert clear.float().mean() > 0.9
+    torch.testing.assert_close(accumulated[clear], batched[clear], rtol=0, atol=0.01 * lr)
+    # a step of two photos instead of four has another gradient: the comparison sees the batch
+    assert not torch.allclose(two_grad, batched_grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_steps_grow_with_the_concepts(subjects, tmp_path):
+    assert [steps_for(n) for n in (1, 2, 15, 30, 31)] == [400, 662, 4069, 8000, 8262]
+    assert load_finetune_config().finetune.max_steps == 0  # 0: steps_for(the number of subjects)
+    for given, steps in ((subjects, 662), (subjects[:1], 400)):
+        job = prepare_finetune(given, str(tmp_path / str(steps)), "tiny", load_finetune_config())
+        assert job.cfg.finetune.max_steps == steps
+    cfg = load_finetune_config(None, ["finetune.max_steps=7"])
+    job = prepare_finetune(subjects, str(tmp_path / "set"), "tiny", cfg)
+    assert job.cfg.finetune.max_steps == 7
 
 
 def test_augmentations_are_seeded_and_shaped():
@@ -203,9 +247,10 @@ def test_augmentations_are_seeded_and_shaped():
         ("dog={dog} --set finetune.optimizer=adamw8bit",
          "finetune.optimizer=adamw8bit runs on CUDA only; use finetune.optimizer=adamw on the CPU"),
         ("dog={dog} --set finetune.steps=3", "unknown config key 'finetune.steps'"),
-        ("dog={dog} --profile paper --set models.decoder=/nowhere/decoder --set models.sam_checkpoint=/nowhere/sam",
+        ("dog={dog} --profile paper --set data.segment=true --set models.decoder=/nowhere/decoder "
+         "--set models.sam_checkpoint=/nowhere/sam",
          "Kandinsky 2.2 decoder models.decoder=/nowhere/decoder; Grounding DINO"),
-        ("dog={dog} --profile paper --set data.segment=false --set models.decoder=/nowhere/decoder",
+        ("dog={dog} --profile paper --set models.decoder=/nowhere/decoder",
          "weights missing for --profile paper: OpenCLIP models.clip_model=ViT-bigG-14"),
     ],
 )
@@ -238,7 +283,8 @@ def test_help_explains_itself_and_imports_nothing_heavy():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     out = run.stdout
     assert out.strip().splitlines()[-1] == "[]", out + run.stderr
-    for text in ("--subject NAME=DIR", "finetune.lr=1e-05", "finetune.max_steps=400", "data.segment=True",
+    for text in ("--subject NAME=DIR", "finetune.lr=1e-05", "finetune.max_steps=0", "data.segment=False",
+                 "data.flip=0.0", "finetune.gradient_accumulation=4", "400 for one concept, 8,000 for 30",
                  "runtime.gradient_checkpointing=False", "pip install bitsandbytes", "--resume", "unet/"):
         assert text in out, text
 
@@ -252,7 +298,7 @@ def test_a_killed_training_task_is_run_again_by_ray_and_resumes(subjects, tmp_pa
 
     caplog.set_level(logging.INFO, logger="finetune.train")
     output = tmp_path / "decoder"
-    cfg = load_finetune_config(None, [*SETTINGS, "finetune.max_steps=60", "data.segment=false"])
+    cfg = load_finetune_config(None, [*SETTINGS, "finetune.max_steps=60"])
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(run_finetune, place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
         deadline = time.monotonic() + 600
@@ -273,7 +319,7 @@ def test_a_killed_training_task_is_run_again_by_ray_and_resumes(subjects, tmp_pa
 
 def test_a_failing_training_task_ends_the_run_in_one_line(tmp_path, ray_local):
     write_photos(tmp_path / "dog", 1, size=64)
-    cfg = load_finetune_config(None, [*SETTINGS, "data.segment=false"])
+    cfg = load_finetune_config(None, SETTINGS)
     job = place(prepare_finetune([f"dog={tmp_path / 'dog'}"], str(tmp_path / "out"), "tiny", cfg), 0)
     shutil.rmtree(tmp_path / "out")  # the output became a file once the run had started: not a user's input
     (tmp_path / "out").write_text("")
@@ -285,7 +331,7 @@ def test_a_failing_training_task_ends_the_run_in_one_line(tmp_path, ray_local):
 def test_cli_runs_the_flow(subjects, tmp_path, capsys, ray_local, prefect_harness):
     output = tmp_path / "decoder"
     assert main(["finetune-decoder", *[a for s in subjects[:1] for a in ("--subject", s)], "--output", str(output),
-                 "--profile", "tiny", "--set", "finetune.max_steps=2", "--set", "data.segment=false"]) == 0
+                 "--profile", "tiny", "--set", "finetune.max_steps=2"]) == 0
     assert "fine-tuned 2 steps on 2 photo(s) of 1 subject(s)" in capsys.readouterr().out
     line = "[finetune] step 2: loss "  # the Ray task's progress, relayed to the flow's run log
     logs = logs_of_latest_run("finetune-decoder", line)

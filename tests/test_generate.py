@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
+from generate.outputs import job_metadata
 from generate.pipeline import Generator
 from generate.plan import prepare
 from generate.requests import GenerateRequest, requests_from_args
@@ -113,13 +114,36 @@ def test_the_decoder_gets_the_zero_image_embedding_as_negative(plan, generator, 
     assert (call["height"], call["width"]) == (64, 64)
 
 
-def test_canny_control_is_the_edge_maps_embedding(plan, generator, assets):
+def _canny_embedding(generator, image: str, size: int) -> np.ndarray:
+    return generator.clip.encode_images([canny_rgb(np.asarray(Image.open(image)), 100, 200, size)])[0]
+
+
+def test_canny_with_a_released_layout_prior_is_at_the_image_s_own_size(plan, generator, assets):
+    """No training.json (the released checkpoint's layout): Canny(100, 200) on the 80 px image as it is, as the
+    released inference code runs it; the metadata says so."""
     job = prepare([GenerateRequest("a dog", [], canny=assets["hat"])], assets["prior"], str(plan.output),
                   steps=2).jobs[0]
     control = generator.prior_inputs(job)["control_embedding"][0].numpy()
-    edges = canny_rgb(np.asarray(Image.open(assets["hat"])), 100, 200)
-    np.testing.assert_allclose(control, generator.clip.encode_images([edges])[0], rtol=1e-6)
+    np.testing.assert_allclose(control, _canny_embedding(generator, assets["hat"], 0), rtol=1e-6)
+    assert not np.allclose(control, _canny_embedding(generator, assets["hat"], 512), rtol=1e-3)
     assert not np.allclose(control, generator.zero_image)
+    edge_map = job_metadata(job, plan.settings, generator)["control"]["edge_map"]
+    assert edge_map == {"low_threshold": 100, "high_threshold": 200, "size": 0,
+                        "from": "the released inference code (the prior records no training data)"}
+
+
+def test_canny_with_one_of_our_priors_follows_its_training_data(plan, assets, tmp_path):
+    """A prior whose training.json records its dataset's edge settings: --canny's map is made as they were."""
+    prior = tiny_prior(tmp_path / "prior")
+    edge = {"low_threshold": 100, "high_threshold": 200, "size": 40}
+    (tmp_path / "prior" / "training.json").write_text(json.dumps({"edge": edge, "loss": {}, "batch": {}}))
+    planned = prepare([GenerateRequest("a dog", [], canny=assets["hat"])], prior, str(tmp_path / "out"), steps=2)
+    job, ours = planned.jobs[0], Generator(planned.profile, planned.cfg, planned.prior)
+    control = ours.prior_inputs(job)["control_embedding"][0].numpy()
+    np.testing.assert_allclose(control, _canny_embedding(ours, assets["hat"], 40), rtol=1e-6)
+    assert not np.allclose(control, _canny_embedding(ours, assets["hat"], 0), rtol=1e-3)
+    edge_map = job_metadata(job, plan.settings, ours)["control"]["edge_map"]
+    assert edge_map == edge | {"from": "the prior's training data (training.json)"}
 
 
 def test_a_mask_puts_the_subject_on_white(generator, assets, tmp_path):

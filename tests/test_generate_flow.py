@@ -83,7 +83,8 @@ def test_one_prompt_with_a_mask_and_canny(assets, tmp_path):
     assert main(argv) == 0
     (png,) = (tmp_path / "out").glob("*.png")
     meta = json.loads(png.with_suffix(".json").read_text())
-    assert meta["subjects"][0]["embedded"] == "mask" and meta["control"] == {"canny": hat}
+    assert meta["subjects"][0]["embedded"] == "mask" and meta["control"]["canny"] == hat
+    assert meta["control"]["edge_map"]["size"] == 0  # a prior without training.json: the released code's way
     assert not (tmp_path / "out" / "contact_sheet.png").exists()
 
 

@@ -114,3 +114,20 @@ def test_bad_interpolation_input(tmp_path, capsys, extra, message):
     assert main(argv + [a.format(p=photo) for a in extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lambda-eclipse interpolate: error: ") and message.format(p=photo) in err, err
+
+
+def test_interpolate_guides_at_4_as_the_released_script_and_generate_at_7_5():
+    import argparse
+    import inspect
+
+    from flows.commands.generate import add_parsers
+    from flows.generate import generate, interpolate
+
+    top = argparse.ArgumentParser(prog="lambda-eclipse")
+    add_parsers(top.add_subparsers(dest="command"))
+    corners = ["--corners", "dog=a.png", "dog=b.png", "--prompt", "a dog", "--output", "out"]
+    assert top.parse_args(["interpolate", *corners]).guidance == 4.0
+    assert top.parse_args(["generate", "--prompt", "a dog", "--output", "out"]).guidance == 7.5
+    # the flows' own defaults (deployments and Python callers) are the same
+    assert inspect.signature(interpolate.fn).parameters["guidance"].default == 4.0
+    assert inspect.signature(generate.fn).parameters["guidance"].default == 7.5

@@ -14,8 +14,8 @@ TARGET = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
 TEXT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 
 
-def test_default_is_eq1_as_written_hand_computed():
-    out = prior_loss(PREDICTED, TARGET, TEXT, lam=0.5, tau=1.0)
+def test_sum_reduction_hand_computed():
+    out = prior_loss(PREDICTED, TARGET, TEXT, lam=0.5, tau=1.0, reduction="sum")
     # ‖·‖² per sample: (1² + 1²) and (0² + 1²), averaged over the batch: not divided by d
     mse = (2 + 1) / 2
     # inner-product logits [[2, 0], [0, 3]]: row i's −log softmax at the diagonal is log(1 + e^−logit_ii)
@@ -40,6 +40,19 @@ def test_sum_is_d_times_mean():
     summed, mean = prior_loss(p, z, t, reduction="sum"), prior_loss(p, z, t, reduction="mean")
     assert summed["mse"].item() == pytest.approx(1280 * mean["mse"].item(), rel=1e-5)
     assert summed["contrastive"].item() == mean["contrastive"].item()
+
+
+@pytest.mark.parametrize("similarity", LOSS_SIMILARITIES)
+def test_gathered_texts_make_the_halves_average_to_the_whole_batch(similarity):
+    g = torch.Generator().manual_seed(0)
+    p, z, t = (3 * torch.randn(6, 16, generator=g) for _ in range(3))
+    whole = prior_loss(p, z, t, similarity=similarity)
+    halves = [prior_loss(p[i:i + 3], z[i:i + 3], t[i:i + 3], similarity=similarity, texts=t, offset=i)
+              for i in (0, 3)]
+    for term in ("mse", "contrastive"):
+        assert (halves[0][term] + halves[1][term]).item() / 2 == pytest.approx(whole[term].item(), rel=1e-6)
+    alone = prior_loss(p[:3], z[:3], t[:3], similarity=similarity)  # its own 3 texts only: fewer negatives
+    assert alone["contrastive"].item() != pytest.approx(halves[0]["contrastive"].item(), rel=1e-3)
 
 
 def test_temperature_divides_the_inner_product():
@@ -83,8 +96,8 @@ def test_matches_independent_numpy_formula(reduction, similarity):
 
 def test_defaults_and_config_agree():
     section = LossSection()
-    assert (LAMBDA, TAU, loss_module.TAU_COSINE) == (0.2, 12.8, 0.01)
-    assert (section.lam, section.tau, section.reduction, section.similarity) == (LAMBDA, TAU, "sum", "dot")
+    assert (LAMBDA, TAU, loss_module.TAU_COSINE) == (0.2, 128.0, 0.01)
+    assert (section.lam, section.tau, section.reduction, section.similarity) == (LAMBDA, TAU, "mean", "dot")
     assert (LOSS_REDUCTIONS, LOSS_SIMILARITIES) == (loss_module.REDUCTIONS, loss_module.SIMILARITIES)
     default = prior_loss(PREDICTED, TARGET, TEXT)
     explicit = prior_loss(PREDICTED, TARGET, TEXT, section.lam, section.tau, section.reduction, section.similarity)
@@ -97,13 +110,13 @@ def test_options_parse_from_set():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(UserError, match=r"loss.reduction must be one of sum, mean \(got 'avg'\)"):
+    with pytest.raises(UserError, match=r"loss.reduction must be one of mean, sum \(got 'avg'\)"):
         load_train_config(None, ["loss.reduction=avg"])
     with pytest.raises(UserError, match=r"loss.similarity must be one of dot, cosine \(got 'l2'\).*"):
         load_train_config(None, ["loss.similarity=l2"])
     with pytest.raises(UserError, match=r"loss.tau must be > 0"):
         load_train_config(None, ["loss.tau=0"])
-    with pytest.raises(ValueError, match=r"loss.reduction='avg' is not one of sum, mean"):
+    with pytest.raises(ValueError, match=r"loss.reduction='avg' is not one of mean, sum"):
         prior_loss(PREDICTED, TARGET, TEXT, reduction="avg")
     with pytest.raises(ValueError, match=r"loss.similarity='l2' is not one of dot, cosine"):
         prior_loss(PREDICTED, TARGET, TEXT, similarity="l2")

@@ -19,8 +19,9 @@ from storage.synthetic_features import write_feature_dataset as write_dataset
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
             "log.every=1"]
-PROGRESS = ("[trainer 0] training from step 0 to 4 on 1 × cpu, batch 4 per trainer", "[trainer 0] step 4: checkpoint ",
-            "[trainer 0] step 4 val: loss ")  # lines of the training worker that reach the run log
+# lines of the training worker that reach the run log
+PROGRESS = ("[trainer 0] training from step 0 to 4 on 1 × cpu, global batch 4 (4 per trainer)",
+            "[trainer 0] step 4: checkpoint ", "[trainer 0] step 4 val: loss ")
 
 
 

@@ -16,7 +16,14 @@ DreamBooth's dataset), each gets its 25 prompts with the class name as the subje
 2- and 3-subject templates (Appendix F, Table 8) filled by role: each slot takes the folders whose word belongs to
 the slot's Table 9 categories (a living subject first, then a scene, wearable or object where the template says),
 never the same word twice, sampled with a fixed seed to the paper's 904 / 1,476 prompts where more fit (a folder's
-word: its DreamBench class, else its name with _ as a space and a trailing _N dropped).
+word: its DreamBench class, else its name with _ as a space and a trailing _N dropped). With
+evaluate.multibench_files=DIR the prompts are read from DIR's prompt files instead (the authors' released Multibench
+prompts: every DIR/*.jsonl, one {{"prompt": "a dog wearing a hat", "subjects": ["dog", "hat"]}} per line, naming
+--data folders in the order their words occur), as they are.
+
+--canny-from DIR: Table 5's protocol, each prompt's images controlled by the Canny edge map of DIR/<prompt id>.png
+(the paper's: Stable Diffusion v1.5 images of the DreamBench prompts), made as generate --canny makes it for the
+prior. ConceptBed (Table 3, CCD) is not implemented: it needs its dataset and oracle model, not available offline.
 
 For each prompt: evaluate.images_per_prompt images (paper: 4), scored as DreamBooth defined the metrics: DINO
 (ViT-S/16 CLS cosine) and CLIP-I (CLIP image cosine), averaged over every (generated, real photo) pair and over the
@@ -63,6 +70,9 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--decoder", metavar="DIR",
                         help="a fine-tuned decoder: finetune-decoder's output directory (DIR/unet/, "
                         "DIR/finetune.json) or its unet/ folder [default: the profile's Kandinsky 2.2 decoder]")
+    parser.add_argument("--canny-from", metavar="DIR",
+                        help="Table 5's protocol: control each prompt by the Canny edge map of DIR/<prompt id>.png "
+                        "(DreamBench: DIR/dog/03.png); sets evaluate.canny_from")
     add_config_options(parser)
     parser.set_defaults(run=_evaluate)
     return parser
@@ -74,6 +84,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     # Check everything before Prefect starts and models load: bad input fails in one line, in a second.
     args.prior = resolve_prior(args.prior)
+    if args.canny_from:  # last: it wins over --config and --set, as the flag the user typed
+        args.set = [*args.set, f"evaluate.canny_from={args.canny_from}"]
     plan = prepare_evaluation(args.benchmark, args.data, args.prior, args.output, args.profile, args.config, args.set,
                               args.decoder)
     for warning in plan.generate.warnings:

@@ -10,17 +10,20 @@ from lambda_eclipse.config import add_config_options, describe_keys
 
 EPILOG = """\
 Concept fine-tuning of the Kandinsky 2.2 decoder (paper §3.3, Eq. 2, Appendix D): only the decoder's UNet is trained,
-to denoise the MoVQ latents of each subject's photos conditioned on z_x, the CLIP image embedding of the photo with
-its subject segmented (Grounding DINO finds the subject word, SAM masks it, as evaluate does; a photo where nothing is
-found is embedded whole, and finetune.json says so). The prior is not touched: generate and evaluate then use the new
-UNet with the same prior. AdamW at a constant 1e-5 with no warm-up and no prior-preservation loss (the paper's), all
-subjects in one model (each step draws photos uniformly from all subjects'). The paper gives no step count ("a few
-optimization steps"): finetune.max_steps=400 is ours. The segmentation word of a subject is its DreamBench class when
-NAME is a DreamBench subject folder (backpack_dog → backpack), else NAME with "_" read as a space.
+to denoise the MoVQ latents of each subject's photos conditioned on z_x, the CLIP image embedding of the whole photo,
+as the authors' script (data.segment=true: of the photo with its subject segmented, Grounding DINO finding the subject
+word and SAM masking it, as evaluate does; a photo where nothing is found is embedded whole, and finetune.json says
+so). The prior is not touched: generate and evaluate then use the new UNet with the same prior. AdamW at a constant
+1e-5 with no warm-up and no prior-preservation loss (the paper's), all subjects in one model (each step draws photos
+uniformly from all subjects'). As the authors' README: batch 1 × finetune.gradient_accumulation=4 per step, no flips,
+and finetune.max_steps=0 trains 400 for one concept, 8,000 for 30, interpolated between (≈ 262 more per concept).
+The segmentation word of a subject is its DreamBench class when NAME is a DreamBench subject folder
+(backpack_dog → backpack), else NAME with "_" read as a space.
 
 OUTPUT gets unet/ (UNet2DConditionModel.save_pretrained, safetensors), finetune.json (subjects, photos and how each
 was embedded, profile, base decoder, steps, config), checkpoints/step-NNNNNNNN/ (UNet, optimizer, RNG: --resume
-continues exactly where the run stopped), references/<subject>/ (the embedded crops) and metrics.jsonl.
+continues exactly where the run stopped, mid-accumulation too), references/<subject>/ (the embedded crops) and
+metrics.jsonl.
 
 config keys (--set section.key=value), with their defaults (the paper's values where it gives them, else those of
 diffusers' Kandinsky 2.2 decoder fine-tuning script):

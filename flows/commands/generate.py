@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TypedDict
 
-from generate.config import GenerateConfig
+from generate.config import GUIDANCE, INTERPOLATE_GUIDANCE, GenerateConfig
 from lambda_eclipse.config import PROFILES, add_config_options, describe_keys
 
 GENERATE_EPILOG = """\
@@ -14,7 +14,9 @@ Each --subject binds its WORD in the prompt (whole word, any case; the k-th --su
 occurrence) and puts the subject's CLIP image embedding at that word's tokens. The image is used as given (padded
 to a white square), through a mask (white = subject), or segmented with Grounding DINO + SAM (--segment).
 Defaults follow the paper: 50 DDIM steps, guidance 7.5, the all-zero image's CLIP embedding as the negative image
-embedding and (without --canny) as the control.
+embedding and (without --canny) as the control. --canny's edge map is made as the prior's training data made theirs
+(its training.json), and for the released checkpoint as its inference code does: Canny(100, 200) at the image's
+own size; each image's JSON says which.
 
 --batch FILE.jsonl, one JSON object per line (paths relative to the file; seed/num_images default to the flags):
   {{"prompt": "a dog wearing a hat", "subjects": {{"dog": "dog.jpg", "hat": "hat.png"}}}}
@@ -40,8 +42,8 @@ examples:
 INTERPOLATE_EPILOG = """\
 Corners are top-left, top-right, bottom-left, bottom-right (2 corners: the ends of one row); each is a
 comma-separated list of WORD=IMAGE[:MASK]. The prior predicts each corner's embedding; cells mix them bilinearly
-and are all rendered with the same seed (paper Fig. 7). OUTPUT gets interpolation.png, interpolation.json and
-embeddings.npy (rows × columns × d).
+and are all rendered with the same seed (paper Fig. 7), at guidance 4.0 as the released interpolation script.
+OUTPUT gets interpolation.png, interpolation.json and embeddings.npy (rows × columns × d).
 
 example (paper Fig. 7: two dogs × two hats):
   lambda-eclipse interpolate --prompt "a dog wearing a hat" --prior runs/prior/final --profile paper --steps 4 \\
@@ -51,7 +53,7 @@ example (paper Fig. 7: two dogs × two hats):
 """
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, guidance: float) -> None:
     parser.add_argument("--prior", metavar="DIR",
                         help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id "
                         "[default: the prior registry's current prior, `lambda-eclipse priors list`]")
@@ -64,7 +66,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="a fine-tuned decoder: finetune-decoder's output directory (DIR/unet/, "
                         "DIR/finetune.json) or its unet/ folder [default: the profile's Kandinsky 2.2 decoder]")
     parser.add_argument("--seed", type=int, default=0, help="[default: 0]")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale [default: 7.5]")
+    parser.add_argument("--guidance", type=float, default=guidance,
+                        help=f"classifier-free guidance scale [default: {guidance}]")
     parser.add_argument("--height", type=int, metavar="PX", help="[default: 64 on tiny, 512 otherwise]")
     parser.add_argument("--width", type=int, metavar="PX", help="[default: 64 on tiny, 512 otherwise]")
     parser.add_argument("--segment", action="store_true",
@@ -88,7 +91,7 @@ def add_parsers(subcommands) -> None:
     gen.add_argument("--batch", metavar="FILE.jsonl", help="many prompts, one model load (see below)")
     gen.add_argument("--num-images", type=int, default=1, metavar="N", help="images per prompt [default: 1]")
     gen.add_argument("--steps", type=int, default=50, help="DDIM steps [default: 50]")
-    _common(gen)
+    _common(gen, GUIDANCE)
     gen.set_defaults(run=_generate)
 
     interp = subcommands.add_parser(
@@ -103,7 +106,7 @@ def add_parsers(subcommands) -> None:
     interp.add_argument("--steps", type=int, default=4,
                         help="cells per side of the grid, corners included [default: 4]")
     interp.add_argument("--inference-steps", type=int, default=50, metavar="N", help="DDIM steps [default: 50]")
-    _common(interp)
+    _common(interp, INTERPOLATE_GUIDANCE)  # the released interpolation script's
     interp.set_defaults(run=_interpolate)
 
 

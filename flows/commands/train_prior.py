@@ -12,7 +12,11 @@ Trains the prior on Eq. 1 (MSE + loss.lam · contrastive) with AdamW, warm-up an
 dataset built by build-dataset; validates on its val split (loss, cosine to the target, top-1 retrieval in a batch).
 
 Training runs on Ray Train: the Ray cluster named by RAY_ADDRESS, else a Ray started for this run.
-runtime.workers trainers (default 1; 0: one per GPU of the cluster), on the cluster's GPUs when it has any.
+runtime.workers trainers (default 0: one per GPU of the cluster, 1 without GPUs), on the cluster's GPUs when it has
+any. train.batch_size is the global batch (the paper's 1,024: 512 on each of 2 GPUs): each trainer takes its share
+(it must divide by the trainers), and the contrastive term's negatives are the whole global batch's texts, so the
+optimisation is the same whatever the number of trainers. Eq. 1's first term is §3.1's mean-squared error
+(loss.reduction=mean; sum: summed over the d dimensions).
 Checkpoints go to RUN_DIR through Ray Train, so on a cluster RUN_DIR must be storage every node reaches (a shared
 path, or an object store URL such as s3://bucket/runs/prior). A trainer that dies (a killed process, a lost node)
 is restarted by Ray and the run resumes from its last checkpoint on its own, runtime.max_failures times at most.
