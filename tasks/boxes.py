@@ -62,8 +62,10 @@ class Boxes(ModelStage):
         processor = self.detector.processor
         # transformers types a processor's **kwargs as the nested text_kwargs/images_kwargs form only; the flat
         # tokenizer keywords it documents and merges are left out
+        # The image processor (transformers' torchvision backend) resizes, normalises and pads on the model's device.
         inputs = processor(
-            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt"  # pyright: ignore[reportCallIssue]
+            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt",  # pyright: ignore[reportCallIssue]
+            device=self.device,  # pyright: ignore[reportCallIssue]
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         # Autocast covers the float32 tensors the model creates internally when its weights are bfloat16.

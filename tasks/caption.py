@@ -27,8 +27,10 @@ class Caption(ModelStage):
         # text_config.bos_token_id, which T5 configs leave unset. The prompt is all special tokens, so a
         # decoder-only (OPT) BLIP-2's echo of it decodes to nothing.
         # (transformers types a processor's **kwargs as the nested form only: return_tensors is left out)
+        # The image processor (transformers' torchvision backend) resizes and normalises on the model's device: each
+        # image goes there as it is (the working resolution, tasks/decode.py), not through PIL on the CPU.
         inputs = self.processor(
-            images=[s.image for s in samples], text=[""] * len(samples), return_tensors="pt"  # pyright: ignore[reportCallIssue]
+            images=[s.image for s in samples], text=[""] * len(samples), return_tensors="pt", device=self.device  # pyright: ignore[reportCallIssue]
         ).to(self.device)
         pixel_values = inputs["pixel_values"].to(self.model.dtype)
         import torch

@@ -1,19 +1,44 @@
-"""Decode: encoded bytes → (H, W, 3) uint8 RGB with EXIF orientation applied; bad input is rejected, never raised."""
+"""Decode: encoded bytes → the photo's size (from its header), the bytes the shard keeps as `<key>.jpg`, and a
+(h, w, 3) uint8 RGB image at the working resolution; bad input is rejected, never raised.
+
+The pipeline decodes once, at the resolution it needs. The resolution filter needs only the header's size, so a photo
+it will reject is never decoded. The models and crops get an image no larger than they use: SAM works at 1024 px on
+the long side, Grounding DINO at 800 on the short one (at most 1333 on the long), the Canny map at `edge.size` on the
+short side, CLIP and the subject crops at 224; `working_size` is the smallest size that gives each of them at least
+that. A JPEG is decoded there directly by the DCT-domain downscaling of libjpeg (PIL's `draft`: a 2048² photo decodes
+at 1024² in about a quarter of the time), then area-resized to the exact working size when the draft's 1/2, 1/4, 1/8
+steps do not land on it.
+
+The shard keeps the photo's own bytes (no second JPEG generation, no quality loss, no encode) when they already are
+an RGB JPEG as displayed; a photo that needs a transform to be one (another format, EXIF rotation, CMYK, grayscale,
+16-bit, palette, transparency) is decoded at full size once more and encoded once, at JPEG quality 95 without chroma
+subsampling, and the reason is recorded (`Sample.reencoded`, the sample JSON's `jpeg`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import DecodeConfig
+from tasks.config import DecodeConfig, EdgeConfig, ResolutionConfig
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# What the models use (the paper's models' input sizes; the same for every profile, so that a tiny build stores what
+# a paper build would): SAM's longest side, Grounding DINO's shortest and longest side.
+SAM_LONG_SIDE = 1024
+DINO_SHORT_SIDE, DINO_LONG_SIDE = 800, 1333
+JPEG_QUALITY = 95  # the one re-encode of a photo that is not an RGB JPEG as displayed; 4:4:4 (no chroma subsampling)
+ORIENTATION = 0x0112  # EXIF tag
+_JPEG = ("JPEG", "MPO")  # MPO: a camera's multi-picture JPEG, whose first image is a plain JPEG stream
+_DRAFT_SCALES = (8, 4, 2)
 
 
 class BadImage(Exception):
@@ -43,20 +68,50 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+def working_size(width: int, height: int, edge_size: int) -> tuple[int, int]:
+    """(width, height) of the image the stages get for a photo of width × height: the smallest that gives SAM its
+    long side, Grounding DINO its sides and the Canny map `edge_size` on the short side (CLIP and the 224 px crops
+    need less), aspect ratio kept, never larger than the photo. `edge_size` 0 (Canny at the photo's own resolution)
+    keeps the photo's size."""
+    if edge_size == 0:
+        return width, height
+    short, long = min(width, height), max(width, height)
+    scale = max(SAM_LONG_SIDE / long, min(DINO_SHORT_SIDE / short, DINO_LONG_SIDE / long), edge_size / short)
+    if scale >= 1:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+@dataclass
+class Photo:
+    width: int  # the photo's size, EXIF orientation applied
+    height: int
+    image: np.ndarray | None  # at the working resolution; None when the photo was not decoded (too small)
+    jpeg: bytes | None  # what the shard stores as <key>.jpg
+    reencoded: str | None  # why `jpeg` is not the input's own bytes
+
+
+def _open(data: bytes) -> Image.Image:
     if not data:
         raise BadImage("empty file")
+    with warnings.catch_warnings():
+        # The size check against decode.max_pixels is the guard; PIL's warning fires at its own,
+        # different limit (Image.MAX_IMAGE_PIXELS) and must not decide.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImage(f"decompression bomb: {width}×{height} pixels exceeds decode.max_pixels={max_pixels}")
+
+
+@contextlib.contextmanager
+def _decoding():
+    """Every failure of PIL on damaged data as a BadImage with its reason."""
     try:
-        with warnings.catch_warnings():
-            # The size check below against decode.max_pixels is the guard; PIL's warning fires at its own,
-            # different limit (Image.MAX_IMAGE_PIXELS) and must not decide.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadImage(f"decompression bomb: {width}×{height} pixels exceeds decode.max_pixels={max_pixels}")
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        yield
     except BadImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -70,11 +125,92 @@ def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadImage(f"cannot decode image: {exc}") from None
 
 
+def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+    """The whole photo at full size, EXIF orientation applied (generate's subject images, benchmarks)."""
+    with _decoding():
+        image = _open(data)
+        _check_pixels(image, max_pixels)
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def reencode_reason(image: Image.Image) -> str | None:
+    """Why the photo's bytes cannot be stored as they are as an RGB JPEG of the image as displayed; None if they
+    can."""
+    if image.format not in _JPEG:
+        return f"{image.format or 'unknown format'} is not JPEG"
+    orientation = image.getexif().get(ORIENTATION, 1)
+    if orientation not in (0, 1):
+        return f"EXIF orientation {orientation}"
+    if image.mode != "RGB":
+        return f"{image.mode} JPEG"
+    return None
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: EXIF orientations 5–8 turn the photo by 90°."""
+    width, height = image.size
+    if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
+        return height, width
+    return width, height
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)  # area averaging: no aliasing
+
+
+def _draft_scale(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest DCT-domain reduction (1/8, 1/4, 1/2) that keeps the decoded JPEG at least `target`."""
+    for s in _DRAFT_SCALES:
+        if -(-width // s) >= target[0] and -(-height // s) >= target[1]:
+            return s
+    return 1
+
+
+def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeConfig.size) -> Photo:
+    """The photo's size from its header; below `min_side` (the resolution filter will reject it) nothing more.
+    Otherwise the image at `working_size` and the bytes the shard keeps (module docstring)."""
+    with _decoding():
+        return _decode_photo(data, max_pixels, min_side, edge_size)
+
+
+def _decode_photo(data: bytes, max_pixels: int, min_side: int, edge_size: int) -> Photo:
+    image = _open(data)
+    _check_pixels(image, max_pixels)
+    width, height = oriented_size(image)
+    if min(width, height) < min_side:
+        return Photo(width, height, None, None, None)
+    target = working_size(width, height, edge_size)
+    reason = reencode_reason(image)
+    if reason is None:
+        scale = _draft_scale(width, height, target)
+        if scale > 1:
+            # draft picks the largest reduction s with size // request >= s: request size // s
+            image.draft("RGB", (width // scale, height // scale))
+        image.load()
+        rgb = np.array(image)  # np.array, not asarray: the image must be writable, as it is after a Ray hop
+        return Photo(width, height, _resize(rgb, *target), data, None)
+    image.load()
+    full = to_rgb(ImageOps.exif_transpose(image))
+    return Photo(width, height, _resize(full, *target), encode_jpeg(full), reason)
+
+
 @dataclass
 class Decode(Stage):
     name = "decode"
     uses_model = False
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # read for the sizes only: a photo the resolution filter rejects is not decoded; the working size
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
     def process(self, samples: list[Sample]) -> None:
         for sample in samples:
@@ -83,8 +219,11 @@ class Decode(Stage):
             except OSError as exc:  # FileNotFoundError too: an input deleted after planning
                 sample.reject_at(self.name, f"unreadable file: {exc}")
                 continue
-            sample.data = None  # the decoded pixels replace the encoded bytes
+            sample.data = None  # the decoded pixels (and `jpeg`, what the shard keeps) replace the encoded bytes
             try:
-                sample.image = decode_rgb(data, self.decode.max_pixels)
+                photo = decode_photo(data, self.decode.max_pixels, self.resolution.min_side, self.edge.size)
             except BadImage as exc:
                 sample.reject_at(self.name, str(exc))
+                continue
+            sample.width, sample.height = photo.width, photo.height
+            sample.image, sample.jpeg, sample.reencoded = photo.image, photo.jpeg, photo.reencoded

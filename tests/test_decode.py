@@ -14,8 +14,13 @@ from tasks.resolution import ResolutionFilter
 
 
 def decode(path, cfg=None, **ref):
+    """Decode alone; by default with resolution.min_side=1, so that small test images are decoded (the stage does not
+    decode a photo that the resolution filter will reject)."""
+    if cfg is None:
+        cfg = BuildConfig()
+        cfg.resolution.min_side = 1
     sample = Sample(key="k", source="s", ref=SourceRef(str(path), **ref))
-    Decode.create(cfg or BuildConfig())([sample])
+    Decode.create(cfg)([sample])
     return sample
 
 
