@@ -1,7 +1,7 @@
 """SAM masks for every detected box: one image-encoder call per batch of images, one decoder call per image.
 
 Preprocessing is SamPredictor's (resize the longest side to the encoder's size, normalise, pad), done per image
-in torch on the model's device (tasks/prepare.py), so that the encoder, where nearly all of SAM's compute is, runs
+in torch on the model's device (lambda_eclipse/models/pixels.py), so that the encoder, where nearly all of SAM's compute is, runs
 once over the stacked batch. The masks are upsampled to the size of the sample's image (the working resolution,
 tasks/decode.py: about SAM's own), never to the full photo. Masks only: the mask/box and containment filters belong
 to the next stage.
@@ -17,7 +17,6 @@ from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import ModelStage
 from tasks.config import MasksConfig
-from tasks.prepare import image_tensor, resize
 
 
 @dataclass
@@ -29,8 +28,11 @@ class Masks(ModelStage):
     def load(self) -> None:
         # Imported here, in the actor: torch and SAM load where the model runs, not when the stage list is read.
         # segment_anything after lambda_eclipse.models, whose import makes torchvision (which it imports) loadable.
+        from lambda_eclipse.models.pixels import resized_pixels, upsampled_masks  # isort: skip
         from lambda_eclipse.models.sam import load_sam  # isort: skip
         from segment_anything.utils.transforms import ResizeLongestSide  # isort: skip
+
+        self._resized_pixels, self._upsampled_masks = resized_pixels, upsampled_masks
 
         self.sam = load_sam(self.profile, self.models, self.device, self.dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
@@ -53,7 +55,7 @@ class Masks(ModelStage):
                 image = required(s.image, "sample.image")
                 # SamPredictor's ResizeLongestSide (bilinear, antialiased), in torch on the device
                 shape = self.transform.get_preprocess_shape(image.shape[0], image.shape[1], side)
-                resized.append(resize(image_tensor(image, self.device), *shape))
+                resized.append(self._resized_pixels(image, self.device, *shape))
             pixels = torch.cat([sam.preprocess(image) for image in resized])
             embeddings = sam.image_encoder(pixels.to(self.dtype))
             for sample, image, embedding in zip(batch, resized, embeddings):
@@ -69,11 +71,10 @@ class Masks(ModelStage):
                     dense_prompt_embeddings=dense,
                     multimask_output=False,
                 )
-                # Sam.postprocess_masks, without its second upsampling when the image is already SAM's input size
+                # Sam.postprocess_masks: to the padded input size, crop the padding, then to the image's size (the
+                # stored mask size), no further
                 logits = F.interpolate(low_res.float(), (side, side), mode="bilinear", align_corners=False)
                 logits = logits[..., : image.shape[-2], : image.shape[-1]]
-                if tuple(logits.shape[-2:]) != tuple(original_size):
-                    logits = F.interpolate(logits, original_size, mode="bilinear", align_corners=False)
-                masks = (logits[:, 0] > sam.mask_threshold).cpu().numpy()
+                masks = self._upsampled_masks(logits, *original_size, sam.mask_threshold)
                 for det, mask in zip(sample.detections, masks):
                     det.mask = mask
