@@ -1,8 +1,8 @@
 """SAM masks for every detected box: one image-encoder call per batch of images, one decoder call per image.
 
 Preprocessing is SamPredictor's (resize the longest side to the encoder's size, normalise, pad), done per image
-in torch on the model's device (lambda_eclipse/models/pixels.py), so that the encoder, where nearly all of SAM's compute is, runs
-once over the stacked batch. The masks are upsampled to the size of the sample's image (the working resolution,
+in torch on the model's device (lambda_eclipse/models/pixels.py), so that the encoder, where nearly all of SAM's
+compute is, runs once over the stacked batch. The masks are upsampled to the size of the sample's image (the working resolution,
 tasks/decode.py: about SAM's own), never to the full photo. Masks only: the mask/box and containment filters belong
 to the next stage.
 """
@@ -75,6 +75,7 @@ class Masks(ModelStage):
                 # stored mask size), no further
                 logits = F.interpolate(low_res.float(), (side, side), mode="bilinear", align_corners=False)
                 logits = logits[..., : image.shape[-2], : image.shape[-1]]
-                masks = self._upsampled_masks(logits, *original_size, sam.mask_threshold)
+                height, width = original_size
+                masks = self._upsampled_masks(logits, height, width, sam.mask_threshold)
                 for det, mask in zip(sample.detections, masks):
                     det.mask = mask
