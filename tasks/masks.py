@@ -2,9 +2,9 @@
 
 Preprocessing is SamPredictor's (resize the longest side to the encoder's size, normalise, pad), done per image
 in torch on the model's device (lambda_eclipse/models/pixels.py), so that the encoder, where nearly all of SAM's
-compute is, runs once over the stacked batch. The masks are upsampled to the size of the sample's image (the working resolution,
-tasks/decode.py: about SAM's own), never to the full photo. Masks only: the mask/box and containment filters belong
-to the next stage.
+compute is, runs once over the stacked batch. The masks are upsampled to the size of the sample's image (the
+working resolution, tasks/decode.py: about SAM's own), never to the full photo. Masks only: the mask/box and
+containment filters belong to the next stage.
 """
 
 from __future__ import annotations
