@@ -57,3 +57,26 @@ def upsampled_masks(logits: torch.Tensor, height: int, width: int, threshold: fl
             mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
         np.greater(mask, threshold, out=out[i])
     return out
+
+
+def normalised(pixels: torch.Tensor, rescale: float, mean, std) -> torch.Tensor:
+    """(N, 3, H, W) pixel values → the model's input: rescaled (to 0..1) and normalised per channel, on their
+    device (an image processor's rescale + normalize)."""
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
+    return (pixels * rescale - mean_t) / std_t
+
+
+def padded_batch(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, h_i, w_i) tensors → (N, C, H, W) zero-padded at the bottom and right to the largest, and the (N, H, W)
+    int64 pixel mask (1 on each image's own pixels), as DETR-style image processors pad a batch."""
+    height = max(int(x.shape[-2]) for x in images)
+    width = max(int(x.shape[-1]) for x in images)
+    first = images[0]
+    pixels = first.new_zeros((len(images), first.shape[1], height, width))
+    mask = torch.zeros((len(images), height, width), dtype=torch.int64, device=first.device)
+    for i, x in enumerate(images):
+        h, w = x.shape[-2:]
+        pixels[i, :, :h, :w] = x[0]
+        mask[i, :h, :w] = 1
+    return pixels, mask
