@@ -18,17 +18,20 @@ subsampling, and the reason is recorded (`Sample.reencoded`, the sample JSON's `
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import DecodeConfig, EdgeConfig, ResolutionConfig
+from tasks.config import DecodeConfig, EdgeConfig, ResolutionConfig, RuntimeConfig
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # What the models use (the paper's models' input sizes; the same for every profile, so that a tiny build stores what
@@ -89,6 +92,7 @@ class Photo:
     image: np.ndarray | None  # at the working resolution; None when the photo was not decoded (too small)
     jpeg: bytes | None  # what the shard stores as <key>.jpg
     reencoded: str | None  # why `jpeg` is not the input's own bytes
+    pending: tuple[int, int] | None = None  # an RGB JPEG left to the GPU decoder, at this (width, height)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -175,14 +179,16 @@ def _draft_scale(width: int, height: int, target: tuple[int, int]) -> int:
     return 1
 
 
-def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeConfig.size) -> Photo:
+def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeConfig.size,
+                 defer_jpeg: bool = False) -> Photo:
     """The photo's size from its header; below `min_side` (the resolution filter will reject it) nothing more.
-    Otherwise the image at `working_size` and the bytes the shard keeps (module docstring)."""
+    Otherwise the image at `working_size` and the bytes the shard keeps (module docstring); with `defer_jpeg`, an
+    RGB JPEG kept as it is is not decoded here but left `pending` for `decode_jpegs_on_device`."""
     with _decoding():
-        return _decode_photo(data, max_pixels, min_side, edge_size)
+        return _decode_photo(data, max_pixels, min_side, edge_size, defer_jpeg)
 
 
-def _decode_photo(data: bytes, max_pixels: int, min_side: int, edge_size: int) -> Photo:
+def _decode_photo(data: bytes, max_pixels: int, min_side: int, edge_size: int, defer_jpeg: bool) -> Photo:
     image = _open(data)
     _check_pixels(image, max_pixels)
     width, height = oriented_size(image)
@@ -190,6 +196,8 @@ def _decode_photo(data: bytes, max_pixels: int, min_side: int, edge_size: int) -
         return Photo(width, height, None, None, None)
     target = working_size(width, height, edge_size)
     reason = reencode_reason(image)
+    if reason is None and defer_jpeg:
+        return Photo(width, height, None, data, None, pending=target)
     if reason is None:
         scale = _draft_scale(width, height, target)
         if scale > 1:
@@ -203,6 +211,45 @@ def _decode_photo(data: bytes, max_pixels: int, min_side: int, edge_size: int) -
     return Photo(width, height, _resize(full, *target), encode_jpeg(full), reason)
 
 
+@functools.cache
+def jpeg_device() -> Any:
+    """The CUDA device where this process can decode JPEGs (torchvision's nvJPEG decoder, checked on a small JPEG),
+    or None: then every photo is decoded on the CPU. A unit task that Ray gives no GPU sees none."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from lambda_eclipse.compat import ensure_torchvision_ops
+
+        ensure_torchvision_ops()  # before torchvision is imported (docs/pitfalls.md, "Environment and pins")
+        from torchvision.io import decode_jpeg
+
+        probe = torch.frombuffer(bytearray(encode_jpeg(np.zeros((16, 16, 3), np.uint8))), dtype=torch.uint8)
+        decode_jpeg([probe], device="cuda")
+        return torch.device("cuda")
+    except Exception:  # noqa: BLE001 - no usable GPU decoder, for whatever reason: the CPU path decodes
+        return None
+
+
+def decode_jpegs_on_device(datas: list[bytes], sizes: list[tuple[int, int]], device: Any) -> list[np.ndarray]:
+    """RGB JPEGs decoded in one batched call on `device` (nvJPEG), each area-resized there to its (width, height) and
+    returned as (h, w, 3) uint8 arrays; raises on damaged data (the caller then decodes one by one on the CPU)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    out = []
+    for image, (width, height) in zip(decoded, sizes, strict=True):
+        x = image[None]
+        if tuple(x.shape[-2:]) != (height, width):
+            x = F.interpolate(x.float(), size=(height, width), mode="area").round().clamp(0, 255).to(torch.uint8)
+        out.append(x[0].permute(1, 2, 0).contiguous().cpu().numpy())
+    return out
+
+
 @dataclass
 class Decode(Stage):
     name = "decode"
@@ -211,8 +258,11 @@ class Decode(Stage):
     # read for the sizes only: a photo the resolution filter rejects is not decoded; the working size
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # runtime.device=cpu keeps decoding off the GPU
 
     def process(self, samples: list[Sample]) -> None:
+        device = jpeg_device() if self.runtime.device != "cpu" else None
+        pending: list[Sample] = []
         for sample in samples:
             try:
                 data = sample.read()
@@ -221,9 +271,32 @@ class Decode(Stage):
                 continue
             sample.data = None  # the decoded pixels (and `jpeg`, what the shard keeps) replace the encoded bytes
             try:
-                photo = decode_photo(data, self.decode.max_pixels, self.resolution.min_side, self.edge.size)
+                photo = decode_photo(data, self.decode.max_pixels, self.resolution.min_side, self.edge.size,
+                                     defer_jpeg=device is not None)
             except BadImage as exc:
                 sample.reject_at(self.name, str(exc))
                 continue
             sample.width, sample.height = photo.width, photo.height
             sample.image, sample.jpeg, sample.reencoded = photo.image, photo.jpeg, photo.reencoded
+            if photo.pending is not None:
+                pending.append(sample)
+        if pending:
+            self._decode_on_device(pending, device)
+
+    def _decode_on_device(self, samples: list[Sample], device: Any) -> None:
+        """The batch's RGB JPEGs in one call on the GPU; on any failure (a damaged file among them) each on the CPU,
+        which rejects what cannot be decoded."""
+        datas = [required(s.jpeg, "sample.jpeg") for s in samples]
+        sizes = [working_size(s.width, s.height, self.edge.size) for s in samples]
+        try:
+            images = decode_jpegs_on_device(datas, sizes, device)
+        except Exception:  # noqa: BLE001 - nvJPEG's errors do not say which file: decode them one by one
+            images = None
+        for i, sample in enumerate(samples):
+            if images is not None:
+                sample.image = images[i]
+                continue
+            try:
+                sample.image = decode_photo(datas[i], self.decode.max_pixels, 0, self.edge.size).image
+            except BadImage as exc:
+                sample.reject_at(self.name, str(exc))

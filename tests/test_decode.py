@@ -308,3 +308,81 @@ def test_exif_rotation_is_applied_to_the_stored_jpeg_and_the_size(tmp_path):
     assert sample.jpeg is not None
     with Image.open(io.BytesIO(sample.jpeg)) as stored:
         assert stored.size == (1200, 1600) and stored.getexif().get(0x0112, 1) == 1
+
+
+# --- GPU JPEG decoding (nvJPEG through torchvision), with the CPU path as fallback ---
+
+
+def test_no_gpu_decoder_here_means_the_cpu_path():
+    import torch
+
+    from tasks.decode import jpeg_device
+
+    if not torch.cuda.is_available():
+        assert jpeg_device() is None
+
+
+def _gpu_stand_in(calls):
+    """decode_jpegs_on_device's contract, on the CPU: full decode, area resize to each size."""
+    import cv2
+
+    def decode_jpegs_on_device(datas, sizes, device):
+        calls.append((len(datas), device))
+        out = []
+        for data, (w, h) in zip(datas, sizes):
+            with Image.open(io.BytesIO(data)) as image:
+                if data.startswith(b"\xff\xd8") and len(data) < 2000:
+                    raise RuntimeError("nvjpeg: corrupt data")  # the stand-in's damaged file
+                out.append(cv2.resize(np.array(image.convert("RGB")), (w, h), interpolation=cv2.INTER_AREA))
+        return out
+
+    return decode_jpegs_on_device
+
+
+def test_rgb_jpegs_go_to_the_device_in_one_batch_and_the_rest_decode_here(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    calls = []
+    monkeypatch.setattr(decode_module, "jpeg_device", lambda: "cuda:fake")
+    monkeypatch.setattr(decode_module, "decode_jpegs_on_device", _gpu_stand_in(calls))
+    paths = [photo_file(tmp_path, f"{i}.jpg", 2048, 1536, seed=i, quality=90) for i in range(2)]
+    paths.append(photo_file(tmp_path, "p.png", 1200, 1200, seed=3))
+    samples = [Sample(key=str(i), source="s", ref=SourceRef(str(p))) for i, p in enumerate(paths)]
+    Decode.create(BuildConfig())(samples)
+    assert calls == [(2, "cuda:fake")]  # the two RGB JPEGs, in one call; the PNG decoded (and re-encoded) here
+    for sample, path in zip(samples[:2], paths):
+        assert sample.image is not None and sample.image.shape == (800, 1067, 3)
+        assert sample.jpeg == path.read_bytes() and sample.reencoded is None
+    assert samples[2].image is not None and samples[2].reencoded == "PNG is not JPEG"
+
+
+def test_a_failing_device_batch_is_decoded_one_by_one_on_the_cpu(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "jpeg_device", lambda: "cuda:fake")
+    monkeypatch.setattr(decode_module, "decode_jpegs_on_device", _gpu_stand_in([]))
+    good = photo_file(tmp_path, "good.jpg", 1024, 1024, quality=90)
+    cfg = BuildConfig()
+    cfg.resolution.min_side = 16
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.jpg"
+    data = jpeg_bytes(small)
+    cut.write_bytes(data[: len(data) * 3 // 4])  # a header that reads, a body that does not
+    samples = [Sample(key=str(i), source="s", ref=SourceRef(str(p))) for i, p in enumerate([good, cut])]
+    Decode.create(cfg)(samples)
+    assert samples[0].accepted and samples[0].image is not None and samples[0].image.shape == (1024, 1024, 3)
+    reject = rejected(samples[1])
+    assert reject.stage == "decode" and reject.reason.startswith("cannot decode image")
+
+
+def test_runtime_device_cpu_keeps_decoding_off_the_gpu(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    def unexpected():
+        raise AssertionError("runtime.device=cpu must not look for a GPU decoder")
+
+    monkeypatch.setattr(decode_module, "jpeg_device", unexpected)
+    cfg = BuildConfig()
+    cfg.runtime.device = "cpu"
+    sample = decode(photo_file(tmp_path, "a.jpg", 1024, 1024, quality=90), cfg)
+    assert sample.image is not None and sample.image.shape == (1024, 1024, 3)
