@@ -7,7 +7,9 @@ the long side, Grounding DINO at 800 on the short one (at most 1333 on the long)
 short side, CLIP and the subject crops at 224; `working_size` is the smallest size that gives each of them at least
 that. A JPEG is decoded there directly by the DCT-domain downscaling of libjpeg (PIL's `draft`: a 2048² photo decodes
 at 1024² in about a quarter of the time), then area-resized to the exact working size when the draft's 1/2, 1/4, 1/8
-steps do not land on it.
+steps do not land on it. Where the stage's process sees a GPU with torchvision's nvJPEG decoder (`jpeg_device`), the
+batch's RGB JPEGs are decoded there in one call and area-resized on the GPU (`decode_jpegs_on_device`); everything
+else, and everything on a machine without one, takes the CPU path.
 
 The shard keeps the photo's own bytes (no second JPEG generation, no quality loss, no encode) when they already are
 an RGB JPEG as displayed; a photo that needs a transform to be one (another format, EXIF rotation, CMYK, grayscale,
