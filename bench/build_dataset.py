@@ -9,6 +9,11 @@ writing the same shards; and the ratio of the two steady states.
 `--profile paper-shapes`: the paper's architectures at full size (random weights), each model stage alone
 on a few inputs (CPU float32, or GPU bfloat16 when one is present): per-stage samples/s, the end-to-end
 rate for an accepted sample, and the fraction of the FLOP bound (docs/design.md, "FLOP estimates").
+
+`--cpu-side` (tiny profile, so that the models' own compute is negligible; one thread, everything in this process):
+per accepted sample, the CPU milliseconds of each CPU stage, of each model stage's work outside its models' forward
+passes (input preparation, post-processing), and of shard writing, at 1024² and 2048² synthetic photos; then the
+funnel of the fixed 64-photo set (`--photo-set DIR` also writes its shard there, for comparing two builds).
 """
 
 from __future__ import annotations
@@ -287,6 +292,173 @@ def bench_balance(photos: int, size: int, cpus: float, nodes: int) -> None:
         print(f"  shard {i + 1:2d}: ms/sample {measured}  actors (serving) {sizes}")
 
 
+def fixed_photo_set(directory: Path, count: int = 64) -> list[Path]:
+    """The fixed photo set of the CPU-side benchmark and the funnel comparison: photo-like synthetic images
+    (lambda_eclipse.synthetic) at 1024–2048 px with varied aspect ratios, mostly JPEG (some progressive, some
+    with an EXIF rotation, one CMYK, one grayscale), a few PNGs, and four below the resolution filter. The same
+    files on every run (seeded)."""
+    import numpy as np
+    from PIL import Image
+
+    from lambda_eclipse.synthetic import photo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(19)
+    paths = []
+    for i in range(count):
+        long_side = int(rng.integers(1024, 2049))
+        aspect = float(rng.choice([1.0, 1.0, 4 / 3, 3 / 2, 16 / 9]))
+        short_side = max(1024, round(long_side / aspect)) if i % 16 != 15 else 800  # 4 below the filter
+        width, height = (long_side, short_side) if i % 2 == 0 else (short_side, long_side)
+        image = photo(1000 + i, width, height)
+        path = directory / f"photo_{i:03d}.jpg"
+        if i % 13 == 5:
+            path = path.with_suffix(".png")
+            image.save(path)
+        elif i % 11 == 3:  # stored sideways with EXIF orientation 6 (rotate 90° clockwise to view)
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+        elif i == 7:
+            image.convert("CMYK").save(path, quality=90)
+        elif i == 9:
+            image.convert("L").save(path, quality=90)
+        else:
+            image.save(path, quality=90, progressive=i % 4 == 1)
+        paths.append(path)
+    return paths
+
+
+class _ForwardClock:
+    """Process CPU time spent inside the models' forward passes, per stage: the bench subtracts it from the
+    stage's CPU time, which leaves the work around the models (input preparation, post-processing)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, stage: str, obj, attr: str) -> None:
+        inner = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.process_time() - start
+
+        setattr(obj, attr, timed)
+
+    def install(self, stages) -> None:
+        for stage in stages:
+            if stage.name == "caption":
+                self.wrap("caption", stage.model, "generate")
+            elif stage.name == "boxes":
+                self.wrap("boxes", stage.detector.model, "forward")
+            elif stage.name == "masks":
+                for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+                    self.wrap("masks", getattr(stage.sam, part), "forward")
+            elif stage.name == "features":
+                self.wrap("features", stage.clip.model, "encode_image")
+                self.wrap("features", stage.clip.model, "forward_intermediates")
+
+
+def _nouns_forward(stage, clock: _ForwardClock) -> None:
+    """spaCy's `nlp.pipe` is the nouns stage's model: all of its time is the model's."""
+    nlp = stage.nlp
+    inner = nlp.pipe
+
+    def pipe(texts, *args, **kwargs):
+        start = time.process_time()
+        docs = list(inner(texts, *args, **kwargs))
+        clock.seconds["nouns"] = clock.seconds.get("nouns", 0.0) + time.process_time() - start
+        return iter(docs)
+
+    nlp.pipe = pipe
+
+
+def _cpu_side_run(stages, clip: dict, cfg, photos_dir: Path, out: Path, clock: _ForwardClock, batch: int = 16):
+    """Every stage over the photos of `photos_dir` in batches, then the shard; CPU seconds per stage."""
+    from storage.schema import feature_schema
+    from storage.shard_writer import ShardWriter
+    from storage.sources import plan_inputs
+    from tasks.pipeline import STAGE_NAMES
+
+    units = plan_inputs([str(photos_dir)], 10_000, cfg.input.extensions).units
+    samples = [s for u in units for s in u.iter_samples(cfg.input.extensions)]
+    clock.seconds.clear()
+    cpu: dict[str, float] = {}
+    for i in range(0, len(samples), batch):
+        chunk = samples[i : i + batch]
+        for stage in stages:
+            start = time.process_time()
+            stage(chunk)
+            cpu[stage.name] = cpu.get(stage.name, 0.0) + time.process_time() - start
+    start = time.process_time()
+    writer = ShardWriter(str(out), 0, feature_schema(clip["embed_dim"], clip["text_width"]),
+                         cfg.split.train_fraction, STAGE_NAMES)
+    for sample in samples:
+        writer.add(sample)
+    stats = writer.close({"description": str(photos_dir), "fingerprint": ""})
+    cpu["write"] = time.process_time() - start
+    return cpu, dict(clock.seconds), stats
+
+
+def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> None:
+    import cv2
+    import torch
+
+    from lambda_eclipse.synthetic import write_photos
+    from tasks.config import load_build_config
+    from tasks.features import describe_clip
+    from tasks.pipeline import build_stages
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    cfg = load_build_config()
+    stages = build_stages(cfg, "tiny")
+    clip = describe_clip(next(s for s in stages if s.name == "features"))  # type: ignore[arg-type]
+    clock = _ForwardClock()
+    clock.install(stages)
+    _nouns_forward(next(s for s in stages if s.name == "nouns"), clock)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-side-"))
+    warm = tmp / "warm"
+    write_photos(warm, 4, size=1024, start=500)
+    _cpu_side_run(stages, clip, cfg, warm, tmp / "warm_out", clock)  # first calls: allocator, lazy imports
+    print(f"CPU side of build-dataset (tiny profile, 1 thread, in one process), per accepted sample, CPU ms; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    totals = {}
+    for size in sizes:
+        photos = tmp / f"photos{size}"
+        write_photos(photos, n, size=size)
+        cpu, forward, stats = _cpu_side_run(stages, clip, cfg, photos, tmp / f"out{size}", clock)
+        accepted = max(1, stats["accepted"])
+        per = {name: seconds * 1000 / accepted for name, seconds in cpu.items()}
+        outside = {name: per[name] - forward.get(name, 0.0) * 1000 / accepted for name in per}
+        cpu_stages = {s.name: per[s.name] for s in stages if not s.uses_model}
+        model_stages = {s.name: outside[s.name] for s in stages if s.uses_model}
+        total = sum(cpu_stages.values()) + sum(model_stages.values()) + per["write"]
+        totals[size] = total
+        print(f"\n{size}² photos: {stats['accepted']} accepted of {stats['inputs']} "
+              f"(load average {os.getloadavg()[0]:.2f})")
+        print("  CPU stages:           " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_stages.items())
+              + f"  = {sum(cpu_stages.values()):.1f}")
+        print("  model stages outside their forward passes: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in model_stages.items()) + f"  = {sum(model_stages.values()):.1f}")
+        print("  (forward passes, tiny models, not counted: "
+              + ", ".join(f"{k} {forward.get(k, 0.0) * 1000 / accepted:.1f}" for k in model_stages) + ")")
+        print(f"  shard writing:        {per['write']:.1f}")
+        print(f"  total:                {total:.1f} ms")
+    if photo_set is not None:
+        photos = tmp / "photo_set"
+        fixed_photo_set(photos)
+        _, _, stats = _cpu_side_run(stages, clip, cfg, photos, photo_set, clock)
+        print(f"\nfixed photo set (64 photos, 1024–2048 px): {stats['accepted']} accepted; shard in {photo_set}")
+        for row in stats["funnel"]:
+            print(f"  {row['stage']:17s} in {row['in']:3d}  rejected {row['rejected']:3d}")
+    for size in sizes:
+        print(f"CPU per accepted sample at {size}²: {totals[size]:.0f} ms")
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
@@ -302,11 +474,17 @@ def main() -> None:
                       help="only the pools the placement gives on bigger cluster shapes, and the throughput predicted")
     args.add_argument("--balance", action="store_true",
                       help="only the pool sizes over time of a build rebalanced after every shard, from equal pools")
+    args.add_argument("--cpu-side", action="store_true", help="CPU per accepted sample around the models (tiny)")
+    args.add_argument("--sizes", default="1024,2048", help="photo sides for --cpu-side")
+    args.add_argument("--count", type=int, default=24, help="photos per size for --cpu-side")
+    args.add_argument("--photo-set", type=Path, help="--cpu-side: also build the fixed 64-photo set's shard here")
     ns = args.parse_args()
     if ns.placement:
         bench_placement()
     elif ns.balance:
         bench_balance(ns.n1, min(ns.size, 256), ns.cpus, ns.nodes)
+    elif ns.cpu_side:
+        bench_cpu_side(ns.count, tuple(int(s) for s in ns.sizes.split(",")), ns.photo_set)
     elif ns.profile == "tiny":
         if ns.tars:
             bench_planning(ns.tars, 50)

@@ -123,7 +123,10 @@ def contact_sheet(
         for parts in _samples(tar_path):
             meta = json.loads(parts["json"])
             image = Image.open(io.BytesIO(parts["jpg"]))
-            mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"])))
+            mask_image = Image.open(io.BytesIO(parts["mask.png"]))
+            if mask_image.size != image.size:  # masks at their own resolution (docs/shard-contract.md)
+                mask_image = mask_image.resize(image.size, Image.Resampling.NEAREST)
+            mask = np.asarray(mask_image)
             tiles.append(_tile(image, mask, meta, size))
             if len(tiles) >= limit:
                 break

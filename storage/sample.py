@@ -46,9 +46,9 @@ class Detection:
     noun: str
     start: int  # the noun's character span in the caption
     end: int
-    box: np.ndarray  # (4,) float32 x0, y0, x1, y1 in pixels of the decoded image
+    box: np.ndarray  # (4,) float32 x0, y0, x1, y1 in pixels of `Sample.image` (the shard stores photo pixels)
     logit: float
-    mask: np.ndarray | None = None  # (H, W) bool, full image
+    mask: np.ndarray | None = None  # (h, w) bool, at the resolution of `Sample.image`
     mask_ratio: float | None = None  # mask pixels inside the box / box area
     token_positions: list[int] = field(default_factory=list)  # CLIP token indices of the noun
     crop: np.ndarray | None = None  # (S, S, 3) uint8, mask on white, padded square
@@ -62,7 +62,15 @@ class Sample:
     ref: SourceRef
     source_caption: str | None = None  # the input's own caption (.txt/.json), kept as metadata
     data: bytes | None = None  # encoded bytes already read (a tar member streamed on the worker); else ref.read()
-    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, EXIF orientation applied
+    # The photo's size (EXIF orientation applied), from its header: what the resolution filter checks and the
+    # frame of the boxes the shard stores. 0: unknown, the image's own size.
+    width: int = 0
+    height: int = 0
+    # (h, w, 3) uint8 RGB, EXIF orientation applied, decoded at the working resolution (tasks/decode.py: no larger
+    # than the models and crops use), so h ≤ height and w ≤ width
+    image: np.ndarray | None = None
+    jpeg: bytes | None = None  # what the shard's <key>.jpg holds: the original bytes, or one re-encode
+    reencoded: str | None = None  # why the photo was re-encoded (None: `jpeg` is the input's own bytes)
     caption: str | None = None
     nouns: list[Noun] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
@@ -77,11 +85,28 @@ class Sample:
     def reject_at(self, stage: str, reason: str) -> None:
         """Reject, and drop the pixels at once: a rejected sample travels on as a few hundred bytes."""
         self.reject = Reject(stage, reason)
-        self.data = self.image = self.edge = None
+        self.data = self.image = self.edge = self.jpeg = None
         self.detections, self.subjects, self.features = [], [], {}
 
     def read(self) -> bytes:
         return self.data if self.data is not None else self.ref.read()
+
+    def photo_size(self) -> tuple[int, int]:
+        """(width, height) of the photo the shard stores: the header's, else the image's own."""
+        if self.width and self.height:
+            return self.width, self.height
+        image = self.image
+        if image is None:
+            raise ValueError(f"sample {self.key}: no size known (not decoded)")
+        return image.shape[1], image.shape[0]
+
+    def box_scale(self) -> tuple[float, float]:
+        """Photo pixels per pixel of `image` (x, y): boxes are found on the image and stored in photo pixels."""
+        width, height = self.photo_size()
+        image = self.image
+        if image is None:
+            return 1.0, 1.0
+        return width / image.shape[1], height / image.shape[0]
 
     @property
     def accepted(self) -> bool:

@@ -93,8 +93,13 @@ def _fixed(values: list[np.ndarray], dtype: pa.DataType, size: int) -> pa.FixedS
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.astype(dtype.to_pandas_dtype()), type=dtype), size)
 
 
+def photo_box(box: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """A box found on the stages' image, in pixels of the photo (`Sample.box_scale`): what the shard stores."""
+    return np.asarray(box, np.float64) * np.array([sx, sy, sx, sy])
+
+
 def feature_table(samples: list[Sample], splits: list[str], schema: pa.Schema) -> pa.Table:
-    """One row per accepted sample, in the order given."""
+    """One row per accepted sample, in the order given. Sizes and boxes are the photo's (the tar's `<key>.jpg`)."""
     d = int(schema.metadata[b"embed_dim"])
     w = int(schema.metadata[b"text_width"])
     f = [s.features for s in samples]
@@ -105,7 +110,7 @@ def feature_table(samples: list[Sample], splits: list[str], schema: pa.Schema) -
                 "char_start": t.start,
                 "char_end": t.end,
                 "token_positions": list(t.token_positions),
-                "box": [float(x) for x in t.box],
+                "box": [float(x) for x in photo_box(t.box, *s.box_scale())],
                 "logit": float(t.logit),
                 "mask_ratio": None if t.mask_ratio is None else float(t.mask_ratio),
             }
@@ -122,8 +127,8 @@ def feature_table(samples: list[Sample], splits: list[str], schema: pa.Schema) -
         "source": pa.array([s.source for s in samples], pa.string()),
         "split": pa.array(splits, pa.string()),
         "caption": pa.array([s.caption for s in samples], pa.string()),
-        "width": pa.array([required(s.image, "sample.image").shape[1] for s in samples], pa.int32()),
-        "height": pa.array([required(s.image, "sample.image").shape[0] for s in samples], pa.int32()),
+        "width": pa.array([s.photo_size()[0] for s in samples], pa.int32()),
+        "height": pa.array([s.photo_size()[1] for s in samples], pa.int32()),
         "subjects": pa.array(subjects, pa.list_(SUBJECT)),
         "token_ids": _fixed([x["token_ids"] for x in f], pa.int32(), CONTEXT_LENGTH),
         "attention_mask": _fixed([x["attention_mask"] for x in f], pa.int8(), CONTEXT_LENGTH),

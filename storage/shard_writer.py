@@ -32,7 +32,7 @@ from storage.layout import (
     write_json_atomic,
 )
 from storage.sample import Sample
-from storage.schema import REJECTS, feature_table
+from storage.schema import REJECTS, feature_table, photo_box
 
 ROW_GROUP = 256
 
@@ -44,22 +44,58 @@ def split_of(key: str, train_fraction: float) -> str:
 
 
 def _png(array: np.ndarray) -> bytes:
+    """PNG of a label mask (H, W) or an RGB crop (H, W, 3), losslessly, at a fast compression: the masks at zlib
+    level 1 (PIL); crops, photographic, through OpenCV with zlib's run-length strategy, which is both faster and
+    smaller on them than PIL's default filters and level."""
+    if array.ndim == 3:
+        import cv2
+
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            raise ValueError(f"cannot encode a {array.shape} {array.dtype} PNG")
+        return encoded.tobytes()
+    # A label mask as a palette PNG with the identity grey palette: read as indices (np.asarray) or as grey
+    # levels (convert("L"), webdataset's "l8") it gives the labels; PNG writers filter palette images with "none",
+    # which makes zlib level 1 twice as fast here as on the same mask in mode L.
+    image = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array, np.uint8).tobytes())
+    image.putpalette(_GREY_PALETTE)
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+_GREY_PALETTE = [v for i in range(256) for v in (i, i, i)]
+
+
+JPEG_QUALITY = 95
 
 
 def _jpg(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    Image.fromarray(array).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return buf.getvalue()
 
 
+def photo_jpeg(sample: Sample) -> tuple[bytes, dict]:
+    """The bytes of <key>.jpg and what the sample JSON says of them: the input's own bytes ("original"), or the one
+    re-encode the decode stage made and why ("reencoded"); a sample that carries no bytes (built in memory) has its
+    image encoded here."""
+    if sample.jpeg is not None:
+        if sample.reencoded is None:
+            return sample.jpeg, {"source": "original"}
+        return sample.jpeg, {"source": "reencoded", "reason": sample.reencoded, "quality": JPEG_QUALITY}
+    image = required(sample.image, "image")
+    reason = "no input bytes: encoded from the decoded image"
+    return _jpg(image), {"source": "reencoded", "reason": reason, "quality": JPEG_QUALITY}
+
+
 def _label_mask(sample: Sample, image: np.ndarray) -> np.ndarray:
-    """0 = background, i + 1 = subject i; a higher-logit subject wins where masks overlap."""
+    """0 = background, i + 1 = subject i; a higher-logit subject wins where masks overlap. At the masks' own
+    resolution: the stages' image (tasks/decode.py's working resolution, about SAM's), not the photo's."""
     labels = np.zeros(image.shape[:2], np.uint8)
     for i in reversed(range(len(sample.subjects))):
-        labels[sample.subjects[i].mask] = i + 1
+        labels[required(sample.subjects[i].mask, "subject mask")] = i + 1
     return labels
 
 
@@ -161,25 +197,34 @@ class ShardWriter:
         image = required(sample.image, "image")
         split = split_of(sample.key, self.train_fraction)
         self._splits[split] += 1
+        jpeg, provenance = photo_jpeg(sample)
+        width, height = sample.photo_size()
+        sx, sy = sample.box_scale()
+        labels = _label_mask(sample, image)
         member = {
             "__key__": sample.key,
-            "jpg": _jpg(image),
+            "jpg": jpeg,
             "json": json.dumps(
                 {
                     "key": sample.key,
                     "source": sample.source,
                     "split": split,
+                    "width": width,
+                    "height": height,
+                    "jpeg": provenance,
+                    "mask_size": list(labels.shape),
                     "caption": sample.caption,
                     "source_caption": sample.source_caption,
                     "nouns": [n.text for n in sample.nouns],
                     "subjects": [
-                        {"noun": t.noun, "box": [round(float(x), 2) for x in t.box], "logit": round(float(t.logit), 4)}
+                        {"noun": t.noun, "box": [round(float(x), 2) for x in photo_box(t.box, sx, sy)],
+                         "logit": round(float(t.logit), 4)}
                         for t in sample.subjects
                     ],
                     "dropped_subjects": sample.dropped_subjects,
                 }
             ).encode(),
-            "mask.png": _png(_label_mask(sample, image)),
+            "mask.png": _png(labels),
         }
         for i, subject in enumerate(sample.subjects):
             member[f"subj{i}.png"] = _png(required(subject.crop, "subject crop"))

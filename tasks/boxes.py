@@ -57,15 +57,31 @@ class Boxes(ModelStage):
         for i in range(0, len(samples), self.batch_size):
             self._detect(samples[i : i + self.batch_size])
 
+    def pixels(self, batch: list[Sample]):
+        """GroundingDinoImageProcessor's resize (bilinear, shortest/longest edge), rescale, normalisation and batch
+        padding with its pixel mask, in torch on the model's device from each sample's image
+        (lambda_eclipse.models.pixels)."""
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        from lambda_eclipse.models.pixels import normalised, padded_batch, resized_pixels
+
+        ip = self.detector.processor.image_processor
+        images = []
+        for sample in batch:
+            image = required(sample.image, "sample.image")
+            shortest, longest = ip.size["shortest_edge"], ip.size["longest_edge"]
+            height, width = get_size_with_aspect_ratio(image.shape[:2], shortest, longest)
+            pixels = resized_pixels(image, self.device, height, width, "bilinear")
+            images.append(normalised(pixels, ip.rescale_factor, ip.image_mean, ip.image_std))
+        return padded_batch(images)
+
     def _detect(self, batch: list[Sample]) -> None:
         import torch
 
         processor = self.detector.processor
-        # transformers types a processor's **kwargs as the nested text_kwargs/images_kwargs form only; the flat
-        # tokenizer keywords it documents and merges are left out
-        inputs = processor(
-            images=[s.image for s in batch], text=[prompt(s) for s in batch], padding=True, return_tensors="pt"  # pyright: ignore[reportCallIssue]
-        ).to(self.device)
+        inputs = dict(processor.tokenizer([prompt(s) for s in batch], padding=True, return_tensors="pt"))
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"], inputs["pixel_mask"] = self.pixels(batch)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         # Autocast covers the float32 tensors the model creates internally when its weights are bfloat16.
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):

@@ -19,15 +19,21 @@ WHITE = 255
 def subject_crop(image: np.ndarray, det: Detection, size: int) -> np.ndarray:
     """Mask on white, cropped to the box, padded to a centred square with white, resized to size × size.
 
-    Padding before resizing keeps the subject's aspect ratio.
+    Padding before resizing keeps the subject's aspect ratio. On uint8 at the box's size, through OpenCV (a masked
+    copy onto white, a constant border): no float or full-image temporaries.
     """
+    mask = required(det.mask, "det.mask")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and image {image.shape[:2]} differ in size")
     x0, y0, x1, y1 = pixel_bounds(det.box, *image.shape[:2])
-    crop = np.where(required(det.mask, "det.mask")[y0:y1, x0:x1, None], image[y0:y1, x0:x1], WHITE).astype(np.uint8)
-    height, width = crop.shape[:2]
+    height, width = y1 - y0, x1 - x0
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
-    square = np.full((side, side, 3), WHITE, np.uint8)
-    square[top : top + height, left : left + width] = crop
+    crop = np.full((height, width, 3), WHITE, np.uint8)
+    inside = np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8)  # bool as 0/1 bytes: OpenCV's mask
+    crop = cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]), inside, crop)
+    square = cv2.copyMakeBorder(crop, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT,
+                                value=(WHITE, WHITE, WHITE))
     # Area averaging when shrinking (no aliasing), bicubic when enlarging: OpenCV's recommended pair.
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(square, (size, size), interpolation=interpolation)

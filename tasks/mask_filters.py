@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
@@ -15,7 +17,8 @@ def mask_ratio(det: Detection) -> float:
     """Mask pixels inside the box / the box's pixels: low when SAM found no object filling the box."""
     mask = required(det.mask, "det.mask")
     x0, y0, x1, y1 = pixel_bounds(det.box, *mask.shape)
-    return float(mask[y0:y1, x0:x1].mean())
+    region = mask[y0:y1, x0:x1]
+    return np.count_nonzero(region) / region.size
 
 
 @dataclass

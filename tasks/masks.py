@@ -1,8 +1,10 @@
 """SAM masks for every detected box: one image-encoder call per batch of images, one decoder call per image.
 
 Preprocessing is SamPredictor's (resize the longest side to the encoder's size, normalise, pad), done per image
-so that the encoder, where nearly all of SAM's compute is, runs once over the stacked batch. Masks only: the
-mask/box and containment filters belong to the next stage.
+in torch on the model's device (lambda_eclipse/models/pixels.py), so that the encoder, where nearly all of SAM's
+compute is, runs once over the stacked batch. The masks are upsampled to the size of the sample's image (the
+working resolution, tasks/decode.py: about SAM's own), never to the full photo. Masks only: the mask/box and
+containment filters belong to the next stage.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ class Masks(ModelStage):
     def load(self) -> None:
         # Imported here, in the actor: torch and SAM load where the model runs, not when the stage list is read.
         # segment_anything after lambda_eclipse.models, whose import makes torchvision (which it imports) loadable.
-        from segment_anything.utils.transforms import ResizeLongestSide
+        from lambda_eclipse.models.pixels import resized_pixels, upsampled_masks  # isort: skip
+        from lambda_eclipse.models.sam import load_sam  # isort: skip
+        from segment_anything.utils.transforms import ResizeLongestSide  # isort: skip
 
-        from lambda_eclipse.models.sam import load_sam
+        self._resized_pixels, self._upsampled_masks = resized_pixels, upsampled_masks
 
         self.sam = load_sam(self.profile, self.models, self.device, self.dtype)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
@@ -41,16 +45,19 @@ class Masks(ModelStage):
 
     def _segment(self, batch: list[Sample]) -> None:
         import torch
+        import torch.nn.functional as F
 
         sam = self.sam
+        side = sam.image_encoder.img_size
         # Autocast covers the float32 tensors SAM creates internally when its weights are bfloat16.
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            resized = [
-                torch.as_tensor(self.transform.apply_image(required(s.image, "sample.image")), device=self.device)
-                .permute(2, 0, 1)
-                for s in batch
-            ]
-            pixels = torch.cat([sam.preprocess(image[None].float()) for image in resized])
+            resized = []
+            for s in batch:
+                image = required(s.image, "sample.image")
+                # SamPredictor's ResizeLongestSide (bilinear, antialiased), in torch on the device
+                shape = self.transform.get_preprocess_shape(image.shape[0], image.shape[1], side)
+                resized.append(self._resized_pixels(image, self.device, *shape))
+            pixels = torch.cat([sam.preprocess(image) for image in resized])
             embeddings = sam.image_encoder(pixels.to(self.dtype))
             for sample, image, embedding in zip(batch, resized, embeddings):
                 original_size = required(sample.image, "sample.image").shape[:2]
@@ -65,7 +72,11 @@ class Masks(ModelStage):
                     dense_prompt_embeddings=dense,
                     multimask_output=False,
                 )
-                logits = sam.postprocess_masks(low_res.float(), tuple(image.shape[-2:]), original_size)
-                masks = (logits[:, 0] > sam.mask_threshold).cpu().numpy()
+                # Sam.postprocess_masks: to the padded input size, crop the padding, then to the image's size (the
+                # stored mask size), no further
+                logits = F.interpolate(low_res.float(), (side, side), mode="bilinear", align_corners=False)
+                logits = logits[..., : image.shape[-2], : image.shape[-1]]
+                height, width = original_size
+                masks = self._upsampled_masks(logits, height, width, sam.mask_threshold)
                 for det, mask in zip(sample.detections, masks):
                     det.mask = mask

@@ -28,6 +28,8 @@ from tasks.config import BuildConfig
 from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
 
 WINDOW = 3  # batches of one unit in flight at once
+# Fields the unit keeps for the shard and no model stage reads: never sent to an actor (the photo's bytes, ~1-3 MB)
+UNIT_ONLY = ("jpeg",)
 
 
 class ActorsGone(RuntimeError):
@@ -91,7 +93,7 @@ class UnitRunner:
                     if value is not None and name not in shared:
                         shared[name] = ray.put(value)
                 refs.append({k: v for k, v in shared.items() if getattr(sample, k) is not None})
-                light = _without(sample, PIXELS)
+                light = _without(sample, PIXELS + UNIT_ONLY)
                 sent.append(light)
             batch.live, batch.actor = live, actor
             batch.ref = actor.run.remote(process_batch, sent, refs)
@@ -101,7 +103,7 @@ class UnitRunner:
         for i, result in zip(batch.live, results, strict=True):
             mine = batch.samples[i]
             if result.accepted:
-                for name in PIXELS:
+                for name in PIXELS + UNIT_ONLY:
                     setattr(result, name, getattr(mine, name))
             batch.samples[i] = result
         batch.ref, batch.live, batch.actor = None, [], None

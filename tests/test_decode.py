@@ -14,8 +14,13 @@ from tasks.resolution import ResolutionFilter
 
 
 def decode(path, cfg=None, **ref):
+    """Decode alone; by default with resolution.min_side=1, so that small test images are decoded (the stage does not
+    decode a photo that the resolution filter will reject)."""
+    if cfg is None:
+        cfg = BuildConfig()
+        cfg.resolution.min_side = 1
     sample = Sample(key="k", source="s", ref=SourceRef(str(path), **ref))
-    Decode.create(cfg or BuildConfig())([sample])
+    Decode.create(cfg)([sample])
     return sample
 
 
@@ -218,3 +223,166 @@ def test_rejected_sample_is_untouched(tmp_path):
     sample.reject_at("earlier", "why")
     Decode.create(BuildConfig())([sample])
     assert sample.reject == Reject("earlier", "why") and sample.image is None
+
+
+# --- decode once, at the working resolution; the bytes the shard keeps (issue 19) ---
+
+
+def photo_file(tmp_path, name, width, height, seed=0, **save):
+    from lambda_eclipse.synthetic import photo
+
+    path = tmp_path / name
+    photo(seed, width, height).save(path, **save)
+    return path
+
+
+def test_working_size_gives_each_model_what_it_uses():
+    from tasks.decode import working_size
+
+    assert working_size(2048, 2048, 512) == (1024, 1024)  # SAM's long side
+    assert working_size(1024, 1024, 512) == (1024, 1024)  # never enlarged
+    assert working_size(3000, 2000, 512) == (1200, 800)  # Grounding DINO: 800 on the short side (≤ 1333 long) …
+    assert working_size(1024, 4096, 512) == (512, 2048)  # … and Canny's edge.size on the short side
+    assert working_size(800, 600, 512) == (800, 600)
+    assert working_size(4096, 4096, 0) == (4096, 4096)  # edge.size 0: Canny at the photo's own resolution
+
+
+def test_a_2048_jpeg_decodes_at_1024_keeps_its_size_and_bytes(tmp_path):
+    path = photo_file(tmp_path, "big.jpg", 2048, 2048, quality=90)
+    sample = decode(path, BuildConfig())
+    assert sample.accepted and sample.image is not None
+    assert sample.image.shape == (1024, 1024, 3) and sample.image.flags.writeable
+    assert (sample.width, sample.height) == (2048, 2048)
+    assert sample.jpeg == path.read_bytes() and sample.reencoded is None  # the original bytes, no second generation
+    with Image.open(path) as full:  # the DCT-domain downscale is close to a full decode, area-averaged
+        reference = np.asarray(full.convert("RGB").resize((1024, 1024), Image.Resampling.BOX), np.float32)
+    assert np.abs(sample.image.astype(np.float32) - reference).mean() < 2.0
+
+
+def test_a_size_off_the_draft_steps_is_resized_to_the_exact_working_size(tmp_path):
+    sample = decode(photo_file(tmp_path, "odd.jpg", 1500, 1200, quality=90), BuildConfig())
+    assert sample.image is not None and sample.image.shape == (819, 1024, 3)
+    assert (sample.width, sample.height) == (1500, 1200) and sample.reencoded is None
+
+
+def test_a_photo_the_resolution_filter_rejects_is_not_decoded(tmp_path):
+    sample = decode(photo_file(tmp_path, "small.jpg", 900, 1400, quality=90), BuildConfig())
+    assert sample.accepted and sample.image is None and (sample.width, sample.height) == (900, 1400)
+    ResolutionFilter.create(BuildConfig())([sample])
+    assert rejected(sample) == Reject("resolution", "900×1400 px: shorter side 900 < resolution.min_side=1024")
+
+
+@pytest.mark.parametrize(
+    ("mode", "save", "reason"),
+    [
+        ("RGB", {"format": "PNG"}, "PNG is not JPEG"),
+        ("CMYK", {"format": "JPEG", "quality": 90}, "CMYK JPEG"),
+        ("L", {"format": "JPEG", "quality": 90}, "L JPEG"),
+        ("P", {"format": "PNG"}, "PNG is not JPEG"),
+    ],
+    ids=["png", "cmyk", "grayscale", "palette"],
+)
+def test_a_photo_that_is_not_an_rgb_jpeg_is_reencoded_once_with_the_reason(tmp_path, mode, save, reason):
+    from lambda_eclipse.synthetic import photo
+
+    path = tmp_path / "p.img"
+    photo(1, 1200, 1100).convert(mode).save(path, **save)
+    sample = decode(path, BuildConfig())
+    assert sample.accepted and sample.reencoded == reason
+    assert sample.jpeg is not None and sample.jpeg != path.read_bytes()
+    with Image.open(io.BytesIO(sample.jpeg)) as stored:
+        assert (stored.format, stored.mode, stored.size) == ("JPEG", "RGB", (1200, 1100))  # full size, RGB
+    assert sample.image is not None and sample.image.shape == (939, 1024, 3)  # SAM: 1024 on the long side
+
+
+def test_exif_rotation_is_applied_to_the_stored_jpeg_and_the_size(tmp_path):
+    from lambda_eclipse.synthetic import photo
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "r.jpg"
+    photo(2, 1600, 1200).save(path, quality=90, exif=exif)  # stored 1600 wide, displayed 1200 wide
+    sample = decode(path, BuildConfig())
+    assert sample.reencoded == "EXIF orientation 6" and (sample.width, sample.height) == (1200, 1600)
+    assert sample.image is not None and sample.image.shape == (1067, 800, 3)  # Grounding DINO: 800 on the short side
+    assert sample.jpeg is not None
+    with Image.open(io.BytesIO(sample.jpeg)) as stored:
+        assert stored.size == (1200, 1600) and stored.getexif().get(0x0112, 1) == 1
+
+
+# --- GPU JPEG decoding (nvJPEG through torchvision), with the CPU path as fallback ---
+
+
+def test_no_gpu_decoder_here_means_the_cpu_path():
+    import torch
+
+    from tasks.decode import jpeg_device
+
+    if not torch.cuda.is_available():
+        assert jpeg_device() is None
+
+
+def _gpu_stand_in(calls):
+    """decode_jpegs_on_device's contract, on the CPU: full decode, area resize to each size."""
+    import cv2
+
+    def decode_jpegs_on_device(datas, sizes, device):
+        calls.append((len(datas), device))
+        out = []
+        for data, (w, h) in zip(datas, sizes):
+            with Image.open(io.BytesIO(data)) as image:
+                if data.startswith(b"\xff\xd8") and len(data) < 2000:
+                    raise RuntimeError("nvjpeg: corrupt data")  # the stand-in's damaged file
+                out.append(cv2.resize(np.array(image.convert("RGB")), (w, h), interpolation=cv2.INTER_AREA))
+        return out
+
+    return decode_jpegs_on_device
+
+
+def test_rgb_jpegs_go_to_the_device_in_one_batch_and_the_rest_decode_here(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    calls = []
+    monkeypatch.setattr(decode_module, "jpeg_device", lambda: "cuda:fake")
+    monkeypatch.setattr(decode_module, "decode_jpegs_on_device", _gpu_stand_in(calls))
+    paths = [photo_file(tmp_path, f"{i}.jpg", 2048, 1536, seed=i, quality=90) for i in range(2)]
+    paths.append(photo_file(tmp_path, "p.png", 1200, 1200, seed=3))
+    samples = [Sample(key=str(i), source="s", ref=SourceRef(str(p))) for i, p in enumerate(paths)]
+    Decode.create(BuildConfig())(samples)
+    assert calls == [(2, "cuda:fake")]  # the two RGB JPEGs, in one call; the PNG decoded (and re-encoded) here
+    for sample, path in zip(samples[:2], paths):
+        assert sample.image is not None and sample.image.shape == (800, 1067, 3)
+        assert sample.jpeg == path.read_bytes() and sample.reencoded is None
+    assert samples[2].image is not None and samples[2].reencoded == "PNG is not JPEG"
+
+
+def test_a_failing_device_batch_is_decoded_one_by_one_on_the_cpu(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "jpeg_device", lambda: "cuda:fake")
+    monkeypatch.setattr(decode_module, "decode_jpegs_on_device", _gpu_stand_in([]))
+    good = photo_file(tmp_path, "good.jpg", 1024, 1024, quality=90)
+    cfg = BuildConfig()
+    cfg.resolution.min_side = 16
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.jpg"
+    data = jpeg_bytes(small)
+    cut.write_bytes(data[: len(data) * 3 // 4])  # a header that reads, a body that does not
+    samples = [Sample(key=str(i), source="s", ref=SourceRef(str(p))) for i, p in enumerate([good, cut])]
+    Decode.create(cfg)(samples)
+    assert samples[0].accepted and samples[0].image is not None and samples[0].image.shape == (1024, 1024, 3)
+    reject = rejected(samples[1])
+    assert reject.stage == "decode" and reject.reason.startswith("cannot decode image")
+
+
+def test_runtime_device_cpu_keeps_decoding_off_the_gpu(tmp_path, monkeypatch):
+    import tasks.decode as decode_module
+
+    def unexpected():
+        raise AssertionError("runtime.device=cpu must not look for a GPU decoder")
+
+    monkeypatch.setattr(decode_module, "jpeg_device", unexpected)
+    cfg = BuildConfig()
+    cfg.runtime.device = "cpu"
+    sample = decode(photo_file(tmp_path, "a.jpg", 1024, 1024, quality=90), cfg)
+    assert sample.image is not None and sample.image.shape == (1024, 1024, 3)

@@ -127,3 +127,103 @@ def test_atomic_json_has_no_temporary_left(tmp_path):
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# --- what the tar holds (issue 19): the photo's own bytes or one re-encode, masks at their own resolution ---
+
+
+def _tar_members(tar) -> dict[str, dict[str, bytes]]:
+    import tarfile
+
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar) as t:
+        for info in t:
+            key, _, ext = info.name.partition(".")
+            reader = t.extractfile(info)
+            assert reader is not None
+            members.setdefault(key, {})[ext] = reader.read()
+    return members
+
+
+def test_the_tar_keeps_the_photo_bytes_and_says_so_or_why_it_reencoded(tmp_path):
+    import io
+
+    from PIL import Image
+
+    _meta(tmp_path)
+    kept, converted = featured_sample("kept"), featured_sample("converted")
+    original = b"\xff\xd8 the input's own JPEG bytes \xff\xd9"
+    kept.jpeg, kept.width, kept.height = original, 112, 96  # the photo is twice the stages' 56 × 48 image
+    buf = io.BytesIO()
+    Image.new("RGB", (112, 96), (9, 9, 9)).save(buf, "JPEG", quality=95)
+    converted.jpeg, converted.reencoded, converted.width, converted.height = buf.getvalue(), "PNG is not JPEG", 112, 96
+    _write(tmp_path, 0, [kept, converted])
+    members = _tar_members(shard_paths(tmp_path, 0)["tar"])
+    assert members["kept"]["jpg"] == original
+    assert members["converted"]["jpg"] == buf.getvalue()
+    meta = json.loads(members["kept"]["json"])
+    assert meta["jpeg"] == {"source": "original"}
+    assert (meta["width"], meta["height"], meta["mask_size"]) == (112, 96, [48, 56])
+    assert meta["subjects"][0]["box"] == [10.0, 10.0, 50.0, 40.0]  # found at 56 × 48, stored in photo pixels
+    assert json.loads(members["converted"]["json"])["jpeg"] == {
+        "source": "reencoded", "reason": "PNG is not JPEG", "quality": 95
+    }
+    row = next(iter(iter_samples(tmp_path)))
+    assert (row["width"], row["height"]) == (112, 96)
+    assert row["subjects"][0]["box"] == [10.0, 10.0, 50.0, 40.0]
+
+
+def test_mask_round_trip_at_its_own_resolution(tmp_path):
+    import io
+
+    from PIL import Image
+
+    _meta(tmp_path)
+    sample = featured_sample("m")
+    sample.width, sample.height = 224, 192  # the photo; masks stay at the stages' 56 × 48
+    _write(tmp_path, 0, [sample])
+    parts = _tar_members(shard_paths(tmp_path, 0)["tar"])["m"]
+    labels = np.asarray(Image.open(io.BytesIO(parts["mask.png"])))
+    assert labels.shape == (48, 56) and labels.dtype == np.uint8
+    first, second = (s.mask for s in sample.subjects)
+    assert first is not None and second is not None
+    np.testing.assert_array_equal(labels == 1, first)  # the higher-logit subject wins the overlap
+    np.testing.assert_array_equal(labels == 2, second & ~first)
+    crop = np.asarray(Image.open(io.BytesIO(parts["subj0.png"])))
+    np.testing.assert_array_equal(crop, sample.subjects[0].crop)  # lossless
+
+
+def test_a_dataset_of_the_earlier_layout_still_reads_validates_and_draws(tmp_path):
+    """tests/data/old_layout_dataset was written by the shard writer before issue 19 (c71a9d0): a q95 re-encode of
+    the decoded image, a mask PNG of the photo's size, no width/height/jpeg/mask_size in the sample JSON."""
+    import shutil
+    from pathlib import Path
+
+    from storage.report import contact_sheet
+    from storage.validate import validate
+
+    root = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "old_layout_dataset", root)
+    assert validate(str(root)).ok
+    rows = list(iter_samples(root))
+    assert [r["key"] for r in rows] == [f"old{i}" for i in range(4)]
+    assert rows[0]["subject_embeddings"].shape == (2, 8)
+    meta = json.loads(_tar_members(shard_paths(root, 0)["tar"])["old0"]["json"])
+    assert "jpeg" not in meta
+    assert contact_sheet(str(root), [0], str(tmp_path / "sheet.png")) is not None
+
+
+def test_contact_sheet_draws_masks_smaller_than_the_photo(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from storage.report import contact_sheet
+
+    _meta(tmp_path)
+    sample = featured_sample("c")
+    buf = io.BytesIO()
+    Image.new("RGB", (112, 96), (9, 9, 9)).save(buf, "JPEG")
+    sample.jpeg, sample.width, sample.height = buf.getvalue(), 112, 96
+    _write(tmp_path, 0, [sample])
+    assert contact_sheet(str(tmp_path), [0], str(tmp_path / "sheet.png")) is not None

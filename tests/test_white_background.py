@@ -42,3 +42,12 @@ def test_rejected_sample_is_untouched():
     sample = sample_with_white(10_000)
     sample.reject_at("decode", "why")
     assert run(sample).reject == Reject("decode", "why")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.8, 0.9, 0.999, 1.0])
+def test_the_uint8_count_is_the_per_channel_comparison(threshold):
+    from tasks.white_background import white_fraction
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(180, 256, (64, 48, 3), dtype=np.uint8)
+    assert white_fraction(image, threshold) == pytest.approx(float(np.all(image > threshold * 255, axis=-1).mean()))

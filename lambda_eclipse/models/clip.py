@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import PreprocessCfg
@@ -24,6 +23,7 @@ from open_clip.transformer import VisionTransformer
 from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded  # imported before this module: makes torchvision importable on CPU torch
+from lambda_eclipse.models.pixels import resized_pixels
 
 CONTEXT_LENGTH = 77
 # All of open_clip's CLIP models, bigG included, share the CLIP BPE tokenizer; its vocabulary ships with
@@ -75,17 +75,16 @@ class ClipBundle:
 
         Sizes and crop offsets follow torchvision's Resize(int)/CenterCrop. Antialiased bicubic is PIL's filter;
         run on the GPU in one pass it differs from PIL's by a few 8-bit levels at most (PIL rounds to uint8
-        between its horizontal and vertical passes), and it spares the actor's CPU a PIL resize per image.
+        between its horizontal and vertical passes), and it spares the actor's CPU a PIL resize per image; on a CPU
+        device it runs on the uint8 pixels (lambda_eclipse.models.pixels).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {image.shape} {image.dtype}")
-        x = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float()
         size = self.image_size
         h, w = image.shape[:2]
         if min(h, w) != size:
             h, w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-            x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)
+        x = resized_pixels(image, self.device, h, w, mode="bicubic")
         top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
         x = x[..., top : top + size, left : left + size]
         return (x / 255 - self._mean) / self._std
