@@ -68,14 +68,15 @@ class Generator:
         if spec not in self._subjects:
             what = f"subject {spec.word!r}"
             image = read_image(spec.image, what)
+            size = self.checkpoint.crop_size()  # the crops the prior was trained on
             if spec.mask is not None:
-                crop, how = mask_crop(image, read_mask(spec.mask, image.shape[:2], what), spec.word), "mask"
+                crop, how = mask_crop(image, read_mask(spec.mask, image.shape[:2], what), spec.word, size), "mask"
             elif self.segmenter is not None:
                 mask = self.segmenter.mask(image, spec.word)
-                crop, how = ((mask_crop(image, mask, spec.word), "segmented") if mask is not None
-                             else (as_given(image), NO_BOX))
+                crop, how = ((mask_crop(image, mask, spec.word, size), "segmented") if mask is not None
+                             else (as_given(image, size), NO_BOX))
             else:
-                crop, how = as_given(image), "as given"
+                crop, how = as_given(image, size), "as given"
             self._subjects[spec] = SubjectEmbedding(self.clip.encode_images([crop])[0], crop, how)
         return self._subjects[spec]
 

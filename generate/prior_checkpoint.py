@@ -23,11 +23,13 @@ from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from storage.layout import read_json, sha256_file
+from tasks.config import SubjectsConfig
 
 CONFIG, WEIGHTS, FINAL = CONFIG_NAME, WEIGHTS_NAME, "final"  # prior/train.py's layout
 TRAINING = "training.json"  # prior/train.py's TRAINING
 RELEASED_CANNY = {"low_threshold": 100, "high_threshold": 200, "size": 0}  # the released inference: the image's size
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
+CROP_SIZE = SubjectsConfig().crop_size  # the build's default subject crop
 # The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
 PROFILE_OF_DIM = {TINY_EMBED_DIM: "tiny", 1280: "paper"}
 
@@ -39,12 +41,17 @@ class PriorCheckpoint:
     config: dict
     sha256: str  # of the weights file, recorded with every generated image
     edge: dict | None = None  # the Canny settings of its training data (training.json), None when not recorded
+    subjects: dict | None = None  # the subject crops of its training data (training.json), None when not recorded
 
     def canny(self) -> dict:
         """How --canny's edge map is computed for this prior: thresholds, shorter side (0: the image's own) and why."""
         if self.edge:
             return {k: self.edge[k] for k in RELEASED_CANNY} | {"from": "the prior's training data (training.json)"}
         return RELEASED_CANNY | {"from": "the released inference code (the prior records no training data)"}
+
+    def crop_size(self) -> int:
+        """The side of the subject crops the prior's training data embedded, else the build's default."""
+        return int((self.subjects or {}).get("crop_size", CROP_SIZE))
 
 
 def _directory(source: str) -> Path:
@@ -108,9 +115,8 @@ def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
         )
     if config.get("num_embeddings") != CONTEXT_LENGTH:
         raise UserError(f"prior {path} takes {config.get('num_embeddings')} text tokens; CLIP gives {CONTEXT_LENGTH}")
-    training = path / TRAINING
-    edge = read_json(training).get("edge") if training.is_file() else None
-    return PriorCheckpoint(source, str(path), config, sha256_file(weights), edge)
+    record = read_json(path / TRAINING) if (path / TRAINING).is_file() else {}
+    return PriorCheckpoint(source, str(path), config, sha256_file(weights), record.get("edge"), record.get("subjects"))
 
 
 def load_prior(checkpoint: PriorCheckpoint, device):

@@ -74,15 +74,16 @@ def read_mask(path: str | Path, shape: tuple[int, int], what: str) -> np.ndarray
     return mask
 
 
-def mask_crop(image: np.ndarray, mask: np.ndarray, word: str = "") -> np.ndarray:
-    """The training crop of the masked subject: mask on white, cropped to the mask's box, padded square, 224 px."""
+def mask_crop(image: np.ndarray, mask: np.ndarray, word: str = "", size: int = CROP_SIZE) -> np.ndarray:
+    """The training crop of the masked subject: mask on white, cropped to the mask's box, padded square, `size` px
+    (the prior's training crops': generate/prior_checkpoint.py's crop_size)."""
     ys, xs = np.nonzero(mask)
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-    return subject_crop(image, Detection(word, 0, len(word), box, 1.0, mask=mask), CROP_SIZE)
+    return subject_crop(image, Detection(word, 0, len(word), box, 1.0, mask=mask), size)
 
 
-def as_given(image: np.ndarray) -> np.ndarray:
-    return mask_crop(image, np.ones(image.shape[:2], bool))
+def as_given(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    return mask_crop(image, np.ones(image.shape[:2], bool), size=size)
 
 
 class Segmenter:

@@ -62,9 +62,11 @@ class Dataset:
     embed_dim: int
     zero_image: tuple[float, ...]
     splits: dict[str, Split]
-    # the build's Canny settings (build config `edge`: thresholds and size), which generate --canny repeats; None
-    # for a dataset written without a build config
+    # the build's Canny settings (build config `edge`: thresholds and size), which generate --canny repeats, and its
+    # subject crops (`subjects`: crop_size), which generate's subject crops repeat; None for a dataset written
+    # without a build config
     edge: dict | None = None
+    subjects: dict | None = None
 
 
 def open_dataset(root: Location) -> Dataset:
@@ -102,8 +104,8 @@ def open_dataset(root: Location) -> Dataset:
         if not kept:
             raise UserError(f"dataset {root} has no {name!r} samples in its {len(shards)} complete shards")
         splits[name] = Split(name, *map(tuple, zip(*kept)))
-    edge = (meta.get("config") or {}).get("edge")
-    return Dataset(str(root), d, tuple(float(x) for x in zero), splits, edge)
+    build = meta.get("config") or {}
+    return Dataset(str(root), d, tuple(float(x) for x in zero), splits, build.get("edge"), build.get("subjects"))
 
 
 def interleave(hidden_states: np.ndarray, subject_embeddings: np.ndarray, subjects: list[dict]) -> np.ndarray:

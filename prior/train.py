@@ -422,6 +422,7 @@ def training_record(job: TrainJob) -> dict:
                   "per_trainer": job.cfg.train.batch_size // job.trainers, "negatives": "global batch"},
         "dataset": job.data.root,
         "edge": job.data.edge,
+        "subjects": job.data.subjects,
     }
 
 

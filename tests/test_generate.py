@@ -146,6 +146,18 @@ def test_canny_with_one_of_our_priors_follows_its_training_data(plan, assets, tm
     assert edge_map == edge | {"from": "the prior's training data (training.json)"}
 
 
+def test_subject_crops_follow_the_prior_s_training_data_else_the_build_default(plan, generator, assets, tmp_path):
+    """The crop size the prior's dataset was built with (training.json's `subjects`), not the code default: a dataset
+    built with subjects.crop_size=112 is generated from 112 px crops; a prior without a record uses 224."""
+    spec = SubjectSpec("dog", assets["dog"])
+    assert generator.subject(spec).crop.shape == (224, 224, 3)
+    prior = tiny_prior(tmp_path / "prior")
+    (tmp_path / "prior" / "training.json").write_text(json.dumps({"subjects": {"crop_size": 112}}))
+    planned = prepare([GenerateRequest("a dog", [])], prior, str(tmp_path / "out"), steps=2)
+    ours = Generator(planned.profile, planned.cfg, planned.prior)
+    assert ours.subject(spec).crop.shape == (112, 112, 3)
+
+
 def test_a_mask_puts_the_subject_on_white(generator, assets, tmp_path):
     mask = np.zeros((80, 80), np.uint8)
     mask[10:50, 10:30] = 255  # an L: its box (10..70 × 10..50) also holds unmasked pixels
