@@ -35,7 +35,18 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session's Prefect API (prefect_harness), for the commands that tests run as subprocesses: given as
+    PREFECT_API_URL, a command reports to it instead of starting an ephemeral server of its own (~15 s each)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
 def ray_local():
+    """One local Ray (2 CPUs, loopback, no dashboard) for the session: every in-process flow, training run and actor
+    pool joins it (lambda_eclipse.ray_session keeps a caller's session), instead of starting and stopping its own."""
     import ray
 
     from lambda_eclipse.ray_session import RUNTIME_ENV
@@ -44,6 +55,24 @@ def ray_local():
              runtime_env=RUNTIME_ENV, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The address of the session's local Ray, for subprocesses (RAY_ADDRESS) that can share it."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """One 2-node Ray cluster (one CPU per node, loopback) for the session's multi-node tests (build-dataset and
+    train-prior on an existing cluster), run by a child process (lambda_eclipse.ray_session.local_cluster)."""
+    from lambda_eclipse.ray_session import local_cluster
+
+    with local_cluster(nodes=2, cpus_per_node=1) as address:
+        yield address
 
 
 def rewrite_text_states_as_legacy(root, shard: int) -> None:

@@ -217,12 +217,14 @@ def test_dry_run_plans_without_starting_anything(built):
     assert manifest is not None and len(manifest) == 4  # a dry run writes nothing
 
 
-def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path):
+def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path, prefect_api_url):
     """Kill the CLI (SIGKILL) after its first shard; at no time is a partial or duplicated shard visible;
-    the rerun completes with exactly the keys of the uninterrupted run."""
+    the rerun completes with exactly the keys of the uninterrupted run. Both runs report to the session's Prefect
+    API; each starts a Ray of its own, which the kill takes down with it (no task of the killed run outlives it)."""
     photos, reference, _ = built
     out = tmp_path / "killed"
-    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": prefect_api_url}
+    env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "lambda_eclipse.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
     cmd += [a for s in SETTINGS for a in ("--set", s)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
