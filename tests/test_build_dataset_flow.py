@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import BUILD_SETTINGS
 
 from lambda_eclipse.config import load_config
 from lambda_eclipse.errors import UserError
@@ -21,18 +22,7 @@ from storage.reader import iter_samples, load_dataset_meta
 from storage.sources import plan_inputs
 
 pytestmark = pytest.mark.slow
-SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
-
-
-def _inputs(root: Path) -> Path:
-    photos = root / "photos"
-    write_photos(photos, 12, size=128)
-    (photos / "bad").mkdir()
-    (photos / "bad" / "empty.jpg").write_bytes(b"")
-    (photos / "bad" / "text.png").write_text("not an image")
-    (photos / "bad" / "truncated.jpg").write_bytes((photos / "photo_00000.jpg").read_bytes()[:300])
-    write_photos(photos / "small", 1, size=64)  # decodes, then fails the resolution filter
-    return photos
+SETTINGS = BUILD_SETTINGS
 
 
 def _accepted_keys(root: Path) -> set[str]:
@@ -48,14 +38,9 @@ def _all_keys(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, prefect_harness, ray_local):
-    from flows.build_dataset import build_dataset
-
-    root = tmp_path_factory.mktemp("flow")
-    photos = _inputs(root)
-    out = root / "dataset"
-    summary = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=SETTINGS)
-    return photos, out, summary
+def built(built_dataset):
+    """The session's flow-built dataset (conftest.built_dataset): photos, dataset, summary."""
+    return built_dataset
 
 
 def test_every_input_is_accounted_for(built):
