@@ -1,7 +1,7 @@
 """build-dataset and validate-dataset on S3: a local S3-compatible server (moto's, on 127.0.0.1, started and stopped
 by the test) holds img2dataset-style tars as input and receives the manifest and shards. The CLI runs as a
-subprocess, as a user would run it; the local Ray it starts inherits the environment, so every worker reads the
-tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
+subprocess, as a user would run it, on a local Ray started with that environment (s3_ray), so every worker reads
+the tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
 
 import hashlib
 import io
@@ -63,8 +63,7 @@ def s3(monkeypatch, tmp_path, caplog, prefect_api_url):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    # the CLI starts its own local Ray, with this environment: the session's Ray was started before it was set, and its
-    # workers could not reach this server
+    # not the session's Ray: its workers were started before this environment was set (s3_ray starts one with it)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # this process imported fsspec before the variables were set: its filesystem gets the endpoint explicitly, and
     # is not cached, so that no later test sees this server
@@ -89,6 +88,18 @@ def s3_here(s3, monkeypatch):
         yield s3
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_ray(s3, monkeypatch):
+    """One local Ray for a test's commands (RAY_ADDRESS), started once the S3 environment is set, so that its
+    workers reach the test server: the commands of the test share it instead of each starting its own. The session's
+    Ray cannot serve: its workers were started before the environment named this server."""
+    from lambda_eclipse.ray_session import local_cluster
+
+    with local_cluster(nodes=1, cpus_per_node=2) as address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        yield address
 
 
 def _img2dataset_tar(directory, start: int) -> bytes:
@@ -170,7 +181,7 @@ def test_a_dry_run_that_reads_the_manifest_exits_0_every_time(s3_here, tmp_path)
         assert f"{DATASET}: 2 work units (0 new), 0 shards complete, 2 to build" in run.stdout, run.stdout
 
 
-def test_build_and_validate_a_dataset_in_a_bucket(s3, tmp_path):
+def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_ray, tmp_path):
     for shard in range(2):
         tar = _img2dataset_tar(tmp_path / "photos", IMAGES_PER_TAR * shard)
         s3.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", tar)
