@@ -106,7 +106,15 @@ def resolve(loc: Location) -> tuple[AbstractFileSystem, str]:
 
 def arrow(loc: Location) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding `loc` and the path on it: Arrow's own for local files (the trainer's reads
-    are its bottleneck), fsspec's wrapped in `PyFileSystem` for everything else."""
+    are its bottleneck), fsspec's wrapped in `PyFileSystem` for everything else.
+
+    Arrow reads a `PyFileSystem` file (or an fsspec file object) into Python buffers, which need the GIL when they
+    are released. When Arrow reads on its own threads (`pq.read_table`'s pre-buffering, `use_threads=True`), the
+    last one can be released there after the read has returned; if the interpreter is exiting by then (a command
+    that exits right after reading, e.g. `build-dataset --dry-run` reading the manifest), Python stops that thread
+    inside Arrow's C++ and the process aborts (SIGABRT, "terminate called without an active exception";
+    apache/arrow#39162). A command that reads such a file and then exits reads it on its own thread:
+    `pq.ParquetFile(...).read(use_threads=False)` / `iter_batches(use_threads=False)`, never `pq.read_table`."""
     fs, path = resolve(loc)
     if isinstance(fs, LocalFileSystem):
         return pafs.LocalFileSystem(), path

@@ -56,7 +56,8 @@ def read_manifest(root: Location) -> list[WorkUnit] | None:
     if not is_file(path):
         return None
     filesystem, where = arrow(path)
-    rows = pq.read_table(where, filesystem=filesystem).to_pylist()
+    with pq.ParquetFile(where, filesystem=filesystem) as parquet:  # read on this thread: see storage.fs.arrow
+        rows = parquet.read(use_threads=False).to_pylist()
     return [
         WorkUnit(r["shard"], r["kind"], r["root"], list(zip(r["files"], r["sizes"], strict=True)), r["start"])
         for r in rows

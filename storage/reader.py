@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lambda_eclipse.errors import UserError
-from storage.fs import Location, arrow, is_file, join
+from storage.fs import Location, arrow, is_file, is_local, join
 from storage.layout import DATASET_JSON, complete_shards, read_json, shard_paths
 from storage.schema import text_states
 
@@ -65,7 +65,9 @@ def iter_samples(
         wanted.append("split")
     for shard in shards if shards is not None else complete_shards(root):
         with parquet_file(shard_paths(root, shard)["parquet"]) as parquet:
-            for batch in parquet.iter_batches(columns=wanted):
+            # Arrow's threads only for local files: a remote file's Python buffers must be released on this thread
+            # (storage.fs.arrow)
+            for batch in parquet.iter_batches(columns=wanted, use_threads=is_local(root)):
                 for row in _rows(batch, text_width):
                     if split is None or row["split"] == split:
                         yield row

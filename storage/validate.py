@@ -241,14 +241,14 @@ class _Checker:
                 schema = parquet.schema_arrow
                 if d is not None and w is not None and not self.schema_ok(shard, schema, feature_schema(d, w), result):
                     if "key" in schema.names:  # keys are still counted and checked for uniqueness
-                        keys = parquet.read(columns=["key"]).column("key").to_pylist()
+                        keys = parquet.read(columns=["key"], use_threads=False).column("key").to_pylist()
                         self.unique(shard, keys, result)
                         result.rows = len(keys)
                     return None
                 fraction = self.report.train_fraction
                 keys, subjects, splits = [], [], Counter()
                 bad_split, nonfinite = [], Counter()
-                for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):  # see storage.fs.arrow
                     batch_keys = batch.column("key").to_pylist()
                     batch_splits = batch.column("split").to_pylist()
                     keys += batch_keys
@@ -326,8 +326,8 @@ class _Checker:
     def rejects(self, shard: str, stats: dict, result: ShardResult) -> None:
         path = f"{self.base}/{SHARDS}/{shard}_rejects.parquet"
         try:
-            with self.fs.open(path, "rb") as f:
-                table = pq.read_table(f)
+            with self.fs.open(path, "rb") as f, pq.ParquetFile(f) as parquet:  # on this thread: storage.fs.arrow
+                table = parquet.read(use_threads=False)
         except (OSError, pa.ArrowException) as exc:
             self.problem(shard, "rejects", f"{shard}_rejects.parquet cannot be read ({exc})", result)
             return

@@ -8,11 +8,12 @@ import time
 
 
 class Build:
-    """`lambda-eclipse build-dataset` in a child process; its stderr lines as they come."""
+    """`lambda-eclipse build-dataset` in a child process, reporting to the session's Prefect API (`api_url`, the
+    prefect_api_url fixture); its stderr lines as they come."""
 
-    def __init__(self, photos, out, args: list[str], ray_address: str | None = None):
+    def __init__(self, photos, out, args: list[str], api_url: str, ray_address: str | None = None):
         cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out), *args]
-        env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api_url}
         env.pop("RAY_ADDRESS", None)
         if ray_address:
             env["RAY_ADDRESS"] = ray_address

@@ -24,6 +24,39 @@ def prefect_harness():
         yield
 
 
+# The session's flow-built dataset (built_dataset): 12 photos, 3 that do not decode and 1 too small, in units of 5.
+BUILD_SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
+
+
+def flow_inputs(root: Path) -> Path:
+    """The photos folder of built_dataset: 12 ordinary photos, three files that do not decode (empty, text,
+    truncated) and one photo below resolution.min_side."""
+    from lambda_eclipse.synthetic import write_photos
+
+    photos = root / "photos"
+    write_photos(photos, 12, size=128)
+    (photos / "bad").mkdir()
+    (photos / "bad" / "empty.jpg").write_bytes(b"")
+    (photos / "bad" / "text.png").write_text("not an image")
+    (photos / "bad" / "truncated.jpg").write_bytes((photos / "photo_00000.jpg").read_bytes()[:300])
+    write_photos(photos / "small", 1, size=64)  # decodes, then fails the resolution filter
+    return photos
+
+
+@pytest.fixture(scope="session")
+def built_dataset(tmp_path_factory, prefect_harness, ray_local):
+    """One dataset built by the build-dataset flow (tiny profile, every stage on the session's Ray) for the session:
+    (photos, dataset, the flow's summary). The build-dataset flow tests check it; the prior trains on it. Tests read
+    it and may build into their own outputs; a test that adds an input removes it again."""
+    from flows.build_dataset import build_dataset
+
+    root = tmp_path_factory.mktemp("flow")
+    photos = flow_inputs(root)
+    out = root / "dataset"
+    summary = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=BUILD_SETTINGS)
+    return photos, out, summary
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models' ops take microseconds: on a shared CPU a second intra-op thread costs more than the math
@@ -37,7 +70,18 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session's Prefect API (prefect_harness), for the commands that tests run as subprocesses: given as
+    PREFECT_API_URL, a command reports to it instead of starting an ephemeral server of its own (~15 s each)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
 def ray_local():
+    """One local Ray (2 CPUs, loopback, no dashboard) for the session: every in-process flow, training run and actor
+    pool joins it (lambda_eclipse.ray_session keeps a caller's session), instead of starting and stopping its own."""
     import ray
 
     from lambda_eclipse.ray_session import RUNTIME_ENV
@@ -46,6 +90,24 @@ def ray_local():
              runtime_env=RUNTIME_ENV, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The address of the session's local Ray, for subprocesses (RAY_ADDRESS) that can share it."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """One 2-node Ray cluster (one CPU per node, loopback) for the session's multi-node tests (build-dataset and
+    train-prior on an existing cluster), run by a child process (lambda_eclipse.ray_session.local_cluster)."""
+    from lambda_eclipse.ray_session import local_cluster
+
+    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
+        yield cluster.address
 
 
 def rewrite_text_states_as_legacy(root, shard: int) -> None:

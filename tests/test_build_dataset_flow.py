@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import BUILD_SETTINGS
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
@@ -22,18 +23,7 @@ from storage.sources import plan_inputs
 from tasks.config import load_build_config
 
 pytestmark = pytest.mark.slow
-SETTINGS = ["resolution.min_side=96", "input.unit_size=5"]
-
-
-def _inputs(root: Path) -> Path:
-    photos = root / "photos"
-    write_photos(photos, 12, size=128)
-    (photos / "bad").mkdir()
-    (photos / "bad" / "empty.jpg").write_bytes(b"")
-    (photos / "bad" / "text.png").write_text("not an image")
-    (photos / "bad" / "truncated.jpg").write_bytes((photos / "photo_00000.jpg").read_bytes()[:300])
-    write_photos(photos / "small", 1, size=64)  # decodes, then fails the resolution filter
-    return photos
+SETTINGS = BUILD_SETTINGS
 
 
 def _accepted_keys(root: Path) -> set[str]:
@@ -49,14 +39,9 @@ def _all_keys(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, prefect_harness, ray_local):
-    from flows.build_dataset import build_dataset
-
-    root = tmp_path_factory.mktemp("flow")
-    photos = _inputs(root)
-    out = root / "dataset"
-    summary = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=SETTINGS)
-    return photos, out, summary
+def built(built_dataset):
+    """The session's flow-built dataset (conftest.built_dataset): photos, dataset, summary."""
+    return built_dataset
 
 
 def test_every_input_is_accounted_for(built):
@@ -222,12 +207,14 @@ def test_dry_run_plans_without_starting_anything(built):
     assert manifest is not None and len(manifest) == 4  # a dry run writes nothing
 
 
-def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path):
+def test_sigkill_mid_run_then_rerun_gives_the_same_keys(built, tmp_path, prefect_api_url):
     """Kill the CLI (SIGKILL) after its first shard; at no time is a partial or duplicated shard visible;
-    the rerun completes with exactly the keys of the uninterrupted run."""
+    the rerun completes with exactly the keys of the uninterrupted run. Both runs report to the session's Prefect
+    API; each starts a Ray of its own, which the kill takes down with it (no task of the killed run outlives it)."""
     photos, reference, _ = built
     out = tmp_path / "killed"
-    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": prefect_api_url}
+    env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
     cmd += [a for s in SETTINGS for a in ("--set", s)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -1,6 +1,7 @@
 """build-dataset on an existing 2-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node), driven as a
-user would: `RAY_ADDRESS=… lambda-eclipse build-dataset …`. The cluster lives in a child process that the test
-starts and stops (`local_cluster`), so only the processes it started are stopped."""
+user would: `RAY_ADDRESS=… lambda-eclipse build-dataset …`. The cluster is the session's (conftest.two_node_cluster,
+shared with the train-prior cluster test); it lives in a child process (`local_cluster`), so only the processes the
+tests started are stopped. The command reports to the session's Prefect API instead of starting its own."""
 
 import os
 import subprocess
@@ -9,25 +10,19 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from lambda_eclipse.ray_session import local_cluster
 from lambda_eclipse.synthetic import write_photos
 from storage.layout import complete_shards, read_json, sha256_file, shard_names, shard_paths
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def two_node_cluster():
-    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
-        yield cluster.address
-
-
-def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, tmp_path):
+def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, prefect_api_url, tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 8, size=128)
     cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out),
            "--set", "resolution.min_side=96", "--set", "input.unit_size=3"]
-    env = os.environ | {"RAY_ADDRESS": two_node_cluster, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = os.environ | {"RAY_ADDRESS": two_node_cluster, "PREFECT_API_URL": prefect_api_url,
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "of 8 inputs in 3 shards" in run.stdout

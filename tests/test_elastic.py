@@ -44,14 +44,14 @@ def _keys(out) -> list[str]:
     return keys
 
 
-def test_a_build_fills_the_cluster_survives_a_lost_node_and_uses_one_that_joins(tmp_path):
+def test_a_build_fills_the_cluster_survives_a_lost_node_and_uses_one_that_joins(tmp_path, prefect_api_url):
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 16, size=128)
     with local_cluster(nodes=2, cpus_per_node=2) as cluster:
         sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, cluster.address], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True)
         assert sampler.stdout and sampler.stdout.readline().strip() == "sampling"
-        build = Build(photos, out, SETTINGS, ray_address=cluster.address)
+        build = Build(photos, out, SETTINGS, prefect_api_url, ray_address=cluster.address)
         build.wait_for("model actors ready on 2 node(s) of 2")
         build.wait_for("shard 0000")  # the first shard is done: the pools are serving
         assert sampler.stdin

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,9 +28,13 @@ def _wait_for(condition, what: str, timeout: float = 600) -> None:
         time.sleep(0.05)
 
 
-def _stage_actors() -> list[psutil.Process]:
-    """The model actors of this test's own Ray (its processes descend from this one), not any other Ray's."""
-    return [p for p in psutil.Process().children(recursive=True) if (p.cmdline() or [""])[0] == "ray::StageActor"]
+def _stage_actors() -> dict[str, int]:
+    """The model actors that Ray's control store (GCS) lists as alive, by actor id, with their worker's pid: Ray's own
+    view, not a count of processes (a process appears and takes its title before or after Ray calls it alive)."""
+    from ray._private.state import actors
+
+    return {actor_id: info["Pid"] for actor_id, info in actors(actor_state_name="ALIVE").items()
+            if info["ActorClassName"].endswith("ModelActor")}
 
 
 def test_a_killed_actor_and_a_deleted_input_do_not_stop_the_build(tmp_path, prefect_harness, ray_local):
@@ -41,15 +44,18 @@ def test_a_killed_actor_and_a_deleted_input_do_not_stop_the_build(tmp_path, pref
     write_photos(photos, 12, size=128)
     last = sorted(photos.iterdir())[-1]  # in the last unit, which starts long after the first shard is done
     result: dict = {}
+    earlier = set(_stage_actors())  # the shared Ray may hold other builds' actors; this build's are new
     run = threading.Thread(
         target=lambda: result.update(build_dataset(inputs=[str(photos)], output=str(out), overrides=SETTINGS))
     )
     run.start()
     try:
         _wait_for(lambda: complete_shards(out), "the first shard")
-        victims = _stage_actors()
-        assert len(victims) == 5, [p.cmdline() for p in victims]
-        victims[0].send_signal(signal.SIGKILL)  # Ray restarts it and retries the call
+        # the build's five model actors (one per model stage), as Ray sees them: alive, each with its worker's pid
+        _wait_for(lambda: len(set(_stage_actors()) - earlier) >= 5, "Ray to list the build's 5 model actors alive")
+        victims = {a: pid for a, pid in _stage_actors().items() if a not in earlier}
+        assert len(victims) == 5, victims
+        os.kill(next(iter(victims.values())), signal.SIGKILL)  # Ray restarts it and retries the call
         last.unlink()
     finally:
         run.join(timeout=900)
@@ -80,13 +86,15 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_full_output_fails_in_one_line_naming_the_path_and_leaves_no_complete_shard(tmp_path, tiny_disk):
+def test_a_full_output_fails_in_one_line_naming_the_path_and_leaves_no_complete_shard(tmp_path, tiny_disk,
+                                                                                       prefect_api_url, ray_address):
     photos, out = tmp_path / "photos", tiny_disk / "dataset"
     write_photos(photos, 4, size=512)
     cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out)]
     cmd += [a for s in ["resolution.min_side=96", "input.unit_size=4"] for a in ("--set", s)]
-    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("RAY_ADDRESS", None)
+    # the session's Prefect API and Ray: the command starts neither of its own
+    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": prefect_api_url,
+                        "RAY_ADDRESS": ray_address}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]
     (last,) = [line for line in run.stderr.splitlines() if line.startswith("lambda-eclipse build-dataset: ")]

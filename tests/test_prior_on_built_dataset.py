@@ -2,7 +2,6 @@
 
 import pytest
 
-from lambda_eclipse.synthetic import write_photos
 from prior.config import load_train_config
 from prior.train import prepare_training, read_metrics, run_training
 from storage.reader import iter_samples
@@ -10,13 +9,8 @@ from storage.reader import iter_samples
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-def test_training_loss_halves_on_a_flow_built_dataset(tmp_path, prefect_harness, ray_local):
-    from flows.build_dataset import build_dataset
-
-    write_photos(tmp_path / "photos", 16, size=128)
-    data = tmp_path / "dataset"
-    summary = build_dataset(inputs=[str(tmp_path / "photos")], output=str(data), profile="tiny",
-                            overrides=["resolution.min_side=96", "input.unit_size=8"])
+def test_training_loss_halves_on_a_flow_built_dataset(built_dataset, tmp_path):
+    _, data, summary = built_dataset  # the session's flow-built dataset (conftest), trained on the session's Ray
     train = sum(1 for _ in iter_samples(data, "train", columns=["key"]))
     assert summary["accepted"] >= 8 and train >= 4, summary
 

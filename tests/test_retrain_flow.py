@@ -16,7 +16,8 @@ from prior.registry import Registry, dataset_identity, training_key
 from storage.synthetic_features import write_feature_dataset
 from storage.validate import DatasetInvalid
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness")]
+# ray_local: training, evaluation and generate join the session's Ray instead of each starting and stopping its own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness", "ray_local")]
 TRAIN = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=0", "checkpoint.every=4",
          "log.every=2", "train.max_steps=4", "runtime.workers=1"]
 EVAL = ["evaluate.max_prompts=1", "evaluate.images_per_prompt=1", "evaluate.steps=2"]

@@ -1,7 +1,7 @@
 """build-dataset and validate-dataset on S3: a local S3-compatible server (moto's, on 127.0.0.1, started and stopped
 by the test) holds img2dataset-style tars as input and receives the manifest and shards. The CLI runs as a
-subprocess, as a user would run it; the local Ray it starts inherits the environment, so every worker reads the
-tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
+subprocess, as a user would run it, on a local Ray started with that environment (s3_ray), so every worker reads
+the tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
 
 import hashlib
 import io
@@ -38,7 +38,7 @@ SUMMARY = re.compile(r"^\d+ accepted, \d+ rejected of \d+ inputs in \d+ shards â
 
 
 @pytest.fixture
-def s3(monkeypatch, tmp_path, caplog):
+def s3(monkeypatch, tmp_path, caplog, prefect_api_url):
     """moto's S3 server on 127.0.0.1 and an s3fs filesystem on it. The endpoint and dummy credentials are set in
     this process's environment, which the CLI subprocesses (and the Ray workers they start) inherit: fsspec reads
     `FSSPEC_S3_ENDPOINT_URL` when it is imported and passes it to s3fs, botocore reads `AWS_ENDPOINT_URL`."""
@@ -54,6 +54,7 @@ def s3(monkeypatch, tmp_path, caplog):
         "AWS_ENDPOINT_URL": endpoint,
         "FSSPEC_S3_ENDPOINT_URL": endpoint,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": prefect_api_url,  # the session's Prefect API: no command starts a server of its own
     }.items():
         monkeypatch.setenv(name, value)
     # no ~/.aws configuration or instance metadata: nothing but the test server is ever asked
@@ -62,7 +63,8 @@ def s3(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the CLI starts its own local Ray, with this environment
+    # not the session's Ray: its workers were started before this environment was set (s3_ray starts one with it)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # this process imported fsspec before the variables were set: its filesystem gets the endpoint explicitly, and
     # is not cached, so that no later test sees this server
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
@@ -86,6 +88,18 @@ def s3_here(s3, monkeypatch):
         yield s3
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_ray(s3, monkeypatch):
+    """One local Ray for a test's commands (RAY_ADDRESS), started once the S3 environment is set, so that its
+    workers reach the test server: the commands of the test share it instead of each starting its own. The session's
+    Ray cannot serve: its workers were started before the environment named this server."""
+    from lambda_eclipse.ray_session import local_cluster
+
+    with local_cluster(nodes=1, cpus_per_node=2) as address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        yield address
 
 
 def _img2dataset_tar(directory, start: int) -> bytes:
@@ -146,7 +160,28 @@ def test_a_shard_of_several_upload_parts_is_hashed_as_stored(s3_here):
     assert [r["key"] for r in iter_samples(root, columns=["key"])] == [s.key for s in samples]
 
 
-def test_build_and_validate_a_dataset_in_a_bucket(s3, tmp_path):
+def test_a_dry_run_that_reads_the_manifest_exits_0_every_time(s3_here, tmp_path):
+    """`build-dataset --dry-run` over an earlier run's manifest reads Parquet through fsspec, prints the plan and exits
+    at once. Arrow's threads released Python buffers of that read after it had returned; at interpreter exit that
+    aborted the process (SIGABRT, exit -6: "terminate called without an active exception") about once in six runs
+    on a busy machine. The manifest is now read on the calling thread (storage.fs.arrow): twelve dry runs in a row
+    must each exit 0 with the plan."""
+    from storage.manifest import write_manifest
+    from tasks.plan import prepare_build
+
+    for shard in range(2):
+        s3_here.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", _img2dataset_tar(tmp_path / "photos", 3 * shard))
+    plan = prepare_build([TARS], DATASET, overrides=["resolution.min_side=96"])
+    write_manifest(DATASET, plan.units)  # as the flow does before it builds a shard
+    cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", TARS, "--output", DATASET,
+           *SETTINGS, "--dry-run"]
+    for _ in range(12):
+        run = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-3000:]}"
+        assert f"{DATASET}: 2 work units (0 new), 0 shards complete, 2 to build" in run.stdout, run.stdout
+
+
+def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_ray, tmp_path):
     for shard in range(2):
         tar = _img2dataset_tar(tmp_path / "photos", IMAGES_PER_TAR * shard)
         s3.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", tar)

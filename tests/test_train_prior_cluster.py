@@ -1,8 +1,8 @@
-"""train-prior on a 2-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node), driven as a user would
-(`RAY_ADDRESS=… lambda-eclipse train-prior --output file://…`): two Ray Train workers (DistributedDataParallel,
-gloo), checkpoints through Ray Train to a `file://` run directory. One training worker is SIGKILLed mid-run; Ray
-restarts the worker group, it resumes from the last checkpoint, and the run ends on its own with the same weights
-and history as an uninterrupted run."""
+"""train-prior on a 2-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node: the session's,
+conftest.two_node_cluster), driven as a user would (`RAY_ADDRESS=… lambda-eclipse train-prior --output file://…`):
+two Ray Train workers (DistributedDataParallel, gloo), checkpoints through Ray Train to a `file://` run directory.
+One training worker is SIGKILLed mid-run; Ray restarts the worker group, it resumes from the last checkpoint, and the
+run ends on its own with the same weights and history as an uninterrupted run."""
 
 import os
 import signal
@@ -14,7 +14,6 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from lambda_eclipse.ray_session import local_cluster
 from prior.train import read_metrics
 from storage.synthetic_features import write_feature_dataset as write_dataset
 
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.slow
 STEPS = 120
 SETTINGS = ["runtime.workers=2", "data.workers=0", "train.batch_size=8", "train.warmup_steps=5", "val.every=0",
             "val.batch_size=4", "checkpoint.every=10", "log.every=10", f"train.steps_per_run={STEPS}"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
-        yield cluster.address
 
 
 def _train_prior(data, run, address, api_url) -> subprocess.Popen:
@@ -63,11 +56,9 @@ def _wait(condition, what: str, timeout: float = 300):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(cluster, prefect_harness,
-                                                                                   tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    api_url = str(PREFECT_API_URL.value())
+def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_node_cluster,
+                                                                                   prefect_api_url, tmp_path):
+    cluster, api_url = two_node_cluster, prefect_api_url  # the session's 2-node cluster and Prefect API
     data = write_dataset(tmp_path / "data", [(40, 4), (40, 4)])
     once = _train_prior(data, tmp_path / "once", cluster, api_url)
     out, _ = once.communicate(timeout=900)
