@@ -503,7 +503,8 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
             artifacts_tab()
             page.get_by_text("build-dataset-progress", exact=True).first.click()
             page.get_by_text("Progress: 100%").wait_for()
-            assert "shards complete / total" in page.inner_text("body")
+            # the description: shards, the pace over the last minutes (flows/build_watch.py)
+            assert re.search(r"\d+/\d+ shards complete · [\d.]+ images/s", page.inner_text("body"))
             page.screenshot(path=str(shots / "progress.png"), full_page=True)
         finally:
             context.close()
