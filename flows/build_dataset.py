@@ -152,8 +152,8 @@ def _run_units(plan: BuildPlan, meta: dict, pools, on_done, on_failed, log) -> b
                 handles, generation = ray.put(pools.handles()), pools.generation
             while handles is not None and queue and len(running) < pools.units_in_flight():
                 unit = queue.popleft()
-                ref = task.options(num_cpus=pools.plan.unit_cpus).remote(unit, str(plan.output), cfg, plan.profile,
-                                                                         meta, handles)
+                ref = task.options(num_cpus=pools.unit_cpus).remote(unit, str(plan.output), cfg, plan.profile, meta,
+                                                                     handles)
                 running[ref] = (unit, generation)
         elif queue:
             waiting_since = waiting_since or now

@@ -122,6 +122,9 @@ class StagePools:
     def __post_init__(self) -> None:
         self.nodes = alive_nodes()
         self.plan = self._plan()
+        # What a unit task asks for stays what the first plan left beside the actors: a re-plan that gave units more
+        # while the actors kept their sizes would leave every new unit waiting for CPUs that never free up.
+        self.unit_cpus = self.plan.unit_cpus
         self.pools: dict[str, ActorPool] = {}
         try:
             for stage in (s for s in STAGES if s.uses_model):

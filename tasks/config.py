@@ -107,7 +107,7 @@ class RuntimeConfig:
     units_in_flight: int = 0  # work units (shards) submitted at once; 0: twice the unit slots the placement gives
     unit_retries: int = 3  # times a failing unit is tried again (with backoff) before it is recorded as failed
     max_failed_units: int = 0  # failed units past which the build stops early; 0: 1 % of the units, at least 1
-    rebalance_every: int = 4  # shards between two re-plans of the pools from measured stage times; 0: never
+    rebalance_every: int = 0  # shards between two re-plans of the pools from measured stage times; 0: never
     placement_timeout: float = 600.0  # seconds a stage may go without any actor (after a lost node) before failing
     max_nodes: int = 0  # nodes (like the largest one now) the build asks an autoscaler for; 0: as many as it could use
 
