@@ -98,7 +98,9 @@ def test_a_full_output_fails_in_one_line_naming_the_path_and_leaves_no_complete_
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]
     (last,) = [line for line in run.stderr.splitlines() if line.startswith("lambda-eclipse build-dataset: ")]
-    assert last.startswith(f"lambda-eclipse build-dataset: failed: shard 00000 (folder {photos} [0:4]) failed on a Ray")
+    # every try failed the same way: the unit is recorded and the line names it, the cause and the path
+    assert last.startswith(f"lambda-eclipse build-dataset: failed: 1 of 1 unit(s) failed after 4 tries: shard 00000 "
+                           f"(folder {photos} [0:4]): OSError"), last
     assert "No space left on device" in last and str(out / "shards") in last
     assert complete_shards(out) == []
     assert sorted(p.name for p in Path(out, "shards").iterdir()) == []  # the failed attempt's files are gone
