@@ -250,6 +250,8 @@ def build_dataset(
             nodes.update(pools.used_nodes)
             logger.info("model actors ready on %d node(s) of %d: %s", len(pools.used_nodes), len(pools.nodes),
                         pools.describe())
+            for note in pools.plan.notes:  # a node whose fixed pools leave no room (runtime.actors too high)
+                logger.warning("placement: %s", note)
             asked = pools.ask_autoscaler(len(plan.todo))
             logger.info("asked the autoscaler for up to %d node(s) of %s (runtime.max_nodes caps it)", asked["nodes"],
                         asked["shape"])
