@@ -43,6 +43,7 @@ from storage.layout import (
     shard_paths,
 )
 from storage.manifest import write_manifest
+from storage.rejects_gallery import gallery_markdown
 from storage.report import contact_sheet, dropped_subjects, funnel_markdown, thumbnail_markdown
 from tasks.plan import BuildPlan, prepare_build
 
@@ -296,11 +297,12 @@ def build_dataset(
     shards = [s["shard"] for s in all_stats]
     sheet = contact_sheet(plan.output, shards, join(plan.output, "contact_sheet.png"))
     markdown = funnel_markdown(all_stats, sheet)
-    write_bytes(join(plan.output, "summary.md"), (markdown + "\n").encode())
+    gallery = gallery_markdown(plan.output, all_stats)
+    write_bytes(join(plan.output, "summary.md"), (markdown + (f"\n\n{gallery}" if gallery else "") + "\n").encode())
     create_markdown_artifact(
-        markdown=markdown + thumbnail_markdown(sheet),
+        markdown=markdown + thumbnail_markdown(sheet) + (f"\n{gallery}\n" if gallery else ""),
         key="build-dataset-summary",
-        description="funnel and contact sheet",
+        description="funnel, contact sheet and rejects gallery",
     )
     if sheet is not None:
         create_link_artifact(link=uri(sheet), link_text=name(sheet), key="build-dataset-contact-sheet")

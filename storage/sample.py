@@ -80,10 +80,12 @@ class Sample:
     edge: np.ndarray | None = None  # (h, w, 3) uint8 Canny edge map as RGB, shorter side edge.size
     features: dict[str, np.ndarray] = field(default_factory=dict)
     reject: Reject | None = None
+    thumbnail: bytes | None = None  # a small JPEG of a rejected photo, for the rejects gallery (storage/thumbnail.py)
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, this sample's share
 
     def reject_at(self, stage: str, reason: str) -> None:
-        """Reject, and drop the pixels at once: a rejected sample travels on as a few hundred bytes."""
+        """Reject, and drop the pixels at once: a rejected sample travels on as a few hundred bytes (a few KB more for
+        the few that get a thumbnail once the stage has run, tasks/base.py)."""
         self.reject = Reject(stage, reason)
         self.data = self.image = self.edge = self.jpeg = None
         self.detections, self.subjects, self.features = [], [], {}

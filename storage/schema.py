@@ -30,7 +30,10 @@ SUBJECT = pa.struct(
     ]
 )
 
-REJECTS = pa.schema([("key", pa.string()), ("source", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+REJECTS = pa.schema([("key", pa.string()), ("source", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+                     ("thumbnail", pa.binary())])  # a small JPEG of the rejected photo, or null (storage/thumbnail.py)
+# the rejects of datasets built before the rejects gallery: no thumbnails
+LEGACY_REJECTS = pa.schema(list(REJECTS)[:4])
 
 
 def feature_schema(embed_dim: int, text_width: int) -> pa.Schema:

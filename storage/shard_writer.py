@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from lambda_eclipse.required import required
+from storage import thumbnail
 from storage.fs import Location, join, makedirs, open_file, remove
 from storage.layout import (
     DATA_FILES,
@@ -175,6 +176,7 @@ class ShardWriter:
         self._tar = TarWriter(cast(BinaryIO, self._files["tar"]))  # TarWriter leaves closing the file to us
         self._rows: list[Sample] = []
         self._rejects: list[dict] = []
+        self._thumbnails: dict[str, int] = {}  # thumbnails kept per stage: a bounded few per shard
         self._splits = {"train": 0, "val": 0}
         self._seconds: dict[str, float] = {}
         self.inputs = 0
@@ -188,9 +190,11 @@ class ShardWriter:
             self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
         if sample.reject is not None:
             reject = sample.reject
-            self._rejects.append(
-                {"key": sample.key, "source": sample.source, "stage": reject.stage, "reason": reject.reason}
-            )
+            shown = self._thumbnails.get(reject.stage, 0)
+            keep = sample.thumbnail is not None and shown < thumbnail.PER_STAGE
+            self._thumbnails[reject.stage] = shown + keep
+            self._rejects.append({"key": sample.key, "source": sample.source, "stage": reject.stage,
+                                  "reason": reject.reason, "thumbnail": sample.thumbnail if keep else None})
             return
         self.accepted += 1
         self._dropped_subjects += len(sample.dropped_subjects)

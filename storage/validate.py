@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import join, resolve
 from storage.layout import DATASET_JSON, SHARDS, file_digest
-from storage.schema import CONTEXT_LENGTH, REJECTS, feature_schema, legacy_text_states_type, text_states
+from storage.schema import CONTEXT_LENGTH, LEGACY_REJECTS, REJECTS, feature_schema, legacy_text_states_type, text_states
 from storage.shard_writer import split_of
 
 FLOAT_COLUMNS = ("text_hidden_states", "text_embedding", "target_embedding", "edge_embedding", "subject_embeddings")
@@ -331,7 +331,8 @@ class _Checker:
         except (OSError, pa.ArrowException) as exc:
             self.problem(shard, "rejects", f"{shard}_rejects.parquet cannot be read ({exc})", result)
             return
-        if not table.schema.remove_metadata().equals(REJECTS):
+        schema = table.schema.remove_metadata()
+        if not (schema.equals(REJECTS) or schema.equals(LEGACY_REJECTS)):
             self.problem(shard, "schema",
                          f"{shard}_rejects.parquet schema {table.schema.names} is not the rejects schema", result)
             return

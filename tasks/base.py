@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 
 from lambda_eclipse import metrics
 from lambda_eclipse.config import ModelsConfig
+from storage import thumbnail
 from storage.sample import Sample
 from tasks.config import BuildConfig, RuntimeConfig
 
@@ -65,12 +66,25 @@ class Stage:
     def __call__(self, samples: list[Sample]) -> list[Sample]:
         live = [s for s in samples if s.accepted]
         if live:
+            # references, no copies: `reject_at` drops a sample's pixels, and the first few this batch rejects are
+            # still needed for their thumbnails
+            pixels = [(s, s.image, s.data) for s in live]
             start = time.perf_counter()
             self.process(live)
             share = (time.perf_counter() - start) / len(live)
             for s in live:
                 s.seconds[self.name] = s.seconds.get(self.name, 0.0) + share
+            self._thumbnail_rejects(pixels)
         return samples
+
+    def _thumbnail_rejects(self, pixels: list) -> None:
+        budget = thumbnail.PER_STAGE
+        for sample, image, data in pixels:
+            if budget == 0:
+                return
+            if sample.reject is not None and sample.reject.stage == self.name:
+                sample.thumbnail = thumbnail.thumbnail_of(image, data)
+                budget -= 1
 
 
 def set_up(stage: Stage) -> Stage:

@@ -283,6 +283,8 @@ class Decode(Stage):
                 continue
             sample.width, sample.height = photo.width, photo.height
             sample.image, sample.jpeg, sample.reencoded = photo.image, photo.jpeg, photo.reencoded
+            if photo.image is None and photo.pending is None:
+                sample.data = data  # below resolution.min_side: the filter's reject thumbnails these bytes
             if photo.pending is not None:
                 pending.append(sample)
         if pending:

@@ -136,19 +136,34 @@ def rewrite_text_states_as_legacy(root, shard: int) -> None:
 
 
 def logs_of_latest_run(flow: str, *until: str, timeout: float = 120) -> str:
-    """The run log of the flow's latest run, from the Prefect API (prefect_harness), once it holds every `until` (log
-    lines reach the API in batches, after the run may have returned) or `timeout` seconds have passed."""
+    """The run log of the flow's run that ended last, from the Prefect API (prefect_harness), once it holds every
+    `until` (log lines reach the API in batches, after the run may have returned). Past `timeout` seconds without
+    them, an AssertionError lists the flow's runs and how many log lines each has, to tell a lost line from a wrong
+    run. Ended last, not started last: a run made through the API (a test's claim) may start after the run under
+    test and never log."""
     import time
 
     from prefect import get_client
 
+    ended = {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]}}
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        body = {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_DESC", "limit": 1}
-        (run,) = client.request("POST", "/flow_runs/filter", json=body).json()
-        body = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+        def runs(**state) -> list[dict]:
+            body = {"flow_runs": state, "flows": {"name": {"any_": [flow]}}, "sort": "END_TIME_DESC", "limit": 20}
+            return client.request("POST", "/flow_runs/filter", json=body).json()
+
+        def log_of(run_id: str) -> str:
+            body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+            return "\n".join(r["message"] for r in client.request("POST", "/logs/filter", json=body).json())
+
+        run = runs(state=ended)[0]
         while True:
-            logs = "\n".join(r["message"] for r in client.request("POST", "/logs/filter", json=body).json())
-            if all(text in logs for text in until) or time.monotonic() > deadline:
+            logs = log_of(run["id"])
+            if all(text in logs for text in until):
                 return logs
+            if time.monotonic() > deadline:
+                seen = [(r["name"], r["state_type"], r["start_time"], r["end_time"], len(log_of(r["id"]).splitlines()))
+                        for r in runs()]
+                raise AssertionError(f"{flow} run {run['name']} has not logged {until} in {timeout} s; its log:\n"
+                                     f"{logs}\nthe flow's runs (name, state, start, end, log lines): {seen}")
             time.sleep(0.5)

@@ -108,6 +108,14 @@ def test_dashboard_outputs(built):
     assert (out / "contact_sheet.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
     assert "| decode |" in summary and "| features |" in summary
+    # the rejects gallery (conftest.flow_inputs): three files that do not decode show their reasons alone; the photo
+    # below resolution.min_side shows its thumbnail, made on the worker
+    gallery = summary[summary.index("## Rejects gallery"):]
+    assert "### decode: 3 rejected" in gallery and "### resolution: 1 rejected" in gallery
+    undecoded = re.findall(r"^\| \(no image\) \| `[^`]*/bad/(\w+\.\w+)` \| ", gallery, re.M)
+    assert sorted(undecoded) == ["empty.jpg", "text.png", "truncated.jpg"]
+    assert re.search(r"^\| !\[rejected \w+\]\(data:image/jpeg;base64,[^)]+\) \| `[^`]*/small/photo_00000\.jpg` \| "
+                     r"64×64 px: shorter side 64 < resolution\.min_side=96 \|$", gallery, re.M), gallery
 
     from prefect.client.orchestration import get_client
 
@@ -131,6 +139,7 @@ def test_dashboard_outputs(built):
                         progress), progress
     assert summary["type"] == "markdown" and "| features |" in summary["data"]
     assert "![contact sheet](data:image/jpeg;base64," in summary["data"]  # shown by the UI on any machine
+    assert "## Rejects gallery" in summary["data"] and "![rejected " in summary["data"]
 
 
 def test_rerun_skips_complete_shards(built):

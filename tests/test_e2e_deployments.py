@@ -259,6 +259,10 @@ def _deploy_all(stack: Stack) -> list[str]:
 def built(stack):
     """Deploy everything, start a worker, run build-dataset on the tiny profile through its deployment."""
     photos = _photos_in_both_splits(stack.tmp / "data", 6)  # inside the deployments' data roots
+    # two rejects for the summary's gallery: a file that does not decode, a photo below resolution.min_side
+    (photos / "bad").mkdir()
+    (photos / "bad" / "empty.jpg").write_bytes(b"")
+    write_photos(photos / "small", 1, size=64)
     output = stack.tmp / "data" / "dataset-ui"
     before = (ROOT / "prefect.yaml").read_bytes()
     start = time.monotonic()
@@ -459,7 +463,8 @@ def test_the_built_dataset_validates(built):
 
 
 def test_artifacts_render_in_the_prefect_ui(stack, built):
-    """Open the run's Artifacts tab in headless Chromium; the funnel table and the progress artifact render."""
+    """Open the run's Artifacts tab in headless Chromium; the funnel table, the contact sheet, the rejects gallery
+    and the progress artifact render."""
     if not Path(CHROMIUM).is_file():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -493,12 +498,22 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
             assert [r.split()[0] for r in rows[1:]] == ["decode", "resolution", "white_background", "caption", "nouns",
                                                         "boxes", "box_filters", "masks", "mask_filters", "subjects",
                                                         "crops", "edge", "features"]
-            assert rows[1] == "decode 6 0 6", rows
+            assert rows[1] == "decode 8 1 7" and rows[2] == "resolution 7 1 6", rows
             # the contact sheet is in the artifact itself, so a browser on any machine shows it
             sheet = page.locator('img[alt="contact sheet"]')
             sheet.wait_for()
             assert sheet.evaluate("img => img.complete ? img.naturalWidth : 0") > 100
             page.screenshot(path=str(shots / "funnel.png"), full_page=True)
+            # the rejects gallery: the small photo's thumbnail (made on the worker) beside its reason; the empty
+            # file's reason alone
+            thumb = page.locator('img[alt^="rejected "]')
+            thumb.first.wait_for()
+            assert thumb.count() == 1 and thumb.first.evaluate("img => img.complete ? img.naturalWidth : 0") == 64
+            gallery = page.locator("table").filter(has_text="resolution.min_side=96")
+            assert "64×64 px: shorter side 64 < resolution.min_side=96" in gallery.inner_text()
+            assert "(no image)" in page.locator("table").filter(has_text="empty.jpg").inner_text()
+            thumb.first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "rejects-gallery.png"))
 
             artifacts_tab()
             page.get_by_text("build-dataset-progress", exact=True).first.click()
@@ -508,7 +523,7 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
             page.screenshot(path=str(shots / "progress.png"), full_page=True)
         finally:
             context.close()
-    for name in ("flow-run-artifacts.png", "funnel.png", "progress.png"):
+    for name in ("flow-run-artifacts.png", "funnel.png", "rejects-gallery.png", "progress.png"):
         assert (shots / name).stat().st_size > 10_000
     print(f"\nscreenshots: {shots}")
 

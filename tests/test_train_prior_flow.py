@@ -51,17 +51,17 @@ def first_run(tmp_path_factory, prefect_harness):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
         assert args.run(args) == 0
-    return data, run, events, logs_of_latest_run("train-prior", *PROGRESS)
+    return data, run, events
 
 
 def test_the_training_workers_progress_reaches_the_run_log(first_run):
     """The trainers run in Ray workers; their lines come to the flow's run log through lambda_eclipse/ray_logs.py."""
-    logs = first_run[3]
+    logs = logs_of_latest_run("train-prior", *PROGRESS)  # first_run's: this module's first test
     assert all(line in logs for line in PROGRESS), logs
 
 
 def test_cli_run_publishes_the_dashboard_and_the_completion_event(first_run):
-    _, run, events, _ = first_run
+    _, run, events = first_run
     assert [e["event"] for e in events] == ["lambda-eclipse.prior.trained"]
     assert events[0]["resource"]["prefect.resource.id"].endswith(str(run))
     payload = events[0]["payload"]
@@ -87,7 +87,7 @@ def test_a_new_run_from_the_first_goes_data_parallel_and_returns_what_retraining
                                                                                        monkeypatch):
     """init_from: the first run's state (step 4) continues for train.steps_per_run=2 steps on two Ray Train workers
     (DistributedDataParallel, gloo on CPU) in a new run directory."""
-    data, run, _, _ = first_run
+    data, run, _ = first_run
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
     new = tmp_path / "new"
