@@ -43,8 +43,6 @@ def thumbnail_of(image: np.ndarray | None, encoded: bytes | None) -> bytes | Non
             warnings.simplefilter("ignore")  # a damaged or huge file: no thumbnail, never a warning per photo
             photo = Image.open(io.BytesIO(encoded))
             photo.draft("RGB", (SIDE, SIDE))
-            photo = ImageOps.exif_transpose(photo).convert("RGB")
-            photo.thumbnail((SIDE, SIDE))
-            return encode_thumbnail(np.asarray(photo))
+            return encode_thumbnail(np.asarray(ImageOps.exif_transpose(photo).convert("RGB")))
     except Exception:  # noqa: BLE001 - the reject is recorded either way; a thumbnail is only an illustration
         return None
