@@ -4,6 +4,7 @@ subprocess, as a user would run it, on a local Ray started with that environment
 the tars and writes its shard to the bucket itself. Needs the `s3` extra and moto (`pip install -e '.[test,s3]'`)."""
 
 import hashlib
+import http.client
 import io
 import json
 import math
@@ -12,7 +13,10 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -91,11 +95,118 @@ def s3_here(s3, monkeypatch):
         s3fs.S3FileSystem.clear_instance_cache()
 
 
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class _FaultyHandler(BaseHTTPRequestHandler):
+    """Forwards each request to moto, except the first try of each object request the server's rule picks: that one
+    gets S3's answer under load, 503 SlowDown."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
+    server: "FaultyEndpoint"
+
+    def log_message(self, format, *args):  # no line per request
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _relay(self) -> None:
+        body = self._body()
+        if self.server.fault(self.command, self.path, self.headers.get("Range")):
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(SLOW_DOWN)))
+            self.end_headers()
+            self.wfile.write(SLOW_DOWN)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+        headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=120)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        # a HEAD's Content-Length is the object's size: kept; others are the body's, which arrives whole
+        relayed = ("transfer-encoding", "connection", "server", "date") + (() if self.command == "HEAD" else
+                                                                           ("content-length",))
+        for name, value in answer.getheaders():
+            if name.lower() not in relayed:
+                self.send_header(name, value)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+
+class FaultyEndpoint(ThreadingHTTPServer):
+    """An S3 endpoint on 127.0.0.1 between the build's processes and moto, as a throttled store is: the first try of
+    every read of an input tar (each byte range) and of every write of a shard object (each upload part) answers 503
+    SlowDown; the next try of the same request goes through. `faults` and `retried` are those requests."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str):
+        super().__init__(("127.0.0.1", 0), _FaultyHandler)
+        self.upstream = urlsplit(upstream).netloc  # moto's host:port
+        self.faults: set[tuple] = set()
+        self.retried: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def fault(self, method: str, target: str, byte_range: str | None) -> bool:
+        path = urlsplit(target).path
+        if not ((method == "GET" and path.startswith(f"/{BUCKET}/tars/"))
+                or (method in ("PUT", "POST") and path.startswith(f"/{BUCKET}/dataset/shards/"))):
+            return False
+        request = (method, target, byte_range)
+        with self._lock:
+            if request in self.faults:
+                self.retried.add(request)
+                return False
+            self.faults.add(request)
+            return True
+
+
 @pytest.fixture
-def s3_ray(s3, monkeypatch):
+def s3_faults(s3, monkeypatch):
+    """The commands of the test (and the Ray workers s3_ray starts) reach moto through a FaultyEndpoint; the test's
+    own filesystem (s3) reaches moto directly."""
+    endpoint = FaultyEndpoint(os.environ["AWS_ENDPOINT_URL"])
+    thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint.url)
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", endpoint.url)
+    try:
+        yield endpoint
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+
+
+@pytest.fixture
+def s3_ray(s3_faults, monkeypatch):
     """One local Ray for a test's commands (RAY_ADDRESS), started once the S3 environment is set, so that its
-    workers reach the test server: the commands of the test share it instead of each starting its own. The session's
-    Ray cannot serve: its workers were started before the environment named this server."""
+    workers reach the test server (through s3_faults): the commands of the test share it instead of each starting
+    its own. The session's Ray cannot serve: its workers were started before the environment named this server."""
     from lambda_eclipse.ray_session import local_cluster
 
     with local_cluster(nodes=1, cpus_per_node=2) as cluster:
@@ -184,7 +295,9 @@ def test_a_dry_run_that_reads_the_manifest_exits_0_every_time(s3_here, tmp_path)
         assert f"{DATASET}: 2 work units (0 new), 0 shards complete, 2 to build" in run.stdout, run.stdout
 
 
-def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_ray, tmp_path):
+def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_faults, s3_ray, tmp_path):
+    """Through a store that throttles (s3_faults: every tar read and shard write fails once, 503 SlowDown): each is
+    tried again, and nothing is lost or rejected for it."""
     for shard in range(2):
         tar = _img2dataset_tar(tmp_path / "photos", IMAGES_PER_TAR * shard)
         s3.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", tar)
@@ -203,6 +316,9 @@ def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_ray, tmp_path):
     summary = SUMMARY.search(first.stdout)
     assert summary is not None, first.stdout[-3000:]
     assert f"of {inputs} inputs in 2 shards → {DATASET}" in summary.group()
+    faulted = {(method, urlsplit(target).path.split("/")[2]) for method, target, _ in s3_faults.faults}
+    assert {("GET", "tars"), ("PUT", "dataset")} <= faulted, s3_faults.faults  # inputs and shards both throttled
+    assert s3_faults.retried == s3_faults.faults  # each throttled request was tried again
 
     root = _bucket_path(DATASET)
     s3.invalidate_cache()
@@ -218,6 +334,7 @@ def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_ray, tmp_path):
         assert stats["inputs"] == stats["accepted"] + stats["rejected"] == IMAGES_PER_TAR
         total += stats["inputs"]
         accepted += stats["accepted"]
+        assert stats["funnel"][0] == {"stage": "decode", "in": IMAGES_PER_TAR, "rejected": 0}  # every read delivered
         for kind in ("parquet", "tar", "rejects"):
             data = s3.cat_file(f"{root}/shards/{names[kind]}")
             assert stats["files"][names[kind]] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
