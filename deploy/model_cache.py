@@ -24,8 +24,6 @@ from pathlib import Path
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
 # config keys that name a Hugging Face model (hub id or local directory)
 HUB_KEYS = ("blip2", "grounding_dino", "decoder", "dino")
-# OpenCLIP's hub repos also hold the HF-transformers copy of the weights; open_clip reads only its own files
-OPEN_CLIP_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,13 @@ def _default_configs() -> list:
 
 def paper_models() -> list[CachedModel]:
     """Every model the default configs name for `paper`, once each, and the released prior."""
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     from generate.prior_checkpoint import RELEASED
     from lambda_eclipse.models.clip import hub_repo
+
+    # OpenCLIP's hub repos also hold the HF-transformers copy of the weights; open_clip reads only its own files
+    open_clip_files = (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, HF_CONFIG_NAME)
 
     found: dict[tuple, CachedModel] = {}
     for cfg in _default_configs():
@@ -64,7 +67,7 @@ def paper_models() -> list[CachedModel]:
                     if not hub:
                         raise SystemExit(f"{where}={value} ({pretrained}) has no Hugging Face hub copy to cache")
                     found.setdefault((hub,), CachedModel(f"{where}={value}:{pretrained}", repo=hub,
-                                                         files=tuple(OPEN_CLIP_FILES)))
+                                                         files=open_clip_files))
                 elif key == "sam_checkpoint":
                     found.setdefault((value,), CachedModel(where, url=SAM_URL, path=value))
     found[(RELEASED,)] = CachedModel("generate --prior (the released λ-ECLIPSE prior)", repo=RELEASED)

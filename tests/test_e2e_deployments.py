@@ -87,6 +87,9 @@ class Stack:
             "PREFECT_API_URL": f"{self.url}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
+            # a killed run's `gpu` lease is freed by the server's repossessor sweep (15 s apart by default) once it
+            # expires: sweep every second so each kill test waits for the lease itself, not for the sweep as well
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1",
             "HF_HUB_OFFLINE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "LAMBDA_ECLIPSE_ROOT": str(ROOT),
@@ -599,7 +602,7 @@ def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(s
 
     # Restart the worker; the dead run is marked Crashed (deploy/automations.yaml does it from missing heartbeats)
     # and retried: the same flow run, same parameters. It waits for the `gpu` slot the killed process held until
-    # that lease expires (≤ 60 s + the server's 15 s sweep): the limit is 1.
+    # that lease expires (≤ 60 s, + this stack's 1 s sweep): the limit is 1.
     restart = time.monotonic()
     stack.start_worker("worker-build", "lambda-gpu", "build")
     stack.crash(run_id)

@@ -24,13 +24,13 @@ def _hub_model(source: str) -> bool:
 
 def _clip(models: ModelsConfig) -> bool:
     import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     if Path(models.clip_pretrained).is_file():
         return True
     cfg = open_clip.get_pretrained_cfg(models.clip_model, models.clip_pretrained)
     hub = cfg.get("hf_hub", "")
-    return bool(hub) and any(_in_hf_cache(hub, f)
-                             for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+    return bool(hub) and any(_in_hf_cache(hub, f) for f in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
 
 
 def check_paper_weights(models: ModelsConfig) -> None:
