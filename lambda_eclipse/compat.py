@@ -3,26 +3,18 @@
 torchvision 0.28.0's wheel is a CUDA build: with the CPU build of torch its C++ ops fail to register and
 `import torchvision` dies on `torchvision::nms`, which breaks transformers, open_clip and
 segment_anything. Registering a pure-torch `nms` before torchvision is imported fixes it. Applied only
-when the real op is missing; Ray workers get it through `worker_process_setup_hook`, at their first import of
-torchvision: most Ray workers (Ray Train's controller and its helpers, queues) never use torch, and importing it
-costs each of them ~2.5 s of CPU at start.
+when the real op is missing; Ray workers get it at their first import of torchvision
+(lambda_eclipse/ray_session.worker_setup).
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 _LIB = None
 
 
 def _has_nms() -> bool:
-    import torch
-
     try:
         torch.ops.torchvision.nms  # noqa: B018 - attribute lookup is the check
         return True
@@ -31,8 +23,6 @@ def _has_nms() -> bool:
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    import torch
-
     order = scores.argsort(descending=True)
     boxes = boxes[order]
     x1, y1, x2, y2 = boxes.unbind(1)
@@ -51,8 +41,6 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> tor
 
 def ensure_torchvision_ops() -> None:
     """Register `torchvision::nms` (and `qnms`) if torchvision's compiled ops cannot provide it."""
-    import torch
-
     global _LIB
     if _LIB is not None or _has_nms():
         return
@@ -61,21 +49,3 @@ def ensure_torchvision_ops() -> None:
     for name in ("nms", "qnms"):
         _LIB.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _LIB.impl(name, _nms, "CompositeExplicitAutograd")
-
-
-class _BeforeTorchvision(importlib.abc.MetaPathFinder):
-    """Applies the fix when this process first imports torchvision, then steps aside (the import goes on as usual)."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "torchvision":
-            sys.meta_path.remove(self)
-            ensure_torchvision_ops()
-        return None
-
-
-def worker_setup() -> None:
-    """Ray `worker_process_setup_hook`: runs in every worker before any task or actor."""
-    if "torchvision" in sys.modules:
-        ensure_torchvision_ops()
-    elif not any(isinstance(f, _BeforeTorchvision) for f in sys.meta_path):
-        sys.meta_path.insert(0, _BeforeTorchvision())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import os
+import sys
 from typing import Any
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray resolves this machine's address as 127.0.0.1
@@ -11,7 +13,32 @@ LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray resolves this ma
 # fresh batch of the prior's loader (50 MB at d = 1280, batch 256) then takes 25 page faults instead of 12,800, and
 # the in-process loader gives ~6k samples/s here instead of ~3.9k (bench/train_prior.py --loader-only).
 TORCH_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
-RUNTIME_ENV = {"worker_process_setup_hook": "lambda_eclipse.compat.worker_setup", "env_vars": TORCH_ENV}
+RUNTIME_ENV = {"worker_process_setup_hook": "lambda_eclipse.ray_session.worker_setup", "env_vars": TORCH_ENV}
+
+
+class _BeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Applies lambda_eclipse.compat's fix when this process first imports torchvision, then steps aside (the import
+    goes on as usual)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "torchvision":
+            sys.meta_path.remove(self)
+            from lambda_eclipse.compat import ensure_torchvision_ops
+
+            ensure_torchvision_ops()
+        return None
+
+
+def worker_setup() -> None:
+    """Ray `worker_process_setup_hook`, run in every worker before any task or actor. It waits for the worker's first
+    import of torchvision rather than importing torch now: that costs ~2.5 s of CPU, and most Ray workers (Ray Train's
+    controller and its helper actors, queues) never use torch."""
+    if "torchvision" in sys.modules:
+        from lambda_eclipse.compat import ensure_torchvision_ops
+
+        ensure_torchvision_ops()
+    else:
+        sys.meta_path.insert(0, _BeforeTorchvision())
 
 
 @contextlib.contextmanager
