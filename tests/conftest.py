@@ -3,8 +3,12 @@ import os
 import tempfile
 from pathlib import Path
 
-# Before Prefect is imported anywhere: a private home, no analytics, no hub downloads.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+# Before Prefect is imported anywhere: a private home, no analytics, no hub downloads. Each pytest-xdist worker (their
+# environment is the controller's, made after this ran there) takes a home of its own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-home-{os.environ['PYTEST_XDIST_WORKER']}-")
+else:
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -16,6 +20,13 @@ import pytest
 from storage.synthetic_features import featured_sample  # noqa: F401  (tests import it from here)
 
 RUN_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs")
+
+
+def pytest_collection_modifyitems(items):
+    """The modules marked `slow` first, the one also marked `longest` ahead of them, in collection order otherwise.
+    pyproject's addopts run the suite on pytest-xdist, one module per worker at a time (`--dist loadfile`, in this
+    order): the suite ends when its last module does, so the longest ones must not be the last to start."""
+    items.sort(key=lambda item: (item.get_closest_marker("longest") is None, item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="module", autouse=True)
