@@ -132,6 +132,11 @@ class LocalCluster:
     def __init__(self, proc, address: str):
         self.proc, self.address = proc, address
 
+    @property
+    def pid(self) -> int:
+        """The process that runs the cluster: every node's processes are its descendants."""
+        return self.proc.pid
+
     def _ask(self, command: str) -> str:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()

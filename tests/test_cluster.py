@@ -21,7 +21,7 @@ def test_build_dataset_on_an_existing_two_node_cluster(two_node_cluster, prefect
     write_photos(photos, 8, size=128)
     cmd = [sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos), "--output", str(out),
            "--set", "resolution.min_side=96", "--set", "input.unit_size=3"]
-    env = os.environ | {"RAY_ADDRESS": two_node_cluster, "PREFECT_API_URL": prefect_api_url,
+    env = os.environ | {"RAY_ADDRESS": two_node_cluster.address, "PREFECT_API_URL": prefect_api_url,
                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -2,7 +2,8 @@
 conftest.two_node_cluster), driven as a user would (`RAY_ADDRESS=… lambda-eclipse train-prior --output file://…`):
 two Ray Train workers (DistributedDataParallel, gloo), checkpoints through Ray Train to a `file://` run directory.
 One training worker is SIGKILLed mid-run; Ray restarts the worker group, it resumes from the last checkpoint, and the
-run ends on its own with the same weights and history as an uninterrupted run."""
+run ends on its own with the same weights and history as an uninterrupted run of two trainers, which trains meanwhile
+on the session's local Ray."""
 
 import os
 import signal
@@ -24,16 +25,18 @@ SETTINGS = ["runtime.workers=2", "data.workers=0", "train.batch_size=8", "train.
 
 
 def _train_prior(data, run, address, api_url) -> subprocess.Popen:
+    """The command, its output (stdout and stderr) in run.log beside the run directory."""
     cmd = [sys.executable, "-m", "flows.cli", "train-prior", "--data", str(data), "--output",
            run.as_uri(), *[a for s in SETTINGS for a in ("--set", s)]]
     env = os.environ | {"RAY_ADDRESS": address, "PREFECT_API_URL": api_url}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(run.with_suffix(".log"), "w") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def _workers() -> set[int]:
-    """The Ray Train worker processes of the clusters this test started (its descendants)."""
+def _workers(cluster: int) -> set[int]:
+    """The Ray Train worker processes of the cluster run by the process `cluster` (its descendants)."""
     found = set()
-    for process in psutil.Process().children(recursive=True):
+    for process in psutil.Process(cluster).children(recursive=True):
         try:
             if "RayTrainWorker" in " ".join(process.cmdline()):
                 found.add(process.pid)
@@ -56,30 +59,30 @@ def _wait(condition, what: str, timeout: float = 300):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_node_cluster,
+def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_node_cluster, ray_address,
                                                                                    prefect_api_url, tmp_path):
-    cluster, api_url = two_node_cluster, prefect_api_url  # the session's 2-node cluster and Prefect API
     data = write_dataset(tmp_path / "data", [(40, 4), (40, 4)])
-    once = _train_prior(data, tmp_path / "once", cluster, api_url)
-    out, _ = once.communicate(timeout=900)
-    assert once.returncode == 0, out[-4000:]
-
+    once = _train_prior(data, tmp_path / "once", ray_address, prefect_api_url)
     run = tmp_path / "killed"
-    killed = _train_prior(data, run, cluster, api_url)
+    killed = _train_prior(data, run, two_node_cluster.address, prefect_api_url)
     try:
         # A checkpoint registered by Ray Train (its manager's record is written after the upload), not yet the end.
         _wait(lambda: (run / "checkpoints" / "checkpoint_manager_snapshot.json").is_file(), "the first checkpoint")
-        workers = _wait(lambda: _exactly_two(_workers()), "two training workers", 60)
+        workers = _wait(lambda: _exactly_two(_workers(two_node_cluster.pid)), "two training workers", 60)
         assert not (run / "summary.json").exists(), "the run ended before the kill: make it longer"
         victim = max(workers)
         os.kill(victim, signal.SIGKILL)
         _wait(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE,
               "the killed worker to go")
-        restarted = _wait(lambda: _exactly_two(_workers() - workers), "Ray's restarted workers")
-        out, _ = killed.communicate(timeout=900)
+        restarted = _wait(lambda: _exactly_two(_workers(two_node_cluster.pid) - workers), "Ray's restarted workers")
+        killed.wait(timeout=900)
+        once.wait(timeout=900)
     finally:
-        if killed.poll() is None:
-            killed.kill()
+        for proc in (killed, once):
+            if proc.poll() is None:
+                proc.kill()
+    out, reference = (tmp_path / "killed.log").read_text(), (tmp_path / "once.log").read_text()
+    assert once.returncode == 0, reference[-4000:]
     assert killed.returncode == 0, out[-4000:]
     assert victim not in restarted
     assert f"trained to step {STEPS}" in out
