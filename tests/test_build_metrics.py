@@ -59,7 +59,9 @@ def _by_stage(series: dict, name: str) -> dict[str, int]:
 
 
 @pytest.mark.skipif(_metrics_agent_missing(), reason="ray[default] (Ray's metrics agent) is not installed")
-def test_a_local_builds_metrics_equal_its_funnel(tmp_path: Path):
+def test_a_local_builds_metrics_equal_its_funnel(tmp_path: Path, prefect_api_url):
+    """The command starts a Ray of its own (its metrics agent serves --metrics-port) and reports to the session's
+    Prefect API."""
     photos = tmp_path / "photos"
     write_photos(photos, 6, size=128)
     (photos / "bad").mkdir()
@@ -71,7 +73,9 @@ def test_a_local_builds_metrics_equal_its_funnel(tmp_path: Path):
     cmd += [a for s in SETTINGS for a in ("--set", s)]
     log = tmp_path / "cli.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=sink, stderr=subprocess.STDOUT,
+        env = os.environ | {"PREFECT_API_URL": prefect_api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 900

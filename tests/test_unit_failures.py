@@ -17,14 +17,16 @@ SETTINGS = ["--workers", "2", "--set", "resolution.min_side=96", "--set", "input
             "--set", "runtime.unit_retries=2"]
 
 
-def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_only_it(tmp_path, prefect_api_url):
+def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_only_it(tmp_path, prefect_api_url,
+                                                                                     ray_address):
+    """Both commands join the session's Ray (RAY_ADDRESS) and report to its Prefect API."""
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 12, size=128)
     # A directory where shards 2 and 4 write their Parquet file: every write fails (a full or broken disk, in small)
     blocked = {shard: tmp_path_of(out, shard) for shard in (2, 4)}
     for path in blocked.values():
         path.mkdir(parents=True)
-    build = Build(photos, out, SETTINGS, prefect_api_url)
+    build = Build(photos, out, SETTINGS, prefect_api_url, ray_address)
     build.wait_for("shard 00004 (")  # its first failure: try 1 of 3
     blocked[4].rmdir()  # a transient fault, gone before its next try
     code, stdout, stderr = build.finish()
@@ -41,7 +43,7 @@ def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_onl
     assert "shard 00004" in stderr and "try 1 of 3" in stderr
 
     blocked[2].rmdir()
-    code, stdout, stderr = Build(photos, out, SETTINGS, prefect_api_url).finish()
+    code, stdout, stderr = Build(photos, out, SETTINGS, prefect_api_url, ray_address).finish()
     assert code == 0, stderr[-3000:]
     assert "6 work units (0 new), 5 shards complete, 1 to build" in stderr
     assert complete_shards(out) == [0, 1, 2, 3, 4, 5]
