@@ -114,7 +114,8 @@ def arrow(loc: Location) -> tuple[pafs.FileSystem, str]:
     that exits right after reading, e.g. `build-dataset --dry-run` reading the manifest), Python stops that thread
     inside Arrow's C++ and the process aborts (SIGABRT, "terminate called without an active exception";
     apache/arrow#39162). A command that reads such a file and then exits reads it on its own thread:
-    `pq.ParquetFile(...).read(use_threads=False)` / `iter_batches(use_threads=False)`, never `pq.read_table`."""
+    `pq.ParquetFile(...).read(use_threads=False)` / `iter_batches(use_threads=False)`, never `pq.read_table`; a
+    small file it reads whole, as bytes, before Arrow parses them (storage/manifest.py)."""
     fs, path = resolve(loc)
     if isinstance(fs, LocalFileSystem):
         return pafs.LocalFileSystem(), path

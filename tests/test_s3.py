@@ -278,8 +278,9 @@ def test_a_dry_run_that_reads_the_manifest_exits_0_every_time(s3_here, tmp_path)
     """`build-dataset --dry-run` over an earlier run's manifest reads Parquet through fsspec, prints the plan and exits
     at once. Arrow's threads released Python buffers of that read after it had returned; at interpreter exit that
     aborted the process (SIGABRT, exit -6: "terminate called without an active exception") about once in six runs
-    on a busy machine. The manifest is now read on the calling thread (storage.fs.arrow): twelve dry runs in a row
-    must each exit 0 with the plan."""
+    on a busy machine; read on the calling thread from Arrow's PyFileSystem, still about once in a hundred. The manifest
+    is now read whole as bytes and parsed on the calling thread (storage/manifest.py): twelve dry runs in a row must
+    each exit 0 with the plan."""
     from storage.manifest import write_manifest
     from tasks.plan import prepare_build
 
