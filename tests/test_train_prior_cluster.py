@@ -61,6 +61,8 @@ def _wait(condition, what: str, timeout: float = 300):
 
 def test_a_killed_training_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_node_cluster, ray_address,
                                                                                    prefect_api_url, tmp_path):
+    """Costs two Ray Train runs of two trainers at once (the reference on the session's local Ray) and a restart of
+    the killed run's worker group: ~70 s alone, ~120 s beside another pytest-xdist worker."""
     data = write_dataset(tmp_path / "data", [(40, 4), (40, 4)])
     once = _train_prior(data, tmp_path / "once", ray_address, prefect_api_url)
     run = tmp_path / "killed"
