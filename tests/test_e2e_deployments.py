@@ -336,7 +336,7 @@ def _triggered(stack: Stack, deployment: str, timeout: float = 300, **parameters
 
 def test_a_completed_build_runs_the_loop_and_promotes_the_prior(stack, built):
     """The build's Completed event starts retrain-on-new-dataset on the dataset it built: validate → train → evaluate
-    → promote; generate's deployment without a prior then uses the promoted prior. ~60 s alone, ~95 s beside another
+    → promote; generate's deployment without a prior then uses the promoted prior. ~60 s alone, ~105 s beside another
     pytest-xdist worker: the loop's run starts a Ray, Ray Train and the evaluation's models in processes of its own,
     as on an operator's worker, and generate's run its models."""
     output = str(built["output"])
@@ -582,7 +582,7 @@ def _alive(p: psutil.Process) -> bool:
 def test_killed_worker_restarted_resumes_build_without_redoing_complete_shards(stack, built):
     """The most realistic door of kill → resume for build-dataset (a worker's whole tree SIGKILLed, as a dying
     machine). Costs two flow-run processes with a Ray each (the killed run, its retry) and a worker restart: ~45 s
-    alone, ~100 s beside another pytest-xdist worker."""
+    alone, 100–140 s beside another pytest-xdist worker."""
     photos = stack.tmp / "data" / "photos-kill"
     write_photos(photos, 24, size=128)
     output = stack.tmp / "data" / "dataset-kill"

@@ -45,6 +45,8 @@ def _keys(out) -> list[str]:
 
 
 def test_a_build_fills_the_cluster_survives_a_lost_node_and_uses_one_that_joins(tmp_path, prefect_api_url):
+    """Costs a cluster of its own (its nodes are removed and added under the build: the session's cannot serve), a
+    build and a sampling client: ~85 s alone, ~100 s beside another pytest-xdist worker."""
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 16, size=128)
     with local_cluster(nodes=2, cpus_per_node=2) as cluster:

@@ -87,7 +87,8 @@ def test_training_overfits_a_small_dataset(dataset, tmp_path):
 def test_a_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
     """A run stopped at step 7, then --resume to 12: same weights as one run of 12 steps (a constant schedule after
     warm-up, so that max_steps changes nothing else). Two loader workers, a small shuffle buffer, epochs wrapping and
-    the control drop exercise the data position; the optimizer, RNG and schedule cross the restart."""
+    the control drop exercise the data position; the optimizer, RNG and schedule cross the restart. Costs three Ray
+    Train runs (~25 s each to start): ~80 s alone, up to ~110 s beside another pytest-xdist worker."""
     settings = FAST + ["data.workers=2", "data.shuffle_buffer=5", "data.zero_control_prob=0.3", "train.batch_size=5",
                        "checkpoint.every=4", "checkpoint.keep=2", "log.every=2", "val.every=6",
                        "train.schedule=constant"]

@@ -299,7 +299,7 @@ def test_a_dry_run_that_reads_the_manifest_exits_0_every_time(s3_here, tmp_path)
 def test_build_and_validate_a_dataset_in_a_bucket(s3, s3_faults, s3_ray, tmp_path):
     """Through a store that throttles (s3_faults: every tar read and shard write fails once, 503 SlowDown): each is
     tried again, and nothing is lost or rejected for it. Costs six commands (dry runs, three builds, a validation),
-    each a process of its own on one shared Ray: ~75 s alone, ~95 s beside another pytest-xdist worker."""
+    each a process of its own on one shared Ray: ~75 s alone, ~100 s beside another pytest-xdist worker."""
     for shard in range(2):
         tar = _img2dataset_tar(tmp_path / "photos", IMAGES_PER_TAR * shard)
         s3.pipe_file(f"{_bucket_path(TARS)}/{shard:05d}.tar", tar)

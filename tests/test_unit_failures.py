@@ -19,7 +19,9 @@ SETTINGS = ["--workers", "2", "--set", "resolution.min_side=96", "--set", "input
 
 def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_only_it(tmp_path, prefect_api_url,
                                                                                      ray_address):
-    """Both commands join the session's Ray (RAY_ADDRESS) and report to its Prefect API."""
+    """Both commands join the session's Ray (RAY_ADDRESS) and report to its Prefect API. Costs two builds, each a
+    command of its own, the first with four failing tries of a unit: ~60 s alone, up to ~115 s beside another
+    pytest-xdist worker."""
     photos, out = tmp_path / "photos", tmp_path / "dataset"
     write_photos(photos, 12, size=128)
     # A directory where shards 2 and 4 write their Parquet file: every write fails (a full or broken disk, in small)
