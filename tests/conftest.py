@@ -138,6 +138,17 @@ def two_node_cluster(ray_local):
         yield cluster
 
 
+def shard_keys(root) -> list[str]:
+    """The keys of every complete shard of the dataset at `root`, accepted and rejected, in shard order: each input
+    once in a whole build."""
+    import pyarrow.parquet as pq
+
+    from storage.layout import complete_shards, shard_paths
+
+    return [key for shard in complete_shards(root) for kind in ("parquet", "rejects")
+            for key in pq.read_table(shard_paths(root, shard)[kind], columns=["key"]).column("key").to_pylist()]
+
+
 def rewrite_text_states_as_legacy(root, shard: int) -> None:
     """Rewrite a shard's text_hidden_states as the fixed_size_list<float16> column datasets had before it became
     binary (storage/schema.py), updating _stats.json's hash of it: an old dataset, which must still be read."""

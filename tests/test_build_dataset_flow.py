@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import BUILD_SETTINGS
+from conftest import BUILD_SETTINGS, shard_keys
 
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import write_photos
@@ -27,14 +27,6 @@ def _accepted_keys(root: Path) -> set[str]:
     return {row["key"] for row in iter_samples(root, columns=["key"])}
 
 
-def _all_keys(root: Path) -> list[str]:
-    keys = []
-    for shard in complete_shards(root):
-        keys += pq.read_table(shard_paths(root, shard)["parquet"], columns=["key"]).column("key").to_pylist()
-        keys += pq.read_table(shard_paths(root, shard)["rejects"], columns=["key"]).column("key").to_pylist()
-    return keys
-
-
 @pytest.fixture(scope="module")
 def built(built_dataset):
     """The session's flow-built dataset (conftest.built_dataset): photos, dataset, summary."""
@@ -46,7 +38,7 @@ def test_every_input_is_accounted_for(built):
     assert summary["inputs"] == 16 and summary["shards"] == 4
     assert summary["accepted"] + summary["rejected"] == 16
     assert summary["accepted"] > 0, "the tiny profile must yield accepted samples on ordinary photos"
-    keys = _all_keys(out)
+    keys = shard_keys(out)
     assert len(keys) == 16 and len(set(keys)) == 16
     rejects = {
         r["source"].split("/")[-1]: r
@@ -179,7 +171,7 @@ def test_added_inputs_become_new_shards_and_complete_ones_are_untouched(built, t
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir() if p.name in before} == before
     stats = read_json(shard_paths(out, 2)["stats"])
     assert stats["unit"]["description"] == f"folder {grown} [6:9]" and stats["inputs"] == 3
-    keys = _all_keys(out)
+    keys = shard_keys(out)
     assert len(keys) == 9 and len(set(keys)) == 9
 
     (grown / "photo_00000.jpg").write_bytes((grown / "photo_00001.jpg").read_bytes()[:500])

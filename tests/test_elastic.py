@@ -5,13 +5,13 @@ lost mid-build costs only the work that was on it; a node that joins gets actors
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 from build_process import Build
+from conftest import shard_keys
 
 from lambda_eclipse.ray_session import local_cluster
 from lambda_eclipse.synthetic import write_photos
-from storage.layout import complete_shards, shard_paths
+from storage.layout import complete_shards
 
 pytestmark = pytest.mark.slow
 SETTINGS = ["--set", "resolution.min_side=96", "--set", "input.unit_size=2"]
@@ -33,15 +33,6 @@ while not done.is_set():
     time.sleep(0.2)
 print(peak, flush=True)
 """
-
-
-def _keys(out) -> list[str]:
-    keys = []
-    for shard in complete_shards(out):
-        paths = shard_paths(out, shard)
-        keys += pq.read_table(paths["parquet"], columns=["key"]).column("key").to_pylist()
-        keys += pq.read_table(paths["rejects"], columns=["key"]).column("key").to_pylist()
-    return keys
 
 
 def test_a_build_fills_the_cluster_survives_a_lost_node_and_uses_one_that_joins(tmp_path, prefect_api_url):
@@ -72,5 +63,5 @@ def test_a_build_fills_the_cluster_survives_a_lost_node_and_uses_one_that_joins(
     assert "→" in joined  # the pools grew onto the new node
     assert "of 16 inputs in 8 shards" in stdout
     assert complete_shards(out) == list(range(8))
-    keys = _keys(out)
+    keys = shard_keys(out)
     assert len(keys) == len(set(keys)) == 16  # every input once: nothing lost with the node, nothing built twice
