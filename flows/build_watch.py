@@ -34,75 +34,91 @@ def duration(seconds: float) -> str:
 
 
 class BuildWatch:
+    """Running sums over the window (each shard added once and subtracted once when it leaves it) and the units
+    left, so that every call costs the same at the 100th shard and the 100,000th."""
+
     def __init__(self, todo: list[WorkUnit], actors: Callable[[], dict[str, int]], window: float = WINDOW,
                  clock: Callable[[], float] = time.monotonic):
-        self.remaining = {u.shard: u for u in todo}
         self.actors = actors
         self.window = window
         self.clock = clock
         self.started = clock()
         self.events: deque[tuple[float, int, int, int, dict[str, float]]] = deque()  # t, inputs, accepted, bytes, s
-        metrics.units_remaining(len(self.remaining))
+        self.sums = [0, 0, 0]  # inputs, accepted, bytes of the events in the window
+        self.stage_sums: dict[str, float] = {}  # stage → seconds of the events in the window
+        self.left = len(todo)
+        self.left_bytes = sum(u.bytes for u in todo)
+        self.left_images = sum(u.images or 0 for u in todo)
+        self.uncounted = sum(1 for u in todo if u.images is None)  # tars: counted as they are read
+        self.seen = False  # any shard done yet
+        metrics.units_remaining(self.left)
 
     def shard_done(self, unit: WorkUnit, stats: dict) -> None:
-        self.remaining.pop(unit.shard, None)
-        now = self.clock()
-        self.events.append((now, stats["inputs"], stats["accepted"], unit.bytes, dict(stats.get("stage_seconds", {}))))
-        while self.events and self.events[0][0] < now - self.window:
-            self.events.popleft()
-        metrics.units_remaining(len(self.remaining))
+        self.left -= 1
+        self.seen = True
+        self.left_bytes -= unit.bytes
+        self.left_images -= unit.images or 0
+        self.uncounted -= unit.images is None
+        event = (self.clock(), stats["inputs"], stats["accepted"], unit.bytes, dict(stats.get("stage_seconds", {})))
+        self.events.append(event)
+        self._count(event, 1)
+        self._expire()
+        metrics.units_remaining(self.left)
+
+    def _count(self, event: tuple, sign: int) -> None:
+        for i in range(3):
+            self.sums[i] += sign * event[i + 1]
+        for stage, seconds in event[4].items():
+            self.stage_sums[stage] = self.stage_sums.get(stage, 0.0) + sign * seconds
+
+    def _expire(self) -> None:
+        """Events older than the window leave it (and its sums)."""
+        start = self.clock() - self.window
+        while self.events and self.events[0][0] < start:
+            self._count(self.events.popleft(), -1)
 
     def _span(self) -> float:
         """Seconds the window covers: the last `window` seconds, or since the build started."""
         return max(1e-9, min(self.window, self.clock() - self.started))
 
-    def _recent(self) -> list[tuple[float, int, int, int, dict[str, float]]]:
-        now = self.clock()
-        return [e for e in self.events if e[0] >= now - self.window]
-
     def rates(self) -> tuple[float, float]:
         """(images/s, accepted samples/s) over the window."""
-        recent, span = self._recent(), self._span()
-        return sum(e[1] for e in recent) / span, sum(e[2] for e in recent) / span
+        self._expire()
+        span = self._span()
+        return self.sums[0] / span, self.sums[1] / span
 
     def eta(self) -> float | None:
         """Seconds until the remaining units are written at the window's pace: by images where every remaining unit's
         are known (folders), else by bytes (tars are counted as they are read); None before any pace is known."""
-        recent, span = self._recent(), self._span()
-        if not self.remaining:
+        self._expire()
+        if not self.left:
             return 0.0
-        if not recent:
+        if not self.events:
             return None
-        left = list(self.remaining.values())
-        if all(u.images is not None for u in left) and sum(e[1] for e in recent):
-            return sum(u.images or 0 for u in left) / (sum(e[1] for e in recent) / span)
-        if sum(e[3] for e in recent):
-            return sum(u.bytes for u in left) / (sum(e[3] for e in recent) / span)
+        span = self._span()
+        if not self.uncounted and self.sums[0]:
+            return self.left_images / (self.sums[0] / span)
+        if self.sums[2]:
+            return self.left_bytes / (self.sums[2] / span)
         return None
 
     def busy(self) -> dict[str, float]:
         """Per model stage: its actors' busy fraction over the window (0–1)."""
-        recent, span = self._recent(), self._span()
-        out = {}
-        for stage, actors in self.actors().items():
-            seconds = sum(e[4].get(stage, 0.0) for e in recent)
-            out[stage] = round(min(1.0, seconds / (span * max(1, actors))), 3)
-        return out
-
-    def busy_columns(self) -> dict[str, str]:
-        """The shard table's busy columns: each model stage's busy fraction when the shard finished."""
-        return {f"busy: {stage}": f"{fraction:.0%}" for stage, fraction in self.busy().items()}
+        self._expire()
+        span = self._span()
+        return {stage: round(min(1.0, max(0.0, self.stage_sums.get(stage, 0.0)) / (span * max(1, actors))), 3)
+                for stage, actors in self.actors().items()}
 
     def describe(self, done: int, total: int, now: datetime | None = None) -> str:
         """The progress artifact's description: shards, pace over the last minutes, ETA."""
         head = f"{done}/{total} shards complete"
-        if not self.events:
+        if not self.seen:
             return head
         images, accepted = self.rates()
         minutes = self.window / 60
         text = f"{head} · {images:.2f} images/s, {accepted:.2f} accepted samples/s over the last {minutes:g} min"
         eta = self.eta()
-        if eta is not None and self.remaining:
+        if eta is not None and self.left:
             at = (now or datetime.now(UTC)) + timedelta(seconds=eta)
             text += f" · ETA {duration(eta)} (at {at:%Y-%m-%d %H:%M} UTC)"
         return text

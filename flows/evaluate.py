@@ -52,7 +52,7 @@ def evaluate_group(pool: ActorPool, plan: EvalPlan, items: list[tuple[BenchPromp
 
 
 def _dtype(pool: ActorPool) -> str:
-    dtypes = {w["dtype"] for w in pool.where}
+    dtypes = {w["dtype"] for w in pool.locations()}
     if len(dtypes) != 1:
         raise WorkerError(f"evaluate actors run in different dtypes ({', '.join(sorted(dtypes))}); set runtime.dtype "
                           "(and runtime.device) so that every actor computes alike")
@@ -94,7 +94,7 @@ def evaluate(
     if todo:
         actors = min(e.actors, len(todo))
         with model_pool("evaluate", partial(Evaluator, plan), plan.cfg.runtime, actors, logger) as pool:
-            where = pool.where
+            where = pool.locations()
             start(plan, _dtype(pool))
             rows = []
             for group, items in groupby(todo, key=lambda item: group_of(item[0])):

@@ -94,9 +94,9 @@ class ActorPool:
         self.stage, self.build, self.log = stage, build, log
         self.placement = placement  # the first actors' (what `describe` shows)
         self.actors: list = []
-        self.where: list[dict] = []  # per actor, once ready: node, device, dtype
-        self.placed: list[Placement] = []  # per actor: what it asked for
-        self.live: list[int] = []  # actors ready and not removed, by index
+        self._where: list[dict] = []  # per actor, once ready: node, device, dtype
+        self._placed: list[Placement] = []  # per actor: what it asked for
+        self._live: list[int] = []  # actors ready and serving, by index
         self._pending: dict[Any, int] = {}  # readiness ref → actor index
         self.add(placement)
         if start:
@@ -121,8 +121,8 @@ class ActorPool:
         added = []
         for _ in range(placement.actors):
             self.actors.append(remote.remote(self.build, placement.threads, placement.gpus))
-            self.where.append({})
-            self.placed.append(placement)
+            self._where.append({})
+            self._placed.append(placement)
             added.append(len(self.actors) - 1)
             self._pending[self.actors[-1].ready.remote()] = added[-1]
         return added
@@ -133,7 +133,8 @@ class ActorPool:
 
     def on_node(self) -> dict[int, str | None]:
         """Each serving or loading actor's node: where it runs, or where it was meant to run while it loads."""
-        return {i: self.where[i]["node"] for i in self.live} | {i: self.placed[i].node for i in self._pending.values()}
+        serving = {i: self._where[i]["node"] for i in self._live}
+        return serving | {i: self._placed[i].node for i in self._pending.values()}
 
     def poll(self, timeout: float | None = 0.0) -> list[int]:
         """Actors whose models have loaded since the last poll (waiting up to `timeout` s for the first; None: for all).
@@ -147,8 +148,8 @@ class ActorPool:
         ready = []
         for ref in done:
             index = self._pending.pop(ref)
-            self.where[index] = self._get(ref, index, "loading its models")
-            self.live.append(index)
+            self._where[index] = self._get(ref, index, "loading its models")
+            self._live.append(index)
             ready.append(index)
         return ready
 
@@ -165,22 +166,43 @@ class ActorPool:
         """Stop actor `index` (its node is gone, or its stage needs fewer actors); calls on it fail from now on."""
         import ray
 
-        if index in self.live:
-            self.live.remove(index)
+        if index in self._live:
+            self._live.remove(index)
         self._pending = {ref: i for ref, i in self._pending.items() if i != index}
         ray.kill(self.actors[index])
 
+    def remove_on(self, nodes: set[str]) -> None:
+        """Stop the serving actors on these nodes (they are gone)."""
+        for index in [i for i in self._live if self._where[i]["node"] in nodes]:
+            self.remove(index)
+
+    def retire(self, index: int) -> bool:
+        """Stop handing out actor `index` while its calls in flight finish (`remove` stops it); False if it was not
+        serving."""
+        if index not in self._live:
+            return False
+        self._live.remove(index)
+        return True
+
     def handles(self) -> list:
-        return [self.actors[i] for i in self.live]
+        return [self.actors[i] for i in self._live]
+
+    @property
+    def size(self) -> int:
+        """Actors serving now."""
+        return len(self._live)
+
+    def locations(self) -> list[dict]:
+        """Where each serving actor runs: node, device, dtype."""
+        return [self._where[i] for i in self._live]
 
     @property
     def nodes(self) -> set[str]:
-        return {self.where[i]["node"] for i in self.live}
+        return {self._where[i]["node"] for i in self._live}
 
     def describe(self) -> str:
         p = self.placement
-        places = ", ".join(f"{self.where[i]['device']} {self.where[i]['dtype']} on node {self.where[i]['node'][:8]}"
-                           for i in self.live)
+        places = ", ".join(f"{w['device']} {w['dtype']} on node {w['node'][:8]}" for w in self.locations())
         return f"{self.stage}: {p.actors} actor(s) × ({p.cpus} CPU, {p.gpus} GPU, {p.threads} threads): {places}"
 
     def _get(self, ref, index: int, doing: str) -> Any:
@@ -190,7 +212,7 @@ class ActorPool:
         try:
             return ray.get(ref)
         except Exception as exc:
-            node = self.where[index].get("node", "")
+            node = self._where[index].get("node", "")
             at = f"{self.stage} actor {index}" + (f" (node {node[:8]})" if node else "")
             cause = getattr(exc, "cause", None)
             if isinstance(cause, UserError):
@@ -199,7 +221,7 @@ class ActorPool:
 
     def call(self, fn: Callable, *args, doing: str = "") -> Any:
         """`fn(models, *args)` on the first ready actor."""
-        first = self.live[0]
+        first = self._live[0]
         return self._get(self.actors[first].run.remote(fn, *args), first, doing or fn.__name__)
 
     def map(self, fn: Callable, items: list[tuple], label: Callable[[int], str]) -> Iterator[tuple[int, Any, int]]:
@@ -215,7 +237,7 @@ class ActorPool:
             running[self.actors[actor].run.remote(fn, *items[i])] = (i, actor)
 
         for _ in range(IN_FLIGHT):
-            for actor in self.live:
+            for actor in self._live:
                 if pending:
                     submit(actor)
         while running:
@@ -231,7 +253,7 @@ class ActorPool:
 
         for actor in self.actors:
             ray.kill(actor)
-        self.live, self._pending = [], {}
+        self._live, self._pending = [], {}
 
 
 class PoolRuntime(Protocol):

@@ -2,7 +2,8 @@
 thumbnails with their reasons, so that a user tuning a filter's threshold sees what it removes.
 
 The thumbnails were made on the workers (storage/thumbnail.py) and stored in the shards' rejects files; this reads
-those files, in shard order, only until every stage has its rows (never every shard of a large build), and embeds
+the files of the few shards the build's totals kept for each stage (storage/build_totals.py), in shard order, only
+until every stage has its rows (never every shard of a large build), and embeds
 the JPEG bytes as data URIs: the flow decodes no image, and the Prefect UI shows the gallery on any machine.
 """
 
@@ -13,11 +14,11 @@ import re
 
 import pyarrow.parquet as pq
 
+from storage.build_totals import GALLERY_SHARDS, BuildTotals
 from storage.fs import Location, is_file, open_file
 from storage.layout import shard_paths
-from storage.report import merge_funnel
 
-PER_STAGE = 6  # rejects shown per stage
+PER_STAGE = GALLERY_SHARDS  # rejects shown per stage: the totals keep as many shards, each with one at least
 
 
 def _cell(text: str) -> str:
@@ -40,14 +41,14 @@ def _read(path: Location) -> list[dict]:
     return table.to_pylist()
 
 
-def gallery_rows(root: Location, stats: list[dict], per_stage: int = PER_STAGE) -> dict[str, list[dict]]:
+def gallery_rows(root: Location, totals: BuildTotals, per_stage: int = PER_STAGE) -> dict[str, list[dict]]:
     """Up to `per_stage` rejects of each stage that rejected anything, in stage order, those with a thumbnail first
     within each shard."""
-    wanted = {r["stage"]: r["rejected"] for r in merge_funnel(stats) if r["rejected"]}
+    wanted = {stage: n for stage, n in totals.rejected_by_stage().items() if n}
     rows: dict[str, list[dict]] = {stage: [] for stage in wanted}
-    for s in sorted(stats, key=lambda s: s["shard"]):
-        stages = [st for st, n in (s.get("rejected_by_stage") or {}).items() if n and len(rows.get(st, ())) < per_stage]
-        path = shard_paths(root, s["shard"])["rejects"]
+    for shard in sorted(set().union(*totals.gallery_shards.values())):
+        stages = [st for st, kept in totals.gallery_shards.items() if shard in kept and len(rows[st]) < per_stage]
+        path = shard_paths(root, shard)["rejects"]
         if not stages or not is_file(path):
             continue
         for row in sorted(_read(path), key=lambda r: r["thumbnail"] is None):
@@ -58,12 +59,12 @@ def gallery_rows(root: Location, stats: list[dict], per_stage: int = PER_STAGE) 
     return rows
 
 
-def gallery_markdown(root: Location, stats: list[dict], per_stage: int = PER_STAGE) -> str:
+def gallery_markdown(root: Location, totals: BuildTotals, per_stage: int = PER_STAGE) -> str:
     """The gallery as markdown ("" when nothing was rejected)."""
-    rows = gallery_rows(root, stats, per_stage)
+    rows = gallery_rows(root, totals, per_stage)
     if not rows:
         return ""
-    counts = {r["stage"]: r["rejected"] for r in merge_funnel(stats)}
+    counts = totals.rejected_by_stage()
     lines = ["## Rejects gallery", "",
              f"Up to {per_stage} rejects of each stage that rejected anything; every reject is listed in "
              "`shards/NNNNN_rejects.parquet`."]

@@ -11,49 +11,28 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from storage.build_totals import BuildTotals
 from storage.fs import Location, is_file, open_file
 from storage.layout import shard_paths
 
 COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 
 
-def merge_funnel(stats: list[dict]) -> list[dict]:
-    """Per-stage in / rejected / out summed over shards, in stage order."""
-    rows: dict[str, dict] = {}
-    for s in stats:
-        for step in s["funnel"]:
-            row = rows.setdefault(step["stage"], {"stage": step["stage"], "in": 0, "rejected": 0})
-            row["in"] += step["in"]
-            row["rejected"] += step["rejected"]
-    for row in rows.values():
-        row["out"] = row["in"] - row["rejected"]
-    return list(rows.values())
-
-
-def dropped_subjects(stats: list[dict]) -> int:
-    """Subjects the features stage removed from samples it still accepted (0 for shards written before it was
-    counted)."""
-    return sum(s.get("dropped_subjects", 0) for s in stats)
-
-
-def funnel_markdown(stats: list[dict], contact_sheet: Location | None) -> str:
-    inputs = sum(s["inputs"] for s in stats)
-    accepted = sum(s["accepted"] for s in stats)
-    seconds = sum(s["seconds"] for s in stats)
-    dropped = dropped_subjects(stats)
+def funnel_markdown(totals: BuildTotals, contact_sheet: Location | None) -> str:
+    t = totals
     lines = [
         "# build-dataset summary",
         "",
-        f"{len(stats)} shards, {inputs} inputs, **{accepted} accepted**, {inputs - accepted} rejected"
-        + (f", {inputs / seconds:.2f} images/s" if seconds else ""),
+        f"{t.shards} shards, {t.inputs} inputs, **{t.accepted} accepted**, {t.inputs - t.accepted} rejected"
+        + (f", {t.inputs / t.seconds:.2f} images/s" if t.seconds else ""),
         "",
-        f"{dropped} subject(s) dropped from accepted samples (each sample's JSON says which and why: "
+        f"{t.dropped_subjects} subject(s) dropped from accepted samples (each sample's JSON says which and why: "
         "`dropped_subjects`)",
         "",
         "| stage | in | rejected | out |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} |" for r in merge_funnel(stats)]
+    lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} |" for r in t.funnel_rows()]
     if contact_sheet is not None:
         lines += ["", f"Contact sheet: `{contact_sheet}`"]
     return "\n".join(lines)

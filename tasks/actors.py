@@ -2,11 +2,11 @@
 cluster it runs on (tasks/placement.py) and kept so while the build runs.
 
 Each actor loads its stage's model once and then serves batches from every work unit being built; pools are created
-together, so the models load in parallel. While the build runs, `StagePools.tick` follows the cluster: nodes that
-join get actors, actors lost with a node are replaced where they fit and the pools shrink to what remains; every few
-shards `rebalance` moves actors toward the stage that measured slowest. An actor that is no longer wanted leaves the
-handles that new units get at once, and is stopped once no running unit holds it. An actor that dies (OOM, a killed
-process) is restarted by Ray and the call is retried on it.
+together, so the models load in parallel. While the build runs, `StagePools.tick` follows the cluster (its nodes are
+read every few seconds): nodes that join get actors, actors lost with a node are replaced where they fit and the pools
+shrink to what remains; every few shards `rebalance` moves actors toward the stage that measured slowest. An actor that
+is no longer wanted leaves the handles that new units get at once, and is stopped once no running unit holds it. An
+actor that dies (OOM, a killed process) is restarted by Ray and the call is retried on it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tasks.config import BuildConfig
 from tasks.pipeline import MODEL_STAGES, STAGES
 from tasks.placement import PoolPlan, StageDemand, plan_pools
 
+NODE_POLL_SECONDS = 5.0  # how often `tick` reads the cluster's nodes (a control-store call: never once per unit)
 PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
 
 
@@ -121,6 +122,7 @@ class StagePools:
 
     def __post_init__(self) -> None:
         self.nodes = alive_nodes()
+        self.polled = time.monotonic()
         self.plan = self._plan()
         # What a unit task asks for stays what the first plan left beside the actors: a re-plan that gave units more
         # while the actors kept their sizes would leave every new unit waiting for CPUs that never free up.
@@ -155,18 +157,18 @@ class StagePools:
         return self.plan.describe()
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(pool.live) for name, pool in self.pools.items()}
+        return {name: pool.size for name, pool in self.pools.items()}
 
     def handles(self) -> dict[str, list]:
         return {name: pool.handles() for name, pool in self.pools.items()}
 
     def serving(self) -> bool:
         """Every stage has an actor to serve a unit."""
-        return all(pool.live for pool in self.pools.values())
+        return all(pool.size for pool in self.pools.values())
 
     def unservable(self, waited: float) -> str:
         """Why no unit can run: the stages without an actor, and what is left of the cluster."""
-        missing = [name for name, pool in self.pools.items() if not pool.live]
+        missing = [name for name, pool in self.pools.items() if not pool.size]
         total = {k: sum(n.get(k, 0) for n in self.nodes.values()) for k in ("CPU", "GPU")}
         return (f"no actor of {', '.join(missing)} could be placed in {waited:.0f} s on what is left of the cluster "
                 f"({len(self.nodes)} node(s), {total['CPU']:g} CPUs, {total['GPU']:g} GPUs); add nodes, or lower "
@@ -190,12 +192,13 @@ class StagePools:
         before = self.sizes()
         for pool in self.pools.values():
             pool.poll()
-        nodes = alive_nodes()
+        nodes = self.nodes
+        if time.monotonic() - self.polled >= NODE_POLL_SECONDS:
+            nodes, self.polled = alive_nodes(), time.monotonic()
         if set(nodes) != set(self.nodes):
             lost, joined = set(self.nodes) - set(nodes), set(nodes) - set(self.nodes)
             for pool in self.pools.values():
-                for index in [i for i in pool.live if pool.where[i]["node"] in lost]:
-                    pool.remove(index)
+                pool.remove_on(lost)
             self.nodes = nodes
             what = ", ".join(f"{len(x)} node(s) {verb}" for x, verb in ((lost, "lost"), (joined, "joined")) if x)
             changes.append(f"cluster changed ({what}; {len(nodes)} node(s) now): " + self._resize())
@@ -235,10 +238,9 @@ class StagePools:
                 for kind in wanted[len(held):]:
                     pool.add(kind)
                 for index in sorted(held)[len(wanted):]:  # the newest go first
-                    if index in pool.live:
-                        pool.live.remove(index)
+                    if pool.retire(index):  # it serves: stopped once no running unit holds it
                         self.retired.append(_Retired(name, index, self.generation + 1))
-                    else:
+                    else:  # still loading
                         pool.remove(index)
             after = self.plan.actors(name)
             if after != before:

@@ -55,7 +55,7 @@ def double(model: Doubler, x: int) -> tuple[int, int]:
 def test_calls_are_spread_over_every_actor_and_come_back_whole():
     pool = ActorPool("test", Doubler, placement(0, 0.5, 2, {"CPU": 2}))
     try:
-        assert [w["device"] for w in pool.where] == ["cpu", "cpu"] and pool.where[0]["dtype"] == "float32"
+        assert [w["device"] for w in pool.locations()] == ["cpu", "cpu"] and pool.locations()[0]["dtype"] == "float32"
         assert "test: 2 actor(s) × (0.5 CPU, 0.0 GPU, 1 threads): cpu float32 on node " in pool.describe()
         items = [(x,) for x in (0, 1, 2, 4, 5, 6)]
         results = list(pool.map(double, items, lambda i: f"item {i}"))

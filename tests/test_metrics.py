@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.build_watch import BuildWatch, duration
+from flows.shard_table import busy_columns
 from lambda_eclipse import metrics
 from storage.sources import WorkUnit
 
@@ -107,7 +108,7 @@ def test_rate_eta_and_busy_fractions_over_the_last_minutes():
     assert watch.rates() == (0.1, 0.04)  # 10 images, 4 accepted in the 100 s since the start
     assert watch.eta() == pytest.approx(300)  # 30 images left at 0.1/s
     assert watch.busy() == {"caption": 0.5, "masks": 0.5}  # masks: 100 s over 2 actors × 100 s
-    assert watch.busy_columns() == {"busy: caption": "50%", "busy: masks": "50%"}
+    assert busy_columns(watch.busy()) == {"busy: caption": "50%", "busy: masks": "50%"}
     at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     assert watch.describe(1, 4, now=at) == ("1/4 shards complete · 0.10 images/s, 0.04 accepted samples/s over the "
                                             "last 5 min · ETA 5 min (at 2026-01-01 12:05 UTC)")

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from storage import thumbnail
+from storage.build_totals import BuildTotals
 from storage.rejects_gallery import gallery_markdown, gallery_rows
 from storage.sample import Sample, SourceRef
 from storage.schema import feature_schema
@@ -102,6 +103,13 @@ def test_a_shard_keeps_at_most_per_stage_thumbnails_of_each_stage(tmp_path):
                     "resolution": [True]}
 
 
+def _totals(stats: list[dict]) -> BuildTotals:
+    totals = BuildTotals()
+    for s in stats:
+        totals.add(s)
+    return totals
+
+
 def test_the_gallery_shows_each_stage_with_thumbnails_and_reasons(tmp_path):
     green = np.zeros((40, 80, 3), np.uint8)
     green[..., 1] = 200
@@ -109,7 +117,7 @@ def test_the_gallery_shows_each_stage_with_thumbnails_and_reasons(tmp_path):
                                   _rejected("d0", "decode", "empty file | 0 bytes", None)]),
              _shard(tmp_path, 1, [_rejected(f"w{i}", "white_background", f"white fraction 0.9{i}", green)
                                   for i in range(5)])]
-    text = gallery_markdown(tmp_path, stats, per_stage=3)
+    text = gallery_markdown(tmp_path, _totals(stats), per_stage=3)
     assert text.startswith("## Rejects gallery")
     sections = re.findall(r"^### (\w+): (\d+) rejected$", text, re.M)
     assert sections == [("decode", "1"), ("resolution", "1"), ("white_background", "5")]  # in stage order
@@ -125,11 +133,11 @@ def test_the_gallery_reads_shards_only_until_every_stage_has_its_rows(tmp_path):
     stats = [_shard(tmp_path, i, [_rejected(f"w{i}", "white_background", "too white", np.zeros((8, 8, 3), np.uint8))])
              for i in range(4)]
     (tmp_path / "shards" / "00003_rejects.parquet").write_bytes(b"unreadable: never read")
-    rows = gallery_rows(tmp_path, stats, per_stage=3)
+    rows = gallery_rows(tmp_path, _totals(stats), per_stage=3)
     assert [r["key"] for r in rows["white_background"]] == ["w0", "w1", "w2"]
 
 
 def test_nothing_rejected_gives_no_gallery(tmp_path):
     from storage.synthetic_features import featured_sample
 
-    assert gallery_markdown(tmp_path, [_shard(tmp_path, 0, [featured_sample("a")])]) == ""
+    assert gallery_markdown(tmp_path, _totals([_shard(tmp_path, 0, [featured_sample("a")])])) == ""

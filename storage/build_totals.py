@@ -1,0 +1,76 @@
+"""A build's totals, kept as running sums: each shard's stats (`_stats.json`) is added once and forgotten, so the flow
+that watches 100,000 units holds kilobytes, not every shard's stats. Totals of two sets of shards merge (the shards
+of earlier runs are summed in chunks on the workers and merged here).
+
+Besides the sums they keep the few shard numbers the summary reads pixels from: the lowest-numbered shards with
+accepted samples (the contact sheet) and, per stage, the lowest-numbered shards that rejected something there (the
+rejects gallery), so the report reads a bounded number of files whatever the build's size, and the same ones
+whatever order the shards finished in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SHEET_SHARDS = 16  # shards with accepted samples kept for the contact sheet (it draws at most 16 samples)
+GALLERY_SHARDS = 6  # shards kept per rejecting stage for the rejects gallery (it shows at most 6 rejects a stage)
+
+
+def _lowest(shards: list[int], more: list[int], keep: int) -> list[int]:
+    return sorted(set(shards) | set(more))[:keep]
+
+
+@dataclass
+class BuildTotals:
+    shards: int = 0
+    inputs: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    seconds: float = 0.0  # summed over shards: the workers' time, not the build's wall time
+    dropped_subjects: int = 0  # subjects the features stage removed from samples it still accepted
+    funnel: dict[str, list[int]] = field(default_factory=dict)  # stage → [in, rejected], in stage order
+    sheet_shards: list[int] = field(default_factory=list)
+    gallery_shards: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, stats: dict) -> None:
+        """One shard's stats (`_stats.json`)."""
+        self.shards += 1
+        self.inputs += stats["inputs"]
+        self.accepted += stats["accepted"]
+        self.rejected += stats["rejected"]
+        self.seconds += stats["seconds"]
+        self.dropped_subjects += stats.get("dropped_subjects", 0)  # 0 for shards written before it was counted
+        for step in stats["funnel"]:
+            row = self.funnel.setdefault(step["stage"], [0, 0])
+            row[0] += step["in"]
+            row[1] += step["rejected"]
+        shard = stats["shard"]
+        if stats["accepted"]:
+            self.sheet_shards = _lowest(self.sheet_shards, [shard], SHEET_SHARDS)
+        for stage, count in (stats.get("rejected_by_stage") or {}).items():
+            if count:
+                self.gallery_shards[stage] = _lowest(self.gallery_shards.get(stage, []), [shard], GALLERY_SHARDS)
+
+    def merge(self, other: BuildTotals) -> None:
+        """Add another set of shards' totals (disjoint from these)."""
+        self.shards += other.shards
+        self.inputs += other.inputs
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.seconds += other.seconds
+        self.dropped_subjects += other.dropped_subjects
+        for stage, (count, rejected) in other.funnel.items():
+            row = self.funnel.setdefault(stage, [0, 0])
+            row[0] += count
+            row[1] += rejected
+        self.sheet_shards = _lowest(self.sheet_shards, other.sheet_shards, SHEET_SHARDS)
+        for stage, shards in other.gallery_shards.items():
+            self.gallery_shards[stage] = _lowest(self.gallery_shards.get(stage, []), shards, GALLERY_SHARDS)
+
+    def funnel_rows(self) -> list[dict]:
+        """Per stage: in, rejected, out, in stage order."""
+        return [{"stage": stage, "in": count, "rejected": rejected, "out": count - rejected}
+                for stage, (count, rejected) in self.funnel.items()]
+
+    def rejected_by_stage(self) -> dict[str, int]:
+        return {stage: rejected for stage, (_, rejected) in self.funnel.items()}
