@@ -14,13 +14,26 @@ rate for an accepted sample, and the fraction of the FLOP bound (docs/design.md,
 per accepted sample, the CPU milliseconds of each CPU stage, of each model stage's work outside its models' forward
 passes (input preparation, post-processing), and of shard writing, at 1024² and 2048² synthetic photos; then the
 funnel of the fixed 64-photo set (`--photo-set DIR` also writes its shard there, for comparing two builds).
+
+`--control-plane` (`--units 1000,10000`): for each N, N one-photo units (`input.unit_size=1`, 16x16 JPEGs that the
+resolution filter rejects from the header, so no decode and no model runs), built by the CLI in a fresh process
+against its own `prefect server start` (fresh PREFECT_HOME) and a local Ray; sampled every 0.5 s: the CPU per
+shard of the flow process alone and of the Prefect server (with its children), over the shards 10 %→30 % and
+70 %→90 % of N (the growth from first to last), the flow's total CPU and peak RSS, the wall time, the artifacts
+the server stores (count, JSON size of their data, count per key), the server's database size, and the events it
+refused to publish. Goals: <= 3 ms flow and <= 5 ms server CPU per shard, the last within 30 % of the first,
+database <= 50 MB, no refused event.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -459,6 +472,254 @@ def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> No
         print(f"CPU per accepted sample at {size}²: {totals[size]:.0f} ms")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM to `proc` and every descendant it has now, a bounded wait, then SIGKILL to what is left."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _cpu_seconds(proc, tree: bool) -> float:
+    """User + system CPU seconds of `proc`; with `tree`, also of its live descendants and its reaped children."""
+    import psutil
+
+    t = proc.cpu_times()
+    total = t.user + t.system
+    if tree:
+        total += t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+    return total
+
+
+def _peak_rss(proc) -> int:
+    """The process's peak RSS so far in bytes (VmHWM on Linux), at least its RSS now."""
+    rss = proc.memory_info().rss
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = max(rss, int(line.split()[1]) * 1024)
+    return rss
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child `pid` has exited, without reaping it (its final CPU times stay readable)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _at(samples: list[tuple[float, int, float, float]], shards: float, column: int) -> float:
+    """The value of `column` when `shards` shards were complete, interpolated linearly between samples."""
+    for before, after in zip(samples, samples[1:], strict=False):
+        if before[1] < shards <= after[1]:
+            return before[column] + (after[column] - before[column]) * (shards - before[1]) / (after[1] - before[1])
+    return float("nan")
+
+
+def _artifacts(api: str) -> tuple[int, int, dict[str, int]]:
+    """Every artifact the server stores, paged through its filter endpoint (raw JSON: Prefect 3.8's client sends null
+    filters the server rejects): their count, the JSON size of their data, and the count per key."""
+    import httpx
+
+    count, size, keys = 0, 0, {}
+    offset = 0
+    with httpx.Client(base_url=api, timeout=60) as client:
+        while True:
+            for attempt in range(10):  # the server answers 503 while its SQLite database is locked
+                response = client.post("/artifacts/filter", json={"sort": "CREATED_DESC", "limit": 200,
+                                                                  "offset": offset})
+                if response.status_code != 503 or attempt == 9:
+                    break
+                time.sleep(1)
+            response.raise_for_status()
+            page = response.json()
+            if not page:
+                return count, size, keys
+            for artifact in page:
+                count += 1
+                size += len(json.dumps(artifact["data"]))
+                keys[str(artifact.get("key"))] = keys.get(str(artifact.get("key")), 0) + 1
+            offset += len(page)
+
+
+@dataclasses.dataclass
+class _ControlPlane:
+    """One `--control-plane` build's numbers: CPU per shard in ms, CPU in s, RSS in MiB, database in MB."""
+
+    shards: int
+    wall: float
+    code: int
+    summary: str
+    flow_first: float
+    flow_last: float
+    server_first: float
+    server_last: float
+    flow_cpu: float
+    server_cpu: float
+    peak_rss: float
+    artifacts: int
+    artifact_bytes: int
+    keys: dict[str, int]
+    database: float
+    refused: int
+
+
+def _control_plane_run(n: int, tmp: Path) -> _ControlPlane:
+    """One build of `n` one-photo units, each rejected from its header, against its own Prefect server; the numbers
+    of `bench_control_plane`."""
+    import httpx
+    import psutil
+    from PIL import Image
+
+    photos = tmp / "photos"
+    photos.mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 80, 40)).save(buffer, "JPEG")  # below resolution.min_side: header-only reject
+    jpeg = buffer.getvalue()
+    for i in range(n):
+        (photos / f"{i:07d}.jpg").write_bytes(jpeg)
+    home, out, port = tmp / "prefect-home", tmp / "out", _free_port()
+    home.mkdir()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "RAY_ADDRESS"} | {
+        "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    root = Path(__file__).resolve().parents[1]
+    server_log = tmp / "server.log"
+    with open(server_log, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    cli = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start in 120 s:\n{server_log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        cli_log = tmp / "cli.log"
+        limit = max(900.0, 0.11 * n)  # 3 h for 100,000 units
+        with open(cli_log, "ab") as log:
+            start = time.monotonic()
+            cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "build-dataset", "--input", str(photos),
+                                    "--output", str(out), "--set", "input.unit_size=1"], cwd=root,
+                                   env=env | {"PREFECT_API_URL": api}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        flow, srv = psutil.Process(cli.pid), psutil.Process(server.pid)
+        samples: list[tuple[float, int, float, float]] = []
+        flow_cpu, server_cpu, peak, timed_out = 0.0, 0.0, 0, False
+        shards_dir = out / "shards"
+        while True:
+            done = _exited(cli.pid)  # before sampling: the last sample then has the exited process's final times
+            with contextlib.suppress(psutil.Error):
+                flow_cpu = _cpu_seconds(flow, tree=False)
+                peak = max(peak, _peak_rss(flow))
+            with contextlib.suppress(psutil.Error):
+                server_cpu = _cpu_seconds(srv, tree=True)
+            try:
+                shards = sum(1 for e in os.scandir(shards_dir) if e.name.endswith("_stats.json"))
+            except FileNotFoundError:
+                shards = 0
+            samples.append((time.monotonic() - start, shards, flow_cpu, server_cpu))
+            if done:
+                break
+            if time.monotonic() - start > limit:
+                timed_out = True
+                break
+            time.sleep(0.5)
+        wall = time.monotonic() - start
+        if timed_out:
+            _stop_tree(cli)
+        code = cli.wait()
+        if code != 0 or timed_out:
+            how = f"timed out after {limit:.0f} s" if timed_out else f"exit {code}"
+            print(f"  {n:,} units: build-dataset {how}; last lines of {cli_log}:\n{cli_log.read_text()[-4000:]}",
+                  flush=True)
+        summary = next((line for line in reversed(cli_log.read_text().splitlines()) if " accepted, " in line), "")
+        count, size, keys = _artifacts(api)
+    finally:
+        if cli is not None and cli.poll() is None:
+            _stop_tree(cli)
+        _stop_tree(server)
+    database = sum(p.stat().st_size for p in (home / "prefect.db", home / "prefect.db-wal", home / "prefect.db-shm")
+                   if p.exists())
+    refused = sum("Refusing to publish event" in line for line in server_log.read_text(errors="replace").splitlines())
+
+    def per_shard(column: int, a: float, b: float) -> float:
+        return (_at(samples, b * n, column) - _at(samples, a * n, column)) / ((b - a) * n) * 1000
+
+    return _ControlPlane(
+        shards=samples[-1][1], wall=wall, code=code, summary=summary,
+        flow_first=per_shard(2, 0.1, 0.3), flow_last=per_shard(2, 0.7, 0.9),
+        server_first=per_shard(3, 0.1, 0.3), server_last=per_shard(3, 0.7, 0.9),
+        flow_cpu=samples[-1][2], server_cpu=samples[-1][3], peak_rss=peak / 2**20,
+        artifacts=count, artifact_bytes=size, keys=dict(sorted(keys.items())), database=database / 1e6,
+        refused=refused,
+    )
+
+
+def _growth(first: float, last: float) -> float:
+    return last / first - 1 if first else float("nan")
+
+
+def bench_control_plane(units: tuple[int, ...]) -> None:
+    """Per work unit, the control plane's own cost: builds of N one-photo units that are all rejected from the
+    header (no decode, no model), so that what is left is the flow process and the Prefect server."""
+    print(f"control plane: N one-photo units (16x16 JPEGs, all rejected at resolution.min_side from the header), "
+          f"build-dataset CLI against its own Prefect server and local Ray; {os.cpu_count()} cores")
+    results: dict[int, _ControlPlane] = {}
+    for n in units:
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench-control-plane-{n}-"))
+        try:
+            r = results[n] = _control_plane_run(n, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"{n:,} units: {r.shards} shards in {r.wall:.1f} s (exit {r.code}); "
+              f"flow CPU per shard first {r.flow_first:.2f} ms, last {r.flow_last:.2f} ms "
+              f"({_growth(r.flow_first, r.flow_last):+.0%}) (goal <= 3 ms, last within 30 % of first); "
+              f"server CPU per shard first {r.server_first:.2f} ms, last {r.server_last:.2f} ms "
+              f"({_growth(r.server_first, r.server_last):+.0%}) (goal <= 5 ms, last within 30 % of first); "
+              f"flow CPU {r.flow_cpu:.1f} s, server CPU {r.server_cpu:.1f} s, flow peak RSS {r.peak_rss:.0f} MiB; "
+              f"artifacts {r.artifacts} ({r.artifact_bytes:,} bytes of data JSON; per key {json.dumps(r.keys)}); "
+              f"database {r.database:.1f} MB (goal <= 50 MB); refused events {r.refused} (goal 0); "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        if r.summary:
+            print(f"  {r.summary}", flush=True)
+    n = 10_000 if 10_000 in results else max(results)
+    print(f"flow CPU per shard at {n:,} units: first {results[n].flow_first:.2f} ms, "
+          f"last {results[n].flow_last:.2f} ms")
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
@@ -478,9 +739,14 @@ def main() -> None:
     args.add_argument("--sizes", default="1024,2048", help="photo sides for --cpu-side")
     args.add_argument("--count", type=int, default=24, help="photos per size for --cpu-side")
     args.add_argument("--photo-set", type=Path, help="--cpu-side: also build the fixed 64-photo set's shard here")
+    args.add_argument("--control-plane", action="store_true",
+                      help="only the flow process's and the Prefect server's CPU per shard over N one-photo units")
+    args.add_argument("--units", default="1000,10000", help="--control-plane: unit counts N, a comma list")
     ns = args.parse_args()
     if ns.placement:
         bench_placement()
+    elif ns.control_plane:
+        bench_control_plane(tuple(int(u) for u in ns.units.split(",")))
     elif ns.balance:
         bench_balance(ns.n1, min(ns.size, 256), ns.cpus, ns.nodes)
     elif ns.cpu_side:

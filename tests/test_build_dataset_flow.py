@@ -123,6 +123,11 @@ def test_dashboard_outputs(built):
     shards, summary = latest["build-dataset-shards"], latest["build-dataset-summary"]
     assert shards["type"] == "table" and "rejected: decode" in shards["data"] and "masks /s" in shards["data"]
     assert "busy: masks" in shards["data"] and "busy: caption" in shards["data"]  # each model stage's busy fraction
+    table = json.loads(shards["data"])  # the totals row, then the slowest, most rejecting and latest shards
+    assert table[0]["shown"] == "total" and table[0]["shard"] == "4 shards" and table[0]["inputs"] == 16
+    assert sorted(r["shard"] for r in table if r["shown"] == "latest") == ["00000", "00001", "00002", "00003"]
+    log = pq.ParquetDataset(out / "build_log").read()  # every shard's row, beside the shards
+    assert sorted(log.column("shard").to_pylist()) == [0, 1, 2, 3] and sum(log.column("inputs").to_pylist()) == 16
     progress = latest["build-dataset-progress"]["description"]  # the pace over the last minutes (the ETA while left)
     assert re.fullmatch(r"4/4 shards complete · [\d.]+ images/s, [\d.]+ accepted samples/s over the last 5 min",
                         progress), progress
