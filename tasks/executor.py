@@ -129,7 +129,9 @@ class BuildExecutor:
         plan, pools, log = self.plan, self._pools, self.log
         r = plan.cfg.runtime
         limit = r.max_failed_units or max(1, math.ceil(0.01 * len(plan.todo)))
-        task = ray.remote(max_retries=0)(build_unit)
+        # What a unit task asks for is fixed for the build (StagePools.unit_cpus): its options are made once.
+        task = ray.remote(max_retries=0, num_cpus=pools.unit_cpus)(build_unit)
+        cfg, shared_meta = ray.put(plan.cfg), ray.put(meta)  # serialised once, not with every unit (Ray passes values)
         earlier_failures = set(failed_units(plan.output))
         costs = StageCosts()
         queue: deque = deque(plan.todo)
@@ -154,8 +156,7 @@ class BuildExecutor:
                     self.nodes |= pools.used_nodes
                 while handles is not None and queue and len(running) < pools.units_in_flight():
                     unit = queue.popleft()
-                    ref = task.options(num_cpus=pools.unit_cpus).remote(unit, str(plan.output), plan.cfg,
-                                                                         plan.profile, meta, handles)
+                    ref = task.remote(unit, str(plan.output), cfg, plan.profile, shared_meta, handles)
                     running[ref] = (unit, generation)
             elif queue:
                 waiting_since = waiting_since or now
@@ -166,7 +167,7 @@ class BuildExecutor:
                 time.sleep(0.2)
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            if ready:  # and every other unit that finished meanwhile, in one pass
+            if ready and len(running) > 1:  # and every other unit that finished meanwhile, in one pass
                 ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             for ref in ready:
                 unit, _ = running.pop(ref)
