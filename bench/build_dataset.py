@@ -55,6 +55,22 @@ def _steady_rate(out: Path) -> tuple[float, int]:
     return images / (stats[-1].stat().st_mtime - stats[0].stat().st_mtime), len(stats)
 
 
+def _predicted(cfg, out: Path, nodes: int, cpus: float) -> tuple[float, float]:
+    """The placement's predicted images/s for this cluster shape: from the declared stage costs, and from the costs
+    the built shards measured (what a rebalancing build plans with)."""
+    from storage.layout import complete_shards, read_json, shard_paths
+    from tasks.actors import UNIT_SECONDS, demands
+    from tasks.executor import StageCosts
+    from tasks.placement import plan_pools
+
+    costs = StageCosts()
+    for shard in complete_shards(out):
+        costs.add(read_json(shard_paths(out, shard)["stats"]))
+    shape = [{"CPU": cpus}] * nodes
+    return (plan_pools(shape, demands(cfg), UNIT_SECONDS).predicted,
+            plan_pools(shape, demands(cfg, costs.per_sample()[0]), costs.per_sample()[1]).predicted)
+
+
 def bench_planning(tars: int, per_tar: int) -> None:
     """`build-dataset --dry-run` over `tars` tar files of `per_tar` members: listing only, a fresh CLI process."""
     import io
@@ -148,6 +164,9 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     print(f"loop  runs: {n1} images {loop[n1]:.1f} s, {n2} images {loop[n2]:.1f} s (+ model load {load:.1f} s)")
     print(f"loop  steady state: {loop_rate:.2f} images/s (units after the first)")
     print(f"ratio flow / loop steady state: {flow_rate / loop_rate:.2f} (goal >= 0.8)")
+    declared, measured = _predicted(cfg, tmp / f"flow{n2}", nodes, cpus)
+    print(f"placement: predicted {measured:.2f} images/s from the stage costs the shards measured ({declared:.2f} from "
+          f"the declared ones); measured {flow_rate:.2f}: ratio {flow_rate / measured:.2f} (goal 0.8-1.2)")
     print(f"flow process CPU: {c1:.2f} s / {c2:.2f} s; "
           f"per accepted sample (slope): {cpu_per_sample:.2f} ms (goal <= 3)")
     print(f"flow process peak RSS: {peak_rss:.2f} GiB (goal <= 1)")
@@ -724,7 +743,7 @@ def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
     args.add_argument("--n1", type=int, default=24, help="images in the small run")
-    args.add_argument("--n2", type=int, default=96, help="images in the large run")
+    args.add_argument("--n2", type=int, default=384, help="images in the large run (32 shards: a stable steady state)")
     args.add_argument("--size", type=int, default=1024, help="side of the generated photos (tiny)")
     args.add_argument("--cpus", type=float, default=2, help="CPUs per Ray node (tiny)")
     args.add_argument("--nodes", type=int, default=1, help="Ray nodes (tiny)")

@@ -213,6 +213,10 @@ class StagePools:
         self.retired = keep
         return changes
 
+    def predicted(self, measured: dict[str, float], unit_seconds: float) -> float:
+        """Samples/s the placement predicts for the cluster as it is now with these measured costs (the pools stay)."""
+        return plan_pools(self.nodes, demands(self.cfg, measured), unit_seconds).predicted
+
     def rebalance(self, measured: dict[str, float], unit_seconds: float) -> str | None:
         """Re-plan with measured CPU seconds per sample; a line for the run log when the pools change."""
         self.measured, self.unit_seconds = measured, unit_seconds

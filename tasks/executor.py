@@ -205,6 +205,9 @@ class BuildExecutor:
                     line = pools.rebalance(*costs.per_sample())
                     if line:
                         log.info("%s", line)
+        if built:  # how the placement's model compares with what the build measured (docs/build-dataset.md)
+            log.info("placement: %.3g samples/s predicted from the stage costs this run measured (%.3g by the plan "
+                     "it ran)", pools.predicted(*costs.per_sample()), pools.plan.predicted)
         return Outcome(failed, finished=True)
 
     def _record_failure(self, unit: WorkUnit, reason: str, node: str, attempts: int) -> dict:
