@@ -2,10 +2,10 @@
 the shard table (a bounded window: flows/shard_table.py), a run-log line now and then, the build log (every shard's
 row, `DIR/build_log/`), and the running totals the summary is made from.
 
-Prefect stores every version of a table artifact and an event for each, so publications are paced: at most one per
-interval, and the interval grows with the run's age (a build publishes about `spread` times per pace in its first
-interval × spread seconds, then ever less often), so that a days-long build adds a bounded amount to the Prefect
-database whatever its number of units.
+Prefect stores every version of a table artifact and an event for each, so publications are paced: the interval is
+at least a fixed number of seconds and at least the run's age / SPREAD, so that once a run is older than SPREAD
+intervals it publishes about SPREAD more times each time its age grows e-fold (the table: ~340 versions in a day, ~570
+in ten days). What a build adds to the Prefect database is bounded by its duration, never by its number of units.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tasks.plan import BuildPlan
 PROGRESS_SECONDS = 5.0  # the progress artifact is updated at most this often …
 TABLE_SECONDS = 60.0  # … the shard table published …
 LOG_SECONDS = 60.0  # … and an INFO line logged (each shard's line is at DEBUG)
-SPREAD = 100  # … and each of them at most about this many times per interval × SPREAD seconds of the run's age
+SPREAD = 100  # … and each of them no more often than the run's age / SPREAD
 
 
 class Pacer:
