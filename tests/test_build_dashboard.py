@@ -4,6 +4,7 @@ publishes are counted and measured (Prefect's calls recorded, a fake clock), nev
 import json
 import math
 from dataclasses import replace
+from uuid import uuid4
 
 import pyarrow.dataset as ds
 import pytest
@@ -79,7 +80,7 @@ def test_many_shards_publish_a_bounded_table_and_paced_progress(tmp_path, monkey
     """5,000 shards over 500 s of the fake clock: a shard every 0.1 s."""
     calls, clock, log = Recorder(monkeypatch), Clock(), Log()
     units = 5000
-    dashboard = BuildDashboard(_plan(tmp_path, units), "progress-id", log, lambda: {"caption": 2, "masks": 1},
+    dashboard = BuildDashboard(_plan(tmp_path, units), uuid4(), log, lambda: {"caption": 2, "masks": 1},
                                clock=clock)
     for i in range(units):
         clock.now += 0.1
