@@ -494,8 +494,8 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
             artifacts_tab()
             page.get_by_text("build-dataset-progress", exact=True).first.click()
             page.get_by_text("Progress: 100%").wait_for()
-            # the description: shards, the pace over the last minutes (flows/build_watch.py)
-            assert re.search(r"\d+/\d+ shards complete · [\d.]+ images/s", page.inner_text("body"))
+            # the description: shards, the pace over the last minutes (flows/build_watch.py); drawn after the bar
+            page.get_by_text(re.compile(r"\d+/\d+ shards complete · [\d.]+ images/s")).first.wait_for()
             page.screenshot(path=str(shots / "progress.png"), full_page=True)
         finally:
             context.close()

@@ -13,8 +13,10 @@ from lambda_eclipse.synthetic import write_photos
 from storage.layout import complete_shards, failure_path, shard_paths, tmp_path
 
 pytestmark = pytest.mark.slow
+# runtime.max_failed_units=2: the one unit that fails every try must not stop the build early, whatever the order in
+# which its tries and the other units end (the default, 1 % of 6 units, is 1)
 SETTINGS = ["--workers", "2", "--set", "resolution.min_side=96", "--set", "input.unit_size=2",
-            "--set", "runtime.unit_retries=2"]
+            "--set", "runtime.unit_retries=2", "--set", "runtime.max_failed_units=2"]
 
 
 def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_only_it(tmp_path, prefect_api_url,
@@ -55,3 +57,21 @@ def test_a_failing_unit_is_recorded_the_others_complete_and_the_rerun_builds_onl
 def tmp_path_of(out, shard: int):
     """Where the shard writer stages the shard's Parquet file before its rename (storage/layout.py)."""
     return tmp_path(Path(shard_paths(out, shard)["parquet"]))
+
+
+def test_a_systematic_failure_stops_the_build_at_max_failed_units(tmp_path, prefect_api_url, ray_address):
+    """Every unit fails (no shard can be written): the first unit that fails every try stops the build, the units
+    still running are cancelled, and the one line says so. Costs one build: ~15 s."""
+    photos, out = tmp_path / "photos", tmp_path / "dataset"
+    write_photos(photos, 12, size=128)
+    for shard in range(6):
+        tmp_path_of(out, shard).mkdir(parents=True)
+    settings = ["--workers", "2", "--set", "resolution.min_side=96", "--set", "input.unit_size=2",
+                "--set", "runtime.unit_retries=0", "--set", "runtime.max_failed_units=1"]
+    code, _, stderr = Build(photos, out, settings, prefect_api_url, ray_address).finish()
+    assert code == 1, stderr[-3000:]
+    (last,) = [line for line in stderr.splitlines() if line.startswith("lambda-eclipse build-dataset: ")]
+    assert last.startswith("lambda-eclipse build-dataset: failed: stopped early at runtime.max_failed_units "
+                           "(1 failed), 5 other unit(s) not all built; 1 of 6 unit(s) failed after 1 tries: "
+                           "shard 000"), last
+    assert complete_shards(out) == [] and len(os.listdir(out / "failed")) == 1
