@@ -208,3 +208,40 @@ def test_dry_run_plans_without_starting_anything(built):
     assert not (out / "shards" / "00004_stats.json").exists()
     manifest = read_manifest(out)
     assert manifest is not None and len(manifest) == 4  # a dry run writes nothing
+
+
+def test_many_small_units_publish_a_bounded_dashboard(tmp_path, prefect_harness, ray_local):
+    """120 one-photo units, each rejected from its header (cheap for the workers): the run stores a shard table of a
+    fixed number of rows in a few versions and one progress artifact, and its build log holds every shard."""
+    import io
+
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+
+    from flows.build_dataset import build_dataset
+    from flows.shard_table import LATEST, WORST
+
+    photos = tmp_path / "tiny_photos"
+    photos.mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, format="JPEG")
+    for i in range(120):
+        (photos / f"p{i:04d}.jpg").write_bytes(buf.getvalue())
+    out = tmp_path / "dataset"
+    state = build_dataset(inputs=[str(photos)], output=str(out), profile="tiny",
+                          overrides=[*SETTINGS, "input.unit_size=1"], return_state=True)
+    summary = state.result()
+    assert summary["shards"] == 120 and summary["rejected"] == 120
+    with get_client(sync_client=True) as client:  # the UI's filter body (see test_dashboard_outputs)
+        response = client._client.post("/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}, "sort": "CREATED_DESC",
+            "limit": 200})
+    stored = response.json()
+    tables = [a for a in stored if a["key"] == "build-dataset-shards"]
+    assert 1 <= len(tables) <= 3  # the first shard's, one a minute at most, the final one
+    rows = json.loads(tables[0]["data"])  # newest first
+    assert len(rows) == 1 + 2 * WORST + LATEST and rows[0]["shard"] == "120 shards"
+    assert sum(len(a["data"]) for a in tables) < 60_000
+    assert [a["key"] for a in stored].count("build-dataset-progress") == 1  # updated in place
+    log = pq.ParquetDataset(out / "build_log").read()
+    assert sorted(log.column("shard").to_pylist()) == list(range(120))
