@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's embedded API server gets 20 s to start by default, which a busy machine (or a fresh database's
     # migrations) can exceed; a first command must not fail for that.
     os.environ.setdefault(STARTUP_TIMEOUT, "300")
+    # The embedded API server's telemetry cannot be sent from a machine without internet access, and its failure is
+    # logged as an ERROR in a run that has none; an operator who wants telemetry sets the variable to true.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         return args.run(args)
     except UserError as exc:

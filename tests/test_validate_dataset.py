@@ -3,7 +3,10 @@ the CLI exits non-zero; the flow fails with the reason and publishes its report.
 shard writer (the contract's code path), so their `_stats.json` is what build-dataset writes."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,20 @@ def test_a_good_dataset_passes(dataset, capsys):
     assert main(["validate-dataset", str(dataset), "--no-flow"]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "00002" in out
+
+
+@pytest.mark.slow
+def test_a_command_on_the_embedded_prefect_server_prints_no_error(dataset, tmp_path):
+    """As README's first command runs: no PREFECT_API_URL, so the command starts Prefect's embedded API server (~15 s),
+    whose telemetry cannot be sent from a machine without internet access; the run's output has no ERROR line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a fresh database, as on a new machine
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "validate-dataset", str(dataset)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "OK" in run.stdout
+    assert [line for line in output.splitlines() if "ERROR" in line or "Traceback" in line] == [], output[-3000:]
 
 
 def test_flipped_byte_is_a_sha256_mismatch(dataset):
