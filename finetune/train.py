@@ -38,9 +38,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffusers.utils.constants import SAFETENSORS_WEIGHTS_NAME
+
 from finetune.config import PROFILES, FinetuneConfig, steps_for
 from finetune.subjects import Subject, read_subjects
-from lambda_eclipse.constants import WEIGHTS_NAME
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from storage.fs import is_local
 from storage.layout import read_json, sha256_file, write_json_atomic
@@ -339,7 +340,7 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        self.unet.load_state_dict(load_file(path / UNET / WEIGHTS_NAME, device=str(self.device)))
+        self.unet.load_state_dict(load_file(path / UNET / SAFETENSORS_WEIGHTS_NAME, device=str(self.device)))
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         self.scaler.load_state_dict(state["scaler"])

@@ -12,11 +12,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambda_eclipse.constants import CONFIG_NAME
+from diffusers.utils.constants import CONFIG_NAME
+
 from lambda_eclipse.errors import UserError
 from storage.layout import read_json
 
-UNET, CONFIG, FINETUNE = "unet", CONFIG_NAME, "finetune.json"
+UNET, FINETUNE = "unet", "finetune.json"
 UNET_CLASS = "UNet2DConditionModel"
 # What decides the UNet's shapes: a fine-tuned UNet must agree with the base decoder's config on every one of them.
 ARCHITECTURE = ("in_channels", "out_channels", "down_block_types", "up_block_types", "mid_block_type",
@@ -41,11 +42,11 @@ def _unet_directory(source: str) -> tuple[Path, Path | None]:
     path = Path(source).resolve()
     if not path.is_dir():
         raise UserError(f"--decoder {source} is not a directory; pass the output directory of finetune-decoder "
-                        f"(DIR with {UNET}/{CONFIG}) or its {UNET}/ folder")
+                        f"(DIR with {UNET}/{CONFIG_NAME}) or its {UNET}/ folder")
     for unet, info in ((path / UNET, path / FINETUNE), (path, path.parent / FINETUNE)):
-        if (unet / CONFIG).is_file():
+        if (unet / CONFIG_NAME).is_file():
             return unet, info if info.is_file() else None
-    raise UserError(f"--decoder {source} has no {UNET}/{CONFIG} (nor {CONFIG}); pass the output directory of "
+    raise UserError(f"--decoder {source} has no {UNET}/{CONFIG_NAME} (nor {CONFIG_NAME}); pass the output directory of "
                     "finetune-decoder or its unet/ folder")
 
 
@@ -68,14 +69,14 @@ def open_decoder(source: str, base: dict, what: str) -> DecoderCheckpoint:
     `what`), without loading weights."""
     unet, info = _unet_directory(source)
     try:
-        config = read_json(unet / CONFIG)
+        config = read_json(unet / CONFIG_NAME)
     except ValueError as exc:
-        raise UserError(f"--decoder {unet / CONFIG} is not valid JSON: {exc}") from None
+        raise UserError(f"--decoder {unet / CONFIG_NAME} is not valid JSON: {exc}") from None
     if config.get("_class_name") != UNET_CLASS:
         raise UserError(f"--decoder {unet} holds a {config.get('_class_name')!r}, not a {UNET_CLASS} (the Kandinsky "
                         "2.2 decoder UNet that finetune-decoder writes)")
     if not list(unet.glob("*.safetensors")):
-        raise UserError(f"--decoder {unet} has {CONFIG} but no *.safetensors weights")
+        raise UserError(f"--decoder {unet} has {CONFIG_NAME} but no *.safetensors weights")
     differ = [f"{key} {_normal(config.get(key))} (the decoder's: {_normal(base.get(key))})" for key in ARCHITECTURE
               if _normal(config.get(key)) != _normal(base.get(key))]
     if differ:

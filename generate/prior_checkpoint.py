@@ -19,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
+from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from storage.layout import read_json, sha256_file
 from tasks.config import SubjectsConfig
 
-CONFIG, WEIGHTS, FINAL = CONFIG_NAME, WEIGHTS_NAME, "final"  # prior/train.py's layout
+FINAL = "final"  # prior/train.py's layout: DIR/final/ holds the last checkpoint
 TRAINING = "training.json"  # prior/train.py's TRAINING
 RELEASED_CANNY = {"low_threshold": 100, "high_threshold": 200, "size": 0}  # the released inference: the image's size
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
@@ -57,16 +58,16 @@ class PriorCheckpoint:
 def _directory(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
-        if (path / CONFIG).is_file():
+        if (path / CONFIG_NAME).is_file():
             return path
-        if (path / FINAL / CONFIG).is_file():  # a train-prior run directory
+        if (path / FINAL / CONFIG_NAME).is_file():  # a train-prior run directory
             return path / FINAL
-        raise UserError(f"prior {source} has no {CONFIG} (nor {FINAL}/{CONFIG}); pass a checkpoint directory written "
-                        "by train-prior (RUN_DIR/final or RUN_DIR/checkpoints/step-N)")
+        raise UserError(f"prior {source} has no {CONFIG_NAME} (nor {FINAL}/{CONFIG_NAME}); pass a checkpoint directory "
+                        "written by train-prior (RUN_DIR/final or RUN_DIR/checkpoints/step-N)")
     if source.count("/") == 1 and not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, CONFIG)
+        cached = try_to_load_from_cache(source, CONFIG_NAME)
         if isinstance(cached, str):
             return Path(cached).parent
         raise ModelNotFoundError(
@@ -81,12 +82,12 @@ def _directory(source: str) -> Path:
 def read_prior_config(source: str) -> tuple[Path, dict]:
     """The checkpoint directory (absolute: model actors may run elsewhere) and its config."""
     path = _directory(source).resolve()
-    if not (path / WEIGHTS).is_file():
-        raise UserError(f"prior {path} has {CONFIG} but no {WEIGHTS}")
+    if not (path / SAFETENSORS_WEIGHTS_NAME).is_file():
+        raise UserError(f"prior {path} has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}")
     try:
-        return path, read_json(path / CONFIG)
+        return path, read_json(path / CONFIG_NAME)
     except ValueError as exc:
-        raise UserError(f"prior {path}/{CONFIG} is not valid JSON: {exc}") from None
+        raise UserError(f"prior {path}/{CONFIG_NAME} is not valid JSON: {exc}") from None
 
 
 def profile_of(source: str) -> str:
@@ -102,7 +103,7 @@ def profile_of(source: str) -> str:
 def open_prior(source: str, embed_dim: int, what: str) -> PriorCheckpoint:
     """Check that the checkpoint fits the CLIP in use (`embed_dim`, described by `what`) without loading weights."""
     path, config = read_prior_config(source)
-    weights = path / WEIGHTS
+    weights = path / SAFETENSORS_WEIGHTS_NAME
     dims = {key: config.get(key) or config.get("embedding_dim")
             for key in ("embedding_dim", "clip_embed_dim", "embedding_proj_dim")}
     wrong = {key: dim for key, dim in dims.items() if dim != embed_dim}

@@ -42,9 +42,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
-from lambda_eclipse.constants import CONFIG_NAME, WEIGHTS_NAME
 from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
 from prior.config import PROFILES, TrainConfig, share
@@ -102,7 +102,7 @@ def checkpoints(run: Location) -> list[str]:
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
-CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, STATE)
+CHECKPOINT_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, STATE)
 
 
 def registered(run: Location, existing: list[str]) -> list[str]:
@@ -291,7 +291,7 @@ def _start_state(job: TrainJob) -> tuple[dict[str, torch.Tensor], dict, bool] | 
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as local:
-        weights = load_file(Path(local) / WEIGHTS_NAME)
+        weights = load_file(Path(local) / SAFETENSORS_WEIGHTS_NAME)
         state = torch.load(Path(local) / STATE, map_location="cpu", weights_only=True)
     log.info("starting from checkpoint %s (step %d, %s)", checkpoint.path, state["step"],
              "this run's" if same_run else "initialising a new run")
