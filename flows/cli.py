@@ -4,6 +4,7 @@ per command in flows/commands/."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     # The embedded API server's telemetry cannot be sent from a machine without internet access, and its failure is
     # logged as an ERROR in a run that has none; an operator who wants telemetry sets the variable to true.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's console format for every command: a library's call on the root logger before Prefect is imported
+    # (open_clip's get_tokenizer calls logging.info while a command checks its input) would install logging's default
+    # format, which Prefect then keeps; a root logger with a handler is left alone, and Prefect replaces this one.
+    logging.getLogger().addHandler(logging.NullHandler())
     try:
         return args.run(args)
     except UserError as exc:

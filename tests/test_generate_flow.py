@@ -129,3 +129,21 @@ def test_a_model_actor_failure_is_one_line_in_the_run_log_naming_the_actor(asset
     assert err.splitlines()[-1] == f"lambda-eclipse generate: error: {line}"
     assert line in wait_for_error_log(line)
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_command_logs_in_prefects_format(assets, tmp_path, prefect_api_url, ray_address):
+    """In a process of its own, as a user runs it: open_clip's tokenizer logs through the root logger before the flow
+    starts, which would install logging's default format (`INFO:prefect.flow_runs:…`) ahead of Prefect's."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"PREFECT_API_URL": prefect_api_url, "RAY_ADDRESS": ray_address}
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--prompt", "a dog", "--prior",
+                          str(assets["prior"]), "--steps", "2", "--output", str(tmp_path / "out")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stderr.splitlines()
+    assert [line for line in lines if line.split(":")[0] in ("DEBUG", "INFO", "WARNING", "ERROR")] == []
+    (begins,) = [line for line in lines if "Beginning flow run" in line]
+    assert " | INFO    | Flow run " in begins, begins
