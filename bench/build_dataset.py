@@ -67,8 +67,9 @@ def _predicted(cfg, out: Path, nodes: int, cpus: float) -> tuple[float, float]:
     for shard in complete_shards(out):
         costs.add(read_json(shard_paths(out, shard)["stats"]))
     shape = [{"CPU": cpus}] * nodes
+    measured, unit_seconds = costs.per_sample()
     return (plan_pools(shape, demands(cfg), UNIT_SECONDS).predicted,
-            plan_pools(shape, demands(cfg, costs.per_sample()[0]), costs.per_sample()[1]).predicted)
+            plan_pools(shape, demands(cfg, measured), unit_seconds).predicted)
 
 
 def bench_planning(tars: int, per_tar: int) -> None:

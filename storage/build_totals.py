@@ -32,24 +32,20 @@ class BuildTotals:
     sheet_shards: list[int] = field(default_factory=list)
     gallery_shards: dict[str, list[int]] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, stats: dict) -> BuildTotals:
+        """One shard's totals, from its stats (`_stats.json`)."""
+        shard = stats["shard"]
+        return cls(shards=1, inputs=stats["inputs"], accepted=stats["accepted"], rejected=stats["rejected"],
+                   seconds=stats["seconds"],
+                   dropped_subjects=stats.get("dropped_subjects", 0),  # 0 for shards written before it was counted
+                   funnel={step["stage"]: [step["in"], step["rejected"]] for step in stats["funnel"]},
+                   sheet_shards=[shard] if stats["accepted"] else [],
+                   gallery_shards={stage: [shard] for stage, n in (stats.get("rejected_by_stage") or {}).items() if n})
+
     def add(self, stats: dict) -> None:
         """One shard's stats (`_stats.json`)."""
-        self.shards += 1
-        self.inputs += stats["inputs"]
-        self.accepted += stats["accepted"]
-        self.rejected += stats["rejected"]
-        self.seconds += stats["seconds"]
-        self.dropped_subjects += stats.get("dropped_subjects", 0)  # 0 for shards written before it was counted
-        for step in stats["funnel"]:
-            row = self.funnel.setdefault(step["stage"], [0, 0])
-            row[0] += step["in"]
-            row[1] += step["rejected"]
-        shard = stats["shard"]
-        if stats["accepted"]:
-            self.sheet_shards = _lowest(self.sheet_shards, [shard], SHEET_SHARDS)
-        for stage, count in (stats.get("rejected_by_stage") or {}).items():
-            if count:
-                self.gallery_shards[stage] = _lowest(self.gallery_shards.get(stage, []), [shard], GALLERY_SHARDS)
+        self.merge(BuildTotals.of(stats))
 
     def merge(self, other: BuildTotals) -> None:
         """Add another set of shards' totals (disjoint from these)."""

@@ -192,16 +192,9 @@ class StagePools:
         before = self.sizes()
         for pool in self.pools.values():
             pool.poll()
-        nodes = self.nodes
         if time.monotonic() - self.polled >= NODE_POLL_SECONDS:
-            nodes, self.polled = alive_nodes(), time.monotonic()
-        if set(nodes) != set(self.nodes):
-            lost, joined = set(self.nodes) - set(nodes), set(nodes) - set(self.nodes)
-            for pool in self.pools.values():
-                pool.remove_on(lost)
-            self.nodes = nodes
-            what = ", ".join(f"{len(x)} node(s) {verb}" for x, verb in ((lost, "lost"), (joined, "joined")) if x)
-            changes.append(f"cluster changed ({what}; {len(nodes)} node(s) now): " + self._resize())
+            self.polled = time.monotonic()
+            changes += self._follow(alive_nodes())
         if self.sizes() != before:
             self.generation += 1
         keep = []
@@ -212,6 +205,17 @@ class StagePools:
                 keep.append(r)
         self.retired = keep
         return changes
+
+    def _follow(self, nodes: dict[str, dict[str, float]]) -> list[str]:
+        """The cluster's nodes as they are now: the actors of lost nodes leave, and the pools are re-planned."""
+        if set(nodes) == set(self.nodes):
+            return []
+        lost, joined = set(self.nodes) - set(nodes), set(nodes) - set(self.nodes)
+        for pool in self.pools.values():
+            pool.remove_on(lost)
+        self.nodes = nodes
+        what = ", ".join(f"{len(x)} node(s) {verb}" for x, verb in ((lost, "lost"), (joined, "joined")) if x)
+        return [f"cluster changed ({what}; {len(nodes)} node(s) now): " + self._resize()]
 
     def predicted(self, measured: dict[str, float], unit_seconds: float) -> float:
         """Samples/s the placement predicts for the cluster as it is now with these measured costs (the pools stay)."""
