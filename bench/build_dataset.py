@@ -106,7 +106,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     from storage.sources import plan_inputs
     from tasks.config import load_build_config
     from tasks.features import describe_clip
-    from tasks.pipeline import build_stages, run_local
+    from tasks.pipeline import build_stages, run_local, stage_fingerprints
     from tasks.unit import write_shard
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
@@ -142,6 +142,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     clip = describe_clip(next(s for s in stages if s.name == "features"))  # type: ignore[arg-type]
     load = time.perf_counter() - start
     loop, loop_units = {}, {}
+    fingerprints = stage_fingerprints(cfg, "tiny")
     for n in (n1, n2):
         units = plan_inputs([str(dirs[n])], cfg.input.unit_size, cfg.input.extensions).units
         start = time.perf_counter()
@@ -149,7 +150,7 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
         for u in units:
             samples = list(u.iter_samples(cfg.input.extensions))
             at = time.perf_counter()
-            write_shard(u, str(tmp / f"loop{n}"), cfg, clip, run_local(samples, stages))
+            write_shard(u, str(tmp / f"loop{n}"), cfg, clip, run_local(samples, stages), fingerprints)
             loop_units[n].append((len(samples), time.perf_counter() - at))
         loop[n] = time.perf_counter() - start
 
@@ -256,26 +257,19 @@ def bench_placement() -> None:
     CPU seconds on CPUs), against the cluster's bound. Pure arithmetic: no Ray, no GPU."""
     from tasks.actors import UNIT_SECONDS, demands
     from tasks.config import load_build_config
-    from tasks.placement import GPU_TFLOPS, plan_pools
+    from tasks.placement import CLUSTER_SHAPES, GPU_TFLOPS, ClusterShape, plan_pools
 
     budget = 0.06  # CPU seconds per accepted sample around the models at 2048² (docs/design.md, rules for scale)
-    shapes = [
-        ("this machine", 1, os.cpu_count() or 1, 0, UNIT_SECONDS),
-        ("3 nodes x 6 CPUs (the local test cluster)", 3, 6, 0, UNIT_SECONDS),
-        ("one 64-core CPU node", 1, 64, 0, UNIT_SECONDS),
-        ("one node of 8 H100-class GPUs, 96 CPUs", 1, 96, 8, budget),
-        ("16 such nodes", 16, 96, 8, budget),
-    ]
+    shapes = (ClusterShape("this machine", 1, os.cpu_count() or 1), *CLUSTER_SHAPES)
     cost = demands(load_build_config())
     print("stage costs per sample: " + ", ".join(f"{d.name} {d.tflops:g} TFLOP / {d.cpu_seconds * 1e3:g} ms CPU"
                                                   for d in cost) + f"; unit task {UNIT_SECONDS * 1e3:g} ms CPU (tiny), "
           f"{budget * 1e3:g} ms at 2048² on GPU nodes; {GPU_TFLOPS:g} TFLOP/s per GPU")
-    for label, nodes, cpus, gpus, unit in shapes:
-        cluster = {f"n{i}": {"CPU": float(cpus), "GPU": float(gpus)} if gpus else {"CPU": float(cpus)}
-                   for i in range(nodes)}
-        plan = plan_pools(cluster, cost, unit)
+    for shape in shapes:
+        nodes, cpus, gpus = shape.nodes, shape.cpus, shape.gpus
+        plan = plan_pools(shape.nodes_resources(), cost, budget if gpus else UNIT_SECONDS)
         reserved = plan.reserved()
-        print(f"\n{label}:")
+        print(f"\n{shape.name}:")
         for name in plan.pools:
             kinds: dict[tuple[float, float], int] = {}
             for p in plan.pools[name]:

@@ -39,9 +39,9 @@ from tasks.plan import BuildPlan, prepare_build
 
 
 @task(name="plan-build", cache_policy=NO_CACHE)
-def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config) -> BuildPlan:
+def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse) -> BuildPlan:
     plan = prepared("build-dataset", lambda: prepare_build(inputs, output, profile, config_file, overrides, workers,
-                                                          gpus_per_stage, config))
+                                                          gpus_per_stage, config, reuse))
     if plan.new:  # before any shard: a rerun, even after a crash, keeps every unit's boundaries
         write_manifest(plan.output, plan.units)
     return plan
@@ -57,14 +57,16 @@ def build_dataset(
     workers: int = 0,
     gpus_per_stage: dict[str, float] | None = None,
     config: dict | None = None,
+    reuse: str | None = None,
 ) -> dict:
     """Build λ-ECLIPSE training shards from image folders or WebDataset tars into `output`.
 
     `config` is a resolved configuration (as `lambda-eclipse build-dataset` passes it); without it the flow
-    resolves `config_file` and `overrides` itself."""
+    resolves `config_file` and `overrides` itself. `reuse`: an earlier dataset whose kept model outputs serve the
+    stages whose fingerprints did not change (a re-filter runs only what changed, storage/kept.py)."""
     logger = get_run_logger()
-    confine(inputs=inputs, output=output, config_file=config_file)
-    plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config)
+    confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse)
+    plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse)
     total = len(plan.units)
     logger.info(plan.summary())
     progress = create_progress_artifact(

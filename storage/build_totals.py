@@ -28,18 +28,26 @@ class BuildTotals:
     rejected: int = 0
     seconds: float = 0.0  # summed over shards: the workers' time, not the build's wall time
     dropped_subjects: int = 0  # subjects the features stage removed from samples it still accepted
+    subjects: int = 0  # subject crops of the accepted samples
+    bytes: int = 0  # of the shards' files
     funnel: dict[str, list[int]] = field(default_factory=dict)  # stage → [in, rejected], in stage order
+    reused: dict[str, int] = field(default_factory=dict)  # stage → outputs reused from an earlier build
+    computed: dict[str, int] = field(default_factory=dict)  # stage → outputs computed
     sheet_shards: list[int] = field(default_factory=list)
     gallery_shards: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: dict) -> BuildTotals:
-        """One shard's totals, from its stats (`_stats.json`)."""
+        """One shard's totals, from its stats (`_stats.json`). Counts that older shards do not hold (dropped and
+        kept subjects, reused and computed outputs) are 0 or empty for them."""
         shard = stats["shard"]
         return cls(shards=1, inputs=stats["inputs"], accepted=stats["accepted"], rejected=stats["rejected"],
-                   seconds=stats["seconds"],
-                   dropped_subjects=stats.get("dropped_subjects", 0),  # 0 for shards written before it was counted
+                   seconds=stats["seconds"], dropped_subjects=stats.get("dropped_subjects", 0),
+                   subjects=stats.get("subjects", 0),
+                   bytes=sum(f["bytes"] for f in (stats.get("files") or {}).values()),
                    funnel={step["stage"]: [step["in"], step["rejected"]] for step in stats["funnel"]},
+                   reused=dict(stats.get("reused_by_stage") or {}),
+                   computed=dict(stats.get("computed_by_stage") or {}),
                    sheet_shards=[shard] if stats["accepted"] else [],
                    gallery_shards={stage: [shard] for stage, n in (stats.get("rejected_by_stage") or {}).items() if n})
 
@@ -55,18 +63,27 @@ class BuildTotals:
         self.rejected += other.rejected
         self.seconds += other.seconds
         self.dropped_subjects += other.dropped_subjects
+        self.subjects += other.subjects
+        self.bytes += other.bytes
         for stage, (count, rejected) in other.funnel.items():
             row = self.funnel.setdefault(stage, [0, 0])
             row[0] += count
             row[1] += rejected
+        for mine, theirs in ((self.reused, other.reused), (self.computed, other.computed)):
+            for stage, n in theirs.items():
+                mine[stage] = mine.get(stage, 0) + n
         self.sheet_shards = _lowest(self.sheet_shards, other.sheet_shards, SHEET_SHARDS)
         for stage, shards in other.gallery_shards.items():
             self.gallery_shards[stage] = _lowest(self.gallery_shards.get(stage, []), shards, GALLERY_SHARDS)
 
     def funnel_rows(self) -> list[dict]:
-        """Per stage: in, rejected, out, in stage order."""
-        return [{"stage": stage, "in": count, "rejected": rejected, "out": count - rejected}
-                for stage, (count, rejected) in self.funnel.items()]
+        """Per stage: in, rejected, out, in stage order; and reused, computed where the shards counted them."""
+        rows = []
+        for stage, (count, rejected) in self.funnel.items():
+            row = {"stage": stage, "in": count, "rejected": rejected, "out": count - rejected}
+            row |= {k: v[stage] for k, v in (("reused", self.reused), ("computed", self.computed)) if stage in v}
+            rows.append(row)
+        return rows
 
     def rejected_by_stage(self) -> dict[str, int]:
         return {stage: rejected for stage, (_, rejected) in self.funnel.items()}

@@ -20,7 +20,8 @@ from storage.fs import Location, is_file, is_local, join, location, open_file, r
 DATASET_JSON = "dataset.json"
 SHARDS = "shards"
 FAILED = "failed"  # failed/NNNNN.json: a unit that failed every try (error, attempts, node, time), until it completes
-DATA_FILES = ("parquet", "tar", "rejects")  # the files `_stats.json` lists, written before it
+# the files `_stats.json` lists, written before it; `kept` (the model outputs, storage/kept.py) since datasets keep them
+DATA_FILES = ("parquet", "tar", "rejects", "kept")
 
 
 def shard_names(shard: int) -> dict[str, str]:
@@ -28,6 +29,7 @@ def shard_names(shard: int) -> dict[str, str]:
         "parquet": f"{shard:05d}.parquet",
         "tar": f"{shard:05d}.tar",
         "rejects": f"{shard:05d}_rejects.parquet",
+        "kept": f"{shard:05d}_kept.parquet",
         "stats": f"{shard:05d}_stats.json",
     }
 

@@ -1,6 +1,7 @@
 """`DIR/manifest.parquet`: the dataset's work units, one row per shard (kind, input, file list with sizes,
-fingerprint). Written by the flow after planning and before any shard is built, so that a rerun, even after a
-crash, keeps every unit's boundaries and shard number, and new inputs become new units after them.
+fingerprint, the share of a tar's samples kept). Written by the flow after planning and before any shard is built,
+so that a rerun, even after a crash, keeps every unit's boundaries and shard number, and new inputs become new units
+after them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SCHEMA = pa.schema(
         ("sizes", pa.list_(pa.int64())),
         ("start", pa.int64()),
         ("fingerprint", pa.string()),
+        ("fraction", pa.float64()),  # absent in manifests written before samples: 1.0
     ]
 )
 
@@ -40,6 +42,7 @@ def write_manifest(root: Location, units: list[WorkUnit]) -> None:
             "sizes": [[s for _, s in u.files] for u in units],
             "start": [u.start for u in units],
             "fingerprint": [u.fingerprint() for u in units],
+            "fraction": [u.fraction for u in units],
         },
         schema=SCHEMA,
     )
@@ -62,6 +65,7 @@ def read_manifest(root: Location) -> list[WorkUnit] | None:
         data = f.read()
     rows = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).to_pylist()
     return [
-        WorkUnit(r["shard"], r["kind"], r["root"], list(zip(r["files"], r["sizes"], strict=True)), r["start"])
+        WorkUnit(r["shard"], r["kind"], r["root"], list(zip(r["files"], r["sizes"], strict=True)), r["start"],
+                 1.0 if r.get("fraction") is None else r["fraction"])
         for r in rows
     ]

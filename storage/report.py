@@ -29,10 +29,15 @@ def funnel_markdown(totals: BuildTotals, contact_sheet: Location | None) -> str:
         f"{t.dropped_subjects} subject(s) dropped from accepted samples (each sample's JSON says which and why: "
         "`dropped_subjects`)",
         "",
-        "| stage | in | rejected | out |",
-        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} |" for r in t.funnel_rows()]
+    rows = t.funnel_rows()
+    if any(t.reused.values()):  # two more columns only when some stage reused outputs
+        lines += ["| stage | in | rejected | out | reused | computed |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} | {r.get('reused', '')} | "
+                  f"{r.get('computed', '')} |" for r in rows]
+    else:
+        lines += ["| stage | in | rejected | out |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['stage']} | {r['in']} | {r['rejected']} | {r['out']} |" for r in rows]
     if contact_sheet is not None:
         lines += ["", f"Contact sheet: `{contact_sheet}`"]
     return "\n".join(lines)

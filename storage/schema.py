@@ -17,6 +17,9 @@ from lambda_eclipse.required import required
 from storage.sample import Sample
 
 CONTEXT_LENGTH = 77
+# What `Sample.features` holds: the feature row's columns of the same names
+FEATURE_ARRAYS = ("target_embedding", "edge_embedding", "text_hidden_states", "text_embedding", "token_ids",
+                  "attention_mask")
 
 SUBJECT = pa.struct(
     [

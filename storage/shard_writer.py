@@ -1,4 +1,5 @@
-"""Writes one shard of the contract: features Parquet, WebDataset tar, rejects Parquet, then `_stats.json`.
+"""Writes one shard of the contract: features Parquet, WebDataset tar, rejects Parquet, the kept model outputs
+(storage/kept.py), then `_stats.json`.
 
 Every file is staged (locally: a temporary name, renamed into place; on object stores: its final name, see
 `storage/layout.py`); `_stats.json` (the completeness marker, with the sha256 of the other files as stored) goes
@@ -23,6 +24,7 @@ from PIL import Image
 from lambda_eclipse.required import required
 from storage import thumbnail
 from storage.fs import Location, join, makedirs, open_file, remove
+from storage.kept import kept_rows, write_kept
 from storage.layout import (
     DATA_FILES,
     SHARDS,
@@ -159,7 +161,10 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 
 class ShardWriter:
-    def __init__(self, root: Location, shard: int, schema: pa.Schema, train_fraction: float, stage_names: list[str]):
+    def __init__(self, root: Location, shard: int, schema: pa.Schema, train_fraction: float, stage_names: list[str],
+                 fingerprints: dict[str, str] | None = None):
+        """`fingerprints`: each model stage's (tasks/base.py), what its kept outputs are valid for (none: samples
+        made without the model stages, as the synthetic datasets are)."""
         self.paths = shard_paths(root, shard)
         self._staged = {name: staging_path(self.paths[name]) for name in DATA_FILES}
         makedirs(join(root, SHARDS))
@@ -176,6 +181,11 @@ class ShardWriter:
         self._tar = TarWriter(cast(BinaryIO, self._files["tar"]))  # TarWriter leaves closing the file to us
         self._rows: list[Sample] = []
         self._rejects: list[dict] = []
+        self._kept: list[dict] = []
+        self.fingerprints = fingerprints = fingerprints or {}
+        self._reused = dict.fromkeys(fingerprints, 0)
+        self._computed = dict.fromkeys(fingerprints, 0)
+        self._subjects = 0
         self._thumbnails: dict[str, int] = {}  # thumbnails kept per stage: a bounded few per shard
         self._splits = {"train": 0, "val": 0}
         self._seconds: dict[str, float] = {}
@@ -188,6 +198,9 @@ class ShardWriter:
         self.inputs += 1
         for stage, seconds in sample.seconds.items():
             self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+        self._kept += kept_rows(sample, self.fingerprints)
+        for stage, record in sample.kept.items():
+            (self._reused if record["reused"] else self._computed)[stage] += 1
         if sample.reject is not None:
             reject = sample.reject
             shown = self._thumbnails.get(reject.stage, 0)
@@ -197,6 +210,7 @@ class ShardWriter:
                                   "reason": reject.reason, "thumbnail": sample.thumbnail if keep else None})
             return
         self.accepted += 1
+        self._subjects += len(sample.subjects)
         self._dropped_subjects += len(sample.dropped_subjects)
         image = required(sample.image, "image")
         split = split_of(sample.key, self.train_fraction)
@@ -249,6 +263,7 @@ class ShardWriter:
         self._parquet.close()
         self._tar.close()
         pq.write_table(pa.Table.from_pylist(self._rejects, schema=REJECTS), self._files["rejects"])
+        write_kept(self._kept, self._files["kept"])
         for name in DATA_FILES:
             self._files[name].close()
             publish(self._staged[name], self.paths[name])
@@ -268,6 +283,10 @@ class ShardWriter:
             "rejected": len(self._rejects),
             "rejected_by_stage": rejected_by_stage,
             "dropped_subjects": self._dropped_subjects,
+            "subjects": self._subjects,
+            # per model stage: outputs taken from an earlier build's kept outputs (--reuse), and computed here
+            "reused_by_stage": self._reused,
+            "computed_by_stage": self._computed,
             "funnel": funnel,
             "splits": self._splits,
             "seconds": round(elapsed, 3),

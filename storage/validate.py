@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import join, resolve
+from storage.kept import KEPT
 from storage.layout import DATASET_JSON, SHARDS, file_digest
 from storage.schema import CONTEXT_LENGTH, LEGACY_REJECTS, REJECTS, feature_schema, legacy_text_states_type, text_states
 from storage.shard_writer import split_of
@@ -38,13 +39,13 @@ EMBEDDINGS = ("text_embedding", "target_embedding", "edge_embedding")
 BATCH_ROWS = 256
 SIGMAS = 4.0  # the split is a hash of the key, so its train count is binomial: flag beyond 4 standard deviations
 STATS_NAME = re.compile(r"^(\d{5})_stats\.json$")
-DATA_NAME = re.compile(r"^(\d{5})(?:\.parquet|\.tar|_rejects\.parquet)$")
+DATA_NAME = re.compile(r"^(\d{5})(?:\.parquet|\.tar|_rejects\.parquet|_kept\.parquet)$")
 
 
 @dataclass
 class Problem:
     shard: str | None  # "00003", or None for the dataset as a whole
-    check: str  # sha256, size, missing, schema, dims, rows, splits, nan, keys, tar, rejects, stats, meta, proportion
+    check: str  # sha256, size, missing, schema, dims, rows, splits, nan, keys, tar, rejects, kept, stats, meta, …
     message: str
 
     def __str__(self) -> str:
@@ -229,6 +230,8 @@ class _Checker:
         features = self.features(shard, stats, result) if f"{shard}.parquet" in present else None
         if f"{shard}_rejects.parquet" in present:
             self.rejects(shard, stats, result)
+        if f"{shard}_kept.parquet" in present:  # datasets built before model outputs were kept have none
+            self.kept(shard, stats, result)
         if f"{shard}.tar" in present and features is not None:  # the tar is compared with readable features
             self.tar(shard, *features, result)
 
@@ -323,13 +326,18 @@ class _Checker:
                              f"column {name} has type {got.field(name).type}, expected {want.field(name).type}", result)
         return False
 
-    def rejects(self, shard: str, stats: dict, result: ShardResult) -> None:
-        path = f"{self.base}/{SHARDS}/{shard}_rejects.parquet"
+    def _read(self, shard: str, suffix: str, check: str, result: ShardResult) -> pa.Table | None:
+        """The shard's `NNNNN{suffix}` Parquet file, or None after a problem saying why it cannot be read."""
         try:
-            with self.fs.open(path, "rb") as f, pq.ParquetFile(f) as parquet:  # on this thread: storage.fs.arrow
-                table = parquet.read(use_threads=False)
+            with self.fs.open(f"{self.base}/{SHARDS}/{shard}{suffix}", "rb") as f, pq.ParquetFile(f) as parquet:
+                return parquet.read(use_threads=False)  # on this thread: storage.fs.arrow
         except (OSError, pa.ArrowException) as exc:
-            self.problem(shard, "rejects", f"{shard}_rejects.parquet cannot be read ({exc})", result)
+            self.problem(shard, check, f"{shard}{suffix} cannot be read ({exc})", result)
+            return None
+
+    def rejects(self, shard: str, stats: dict, result: ShardResult) -> None:
+        table = self._read(shard, "_rejects.parquet", "rejects", result)
+        if table is None:
             return
         schema = table.schema.remove_metadata()
         if not (schema.equals(REJECTS) or schema.equals(LEGACY_REJECTS)):
@@ -346,6 +354,22 @@ class _Checker:
             self.problem(shard, "rejects", f"rejects by stage {dict(counts)} differ from _stats.json's {recorded}",
                          result)
         self.unique(shard, table.column("key").to_pylist(), result)
+
+    def kept(self, shard: str, stats: dict, result: ShardResult) -> None:
+        """The kept model outputs: readable, of their schema, one row per (input, model stage) the stats count."""
+        table = self._read(shard, "_kept.parquet", "kept", result)
+        if table is None:
+            return
+        if not table.schema.remove_metadata().equals(KEPT):
+            self.problem(shard, "schema", f"{shard}_kept.parquet schema {table.schema.names} is not the kept "
+                                          "outputs' schema", result)
+            return
+        counted = {stage: stats.get("reused_by_stage", {}).get(stage, 0) + n
+                   for stage, n in stats.get("computed_by_stage", {}).items()}
+        rows = dict(Counter(table.column("stage").to_pylist()))
+        if counted and rows != {k: v for k, v in counted.items() if v}:
+            self.problem(shard, "kept", f"{shard}_kept.parquet has rows per stage {rows}, _stats.json counts "
+                                        f"{counted}", result)
 
     def tar(self, shard: str, keys: list[str], subjects: list[int], result: ShardResult) -> None:
         path = f"{self.base}/{SHARDS}/{shard}.tar"

@@ -47,6 +47,17 @@ class Boxes(ModelStage):
     tflops = 0.5  # Grounding DINO Swin-T at 800 px
     cpu_seconds = 0.05
     boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    # the detector's thresholds only: the box filters' bounds share the section but not this stage's output
+    depends_on = ("boxes.box_threshold", "boxes.text_threshold")
+
+    def output(self, sample: Sample) -> dict:
+        # float32 box coordinates and the float logits round-trip exactly through JSON's shortest repr
+        return {"detections": [[d.noun, d.start, d.end, [float(x) for x in d.box], d.logit]
+                               for d in sample.detections]}
+
+    def apply(self, sample: Sample, record: dict) -> None:
+        sample.detections = [Detection(noun, start, end, np.array(box, np.float32), logit)
+                             for noun, start, end, box, logit in record["value"]["detections"]]
 
     def load(self) -> None:
         from lambda_eclipse.models.grounding_dino import load_grounding_dino  # heavy imports in the actor only

@@ -47,6 +47,12 @@ class Caption(ModelStage):
         ])
         return normalised(pixels, ip.rescale_factor, ip.image_mean, ip.image_std)
 
+    def output(self, sample: Sample) -> dict:
+        return {"caption": sample.caption}
+
+    def apply(self, sample: Sample, record: dict) -> None:
+        sample.caption = record["value"]["caption"]
+
     def process(self, samples: list[Sample]) -> None:
         inputs = {k: v.expand(len(samples), -1) for k, v in self._prompt.items()}
         inputs["pixel_values"] = self.pixel_values(samples)

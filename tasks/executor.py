@@ -156,7 +156,8 @@ class BuildExecutor:
                     self.nodes |= pools.used_nodes
                 while handles is not None and queue and len(running) < pools.units_in_flight():
                     unit = queue.popleft()
-                    ref = task.remote(unit, str(plan.output), cfg, plan.profile, shared_meta, handles)
+                    ref = task.remote(unit, str(plan.output), cfg, plan.profile, shared_meta, handles,
+                                      plan.reuse.get(unit.shard))
                     running[ref] = (unit, generation)
             elif queue:
                 waiting_since = waiting_since or now

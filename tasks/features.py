@@ -13,7 +13,7 @@ import numpy as np
 
 from lambda_eclipse.required import required
 from storage.sample import Sample
-from storage.schema import CONTEXT_LENGTH
+from storage.schema import CONTEXT_LENGTH, FEATURE_ARRAYS
 from tasks.base import ModelStage
 from tasks.config import FeaturesConfig, SubjectsConfig
 
@@ -38,6 +38,21 @@ class ClipFeatures(ModelStage):
         # better (docs/design.md: bf16 weights would round them ~8× more coarsely)
         self.dtype = torch_dtype(self.features.dtype, self.device.type, "embeddings")
         self.clip = load_clip(self.profile, self.models, self.device, self.dtype)
+
+    def output(self, sample: Sample) -> dict:
+        """Where each kept subject's noun is in the CLIP tokens, by its caption span (subjects of one noun share it)
+        and the subjects this stage dropped; the embeddings are the feature row's, which the shard keeps anyway."""
+        return {"tokens": {f"{d.start}:{d.end}": list(d.token_positions) for d in sample.subjects},
+                "dropped": [d for d in sample.dropped_subjects if d["stage"] == self.name]}
+
+    def apply(self, sample: Sample, record: dict) -> None:
+        tokens, arrays = record["value"]["tokens"], record["arrays"]
+        sample.subjects = [d for d in sample.subjects if f"{d.start}:{d.end}" in tokens]
+        for det, embedding in zip(sample.subjects, arrays["subject_embeddings"], strict=True):
+            det.token_positions = list(tokens[f"{det.start}:{det.end}"])
+            det.embedding = embedding
+        sample.dropped_subjects += record["value"]["dropped"]
+        sample.features = {name: arrays[name] for name in FEATURE_ARRAYS}
 
     def _locate_subjects(self, sample: Sample) -> bool:
         """Set each subject's token positions; drop subjects truncated away or not on token boundaries.

@@ -19,12 +19,38 @@ from tasks.base import ModelStage
 from tasks.config import MasksConfig
 
 
+def rle_of(mask: np.ndarray) -> dict:
+    """A (h, w) bool mask as compressed COCO RLE, JSON-able: {"size": [h, w], "counts": str}."""
+    from pycocotools import mask as coco
+
+    rle = coco.encode(np.asfortranarray(mask, np.uint8))
+    counts = rle["counts"]  # bytes, though pycocotools' stubs say str
+    return {"size": [int(x) for x in rle["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def mask_of(rle: dict) -> np.ndarray:
+    from pycocotools import mask as coco
+
+    return coco.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
 @dataclass
 class Masks(ModelStage):
     name = "masks"
     tflops = 5.9  # SAM ViT-H image encoder at 1024 px
     cpu_seconds = 0.05
     masks: MasksConfig = field(default_factory=MasksConfig)
+    depends_on = ()  # the masks section's keys are the mask filters'
+
+    def output(self, sample: Sample) -> dict:
+        """Each detection's mask as COCO RLE (pycocotools), the segmentation ecosystem's format: a few hundred bytes
+        where the mask's pixels are megabytes."""
+        return {"masks": [rle_of(required(d.mask, "detection mask")) for d in sample.detections]}
+
+    def apply(self, sample: Sample, record: dict) -> None:
+        for det, rle in zip(sample.detections, record["value"]["masks"], strict=True):
+            det.mask = mask_of(rle)
 
     def load(self) -> None:
         # Imported here, in the actor: torch and SAM load where the model runs, not when the stage list is read.

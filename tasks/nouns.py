@@ -40,6 +40,12 @@ class Nouns(Stage):
 
         self.nlp = load_spacy(self.models)
 
+    def output(self, sample: Sample) -> dict:
+        return {"nouns": [[n.text, n.start, n.end] for n in sample.nouns]}
+
+    def apply(self, sample: Sample, record: dict) -> None:
+        sample.nouns = [Noun(text, start, end) for text, start, end in record["value"]["nouns"]]
+
     def process(self, samples: list[Sample]) -> None:
         for sample, doc in zip(samples, self.nlp.pipe(required(s.caption, "sample.caption") for s in samples)):
             sample.nouns = caption_nouns(doc)

@@ -41,6 +41,17 @@ STAGE_NAMES = [s.name for s in STAGES]
 MODEL_STAGES = [s.name for s in STAGES if s.uses_model]
 
 
+def stage_fingerprints(cfg: BuildConfig, profile: str) -> dict[str, str]:
+    """Each model stage's fingerprint (tasks/base.py), chained through every stage before it, CPU ones included: a
+    changed threshold anywhere upstream makes a stage's kept outputs stale."""
+    chain, fingerprints = "", {}
+    for stage in STAGES:
+        chain = stage.fingerprint(cfg, profile, chain)
+        if stage.uses_model:
+            fingerprints[stage.name] = chain
+    return fingerprints
+
+
 def build_stages(cfg: BuildConfig, profile: str) -> list[Stage]:
     """Every stage from its own parameters, set up in this process (the in-process loop, tests, benchmarks)."""
     return [stage.create(cfg, profile) for stage in STAGES]

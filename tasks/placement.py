@@ -34,6 +34,29 @@ FIT = 1e-4  # shares are rounded down to this, so that shares that fill a node e
 
 
 @dataclass(frozen=True)
+class ClusterShape:
+    """A named cluster of identical nodes, for predictions (bench, a sample build's forecast)."""
+
+    name: str
+    nodes: int
+    cpus: int  # per node
+    gpus: int = 0  # per node
+
+    def nodes_resources(self) -> dict[str, dict[str, float]]:
+        """The nodes as `plan_pools` takes them (as Ray reports them: no GPU key on a node without GPUs)."""
+        node = {"CPU": float(self.cpus)} | ({"GPU": float(self.gpus)} if self.gpus else {})
+        return {f"n{i}": dict(node) for i in range(self.nodes)}
+
+
+CLUSTER_SHAPES = (
+    ClusterShape("3 nodes x 6 CPUs (the local test cluster)", 3, 6),
+    ClusterShape("one 64-core CPU node", 1, 64),
+    ClusterShape("one node of 8 H100-class GPUs, 96 CPUs", 1, 96, 8),
+    ClusterShape("16 such nodes", 16, 96, 8),
+)
+
+
+@dataclass(frozen=True)
 class StageDemand:
     """What one model stage costs per sample, and its overrides."""
 

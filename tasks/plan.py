@@ -8,6 +8,7 @@ from lambda_eclipse.config import check_profile
 from lambda_eclipse.errors import UserError
 from storage.dataset_meta import existing_meta
 from storage.fs import Location, location, process_local, resolve
+from storage.kept import ReuseSource, reuse_sources
 from storage.layout import complete_shards
 from storage.manifest import MANIFEST, read_manifest
 from storage.sources import WorkUnit, list_inputs, plan_units
@@ -28,6 +29,8 @@ class BuildPlan:
     skipped_files: int
     meta: dict | None  # dataset.json of an earlier run into the same output, if any
     loops: list[str] = field(default_factory=list)  # symlinked folders in the inputs not followed (loops)
+    # --reuse: per shard to build, the earlier dataset's shards whose kept model outputs may serve its inputs
+    reuse: dict[int, ReuseSource] = field(default_factory=dict)
 
     def summary(self) -> str:
         images = [u.images for u in self.todo]
@@ -40,6 +43,7 @@ class BuildPlan:
             f"{len(self.todo)} to build: {what}"
             + (f"; {self.skipped_files} non-image files skipped" if self.skipped_files else "")
             + (f"; symlinked folders not followed (they loop): {', '.join(self.loops)}" if self.loops else "")
+            + (f"; {len(self.reuse)} of them may reuse kept model outputs" if self.reuse else "")
         )
 
 
@@ -106,9 +110,11 @@ def prepare_build(
     workers: int = 0,
     gpus_per_stage: list[str] | dict[str, float] | None = None,
     config: dict | None = None,
+    reuse: str | None = None,
 ) -> BuildPlan:
     """Check everything and plan the units from listings only. `config`: a config resolved earlier (the CLI's),
-    used as it is instead of `config_file` + `overrides`."""
+    used as it is instead of `config_file` + `overrides`; `reuse`: an earlier dataset whose kept model outputs the
+    build takes where the stages' fingerprints agree (storage/kept.py)."""
     check_profile(profile)
     cfg = build_config_from_dict(config) if config is not None else load_build_config(config_file, overrides or [])
     if workers < 0:
@@ -143,4 +149,17 @@ def prepare_build(
                 f"was built: {shown}; restore them, or use a new --output directory for changed inputs"
             )
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
-    return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops)
+    sources = _reuse_sources(reuse, out, todo) if reuse is not None else {}
+    return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops,
+                     sources)
+
+
+def _reuse_sources(reuse: str, out: Location, todo: list[WorkUnit]) -> dict[int, ReuseSource]:
+    old = location(reuse)
+    if str(old).rstrip("/") == str(out).rstrip("/"):
+        raise UserError(f"--reuse {reuse} is the --output itself; a rerun into the same directory already keeps its "
+                        "complete shards: pass the earlier dataset to --reuse and a new directory to --output")
+    fs, path = resolve(old)
+    if not fs.isdir(path):
+        raise UserError(f"--reuse {reuse} does not exist or is no directory; pass a dataset that build-dataset wrote")
+    return reuse_sources(old, todo)

@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from lambda_eclipse import metrics
+from storage.kept import KeptOutputs, ReuseSource
 from storage.sample import Sample
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
@@ -25,7 +26,7 @@ from storage.sources import WorkUnit
 from tasks.actors import PIXELS, process_batch
 from tasks.base import Stage
 from tasks.config import BuildConfig
-from tasks.pipeline import STAGE_NAMES, STAGES, stage_groups
+from tasks.pipeline import STAGE_NAMES, STAGES, stage_fingerprints, stage_groups
 
 WINDOW = 3  # batches of one unit in flight at once
 # Fields the unit keeps for the shard and no model stage reads: never sent to an actor (the photo's bytes, ~1-3 MB)
@@ -59,11 +60,16 @@ class _Batch:
 
 
 class UnitRunner:
-    def __init__(self, cfg: BuildConfig, profile: str, pools: dict[str, list]):
+    def __init__(self, cfg: BuildConfig, profile: str, pools: dict[str, list], kept: KeptOutputs | None = None):
+        """`kept`: an earlier build's model outputs for this unit's inputs (--reuse): a model stage runs only on the
+        inputs it has none for."""
         self.cfg = cfg
         self.pools = {name: list(actors) for name, actors in pools.items()}  # this unit's copy: dead actors leave it
         self.groups = stage_groups()
         self.cpu_stages: dict[str, Stage] = {s.name: s.create(cfg, profile) for s in STAGES if not s.uses_model}
+        self.kept = kept
+        # model stages without their model: what puts kept outputs back (Stage.restore)
+        self.restorers: dict[str, Stage] = {s.name: s.from_config(cfg, profile) for s in STAGES if s.uses_model}
         self.batch = max(s.batch_size_for(cfg, 1) for s in STAGES if s.uses_model)
         self._turn = 0
 
@@ -77,6 +83,8 @@ class UnitRunner:
                     self.cpu_stages[stage.name](batch.samples)
                 continue
             live = [i for i, s in enumerate(batch.samples) if s.accepted]
+            if self.kept:
+                live = self._restore(group[0].name, batch.samples, live)
             if not live:
                 continue
             pool = self.pools[group[0].name]
@@ -98,6 +106,18 @@ class UnitRunner:
             batch.live, batch.actor = live, actor
             batch.ref = actor.run.remote(process_batch, sent, refs)
             return
+
+    def _restore(self, stage: str, samples: list[Sample], live: list[int]) -> list[int]:
+        """Put the kept outputs of `stage` back on the live samples that have them; the rest (returned) need it."""
+        assert self.kept is not None
+        found: dict[int, dict] = {}
+        for i in live:
+            record = self.kept.get(samples[i].content, stage)
+            if record is not None:
+                found[i] = record
+        if found:
+            self.restorers[stage].restore([samples[i] for i in found], list(found.values()))
+        return [i for i in live if i not in found]
 
     def _receive(self, batch: _Batch, results: list[Sample]) -> None:
         for i, result in zip(batch.live, results, strict=True):
@@ -152,11 +172,12 @@ def _without(sample: Sample, names: tuple[str, ...]) -> Sample:
     return copy
 
 
-def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, processed: Iterator[Sample]) -> dict:
+def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, processed: Iterator[Sample],
+                fingerprints: dict[str, str]) -> dict:
     """Write shard `unit.shard` under `root` from the processed samples; returns its stats. Nothing that looks
     complete is left on failure (the stats marker is written last)."""
     schema = feature_schema(meta["embed_dim"], meta["text_width"])
-    writer = ShardWriter(root, unit.shard, schema, cfg.split.train_fraction, STAGE_NAMES)
+    writer = ShardWriter(root, unit.shard, schema, cfg.split.train_fraction, STAGE_NAMES, fingerprints)
     try:
         for sample in processed:
             writer.add(sample)
@@ -168,13 +189,18 @@ def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, process
         raise
 
 
-def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list]) -> dict:
-    """A Ray task: read, process and write one unit's shard on this worker; returns its stats."""
+def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list],
+               reuse: ReuseSource | None) -> dict:
+    """A Ray task: read, process and write one unit's shard on this worker; returns its stats. `reuse`: the earlier
+    dataset's shards whose kept model outputs may serve this unit's inputs (--reuse)."""
     node = ray.get_runtime_context().get_node_id()
     try:
         with metrics.unit_in_flight():  # pipeline metrics (lambda_eclipse/metrics.py): exact, from the shard's stats
-            runner = UnitRunner(cfg, profile, pools)
-            stats = write_shard(unit, root, cfg, meta, runner.run(unit.iter_samples(cfg.input.extensions)))
+            fingerprints = stage_fingerprints(cfg, profile)
+            kept = KeptOutputs.load(reuse, fingerprints) if reuse else None
+            runner = UnitRunner(cfg, profile, pools, kept)
+            samples = runner.run(unit.iter_samples(cfg.input.extensions))
+            stats = write_shard(unit, root, cfg, meta, samples, fingerprints)
     except (ActorsGone, RayError):
         raise  # the cluster's, not the unit's: the flow runs it again
     except Exception as exc:

@@ -131,9 +131,9 @@ def test_a_shard_written_to_memory_reads_back(mem):
     assert all(str(p).startswith(f"{mem}/data/shards/") for p in paths.values())
     # no temporary names: without rename, files are written under their final names, the stats last
     assert sorted(p.rsplit("/", 1)[-1] for p in MEMORY.ls(f"{root}/shards", detail=False)) == [
-        "00000.parquet", "00000.tar", "00000_rejects.parquet", "00000_stats.json"
+        "00000.parquet", "00000.tar", "00000_kept.parquet", "00000_rejects.parquet", "00000_stats.json"
     ]
-    for name in ("parquet", "tar", "rejects"):
+    for name in ("parquet", "tar", "rejects", "kept"):
         digest = {"sha256": sha256_file(paths[name]), "bytes": MEMORY.size(paths[name])}
         assert stats["files"][shard_names(0)[name]] == digest
     assert complete_shards(root) == [0]
@@ -175,7 +175,7 @@ def test_locally_no_file_has_its_final_name_before_it_is_complete(tmp_path):
     assert all(name.startswith(".") and name.endswith(".tmp") for name in os.listdir(tmp_path / "shards"))
     writer.close({"description": "test"})
     assert sorted(os.listdir(tmp_path / "shards")) == [
-        "00000.parquet", "00000.tar", "00000_rejects.parquet", "00000_stats.json"
+        "00000.parquet", "00000.tar", "00000_kept.parquet", "00000_rejects.parquet", "00000_stats.json"
     ]
 
 

@@ -39,7 +39,8 @@ def _build_dataset(args: argparse.Namespace) -> int:
 
     gpus = parse_gpus(args.gpus_per_stage)
     # Validate and plan before Prefect and Ray start: bad input fails in one line, in a second.
-    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus)
+    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus,
+                         reuse=args.reuse)
     if args.dry_run:
         print(f"{plan.output}: {plan.summary()}")
         for unit in plan.todo[:20]:
@@ -55,7 +56,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
         # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
         with handing("build-dataset", plan):
             summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
-                                    workers=args.workers, config=plan.cfg.to_dict())
+                                    workers=args.workers, config=plan.cfg.to_dict(), reuse=args.reuse)
         print(
             f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
             f"in {summary['shards']} shards → {summary['output']}", flush=True,
@@ -144,6 +145,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--metrics-linger", type=float, default=30.0, metavar="SECONDS",
         help="with --metrics-port: keep the endpoint up this long after the build, so that a scrape sees the final "
         "counts [default: 30]",
+    )
+    build.add_argument(
+        "--reuse", metavar="DIR_OLD",
+        help="an earlier dataset of the same inputs: each model stage's outputs it kept (shards/NNNNN_kept.parquet) "
+        "are taken where the stage's fingerprint (its config keys, its model, the stages before it) is unchanged, so "
+        "a changed threshold runs only its stage and those after it; the result equals a build from scratch",
     )
     build.add_argument(
         "--dry-run", action="store_true",
