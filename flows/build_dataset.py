@@ -11,6 +11,7 @@ URLs (`storage/fs.py`) that every Ray worker reads and writes itself.
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +27,7 @@ from flows.build_dashboard import BuildDashboard
 from flows.prepared import prepared
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
+from lambda_eclipse.required import required
 from storage.build_totals import BuildTotals
 from storage.confine import confine
 from storage.dataset_meta import write_meta
@@ -34,14 +36,17 @@ from storage.layout import FAILED
 from storage.manifest import write_manifest
 from storage.rejects_gallery import gallery_markdown
 from storage.report import contact_sheet, funnel_markdown, thumbnail_markdown
-from tasks.executor import TOTALS_CHUNK, BuildExecutor, Outcome, shard_totals
+from tasks.actors import alive_nodes
+from tasks.executor import TOTALS_CHUNK, BuildExecutor, Outcome, shard_totals, stage_costs
+from tasks.forecast import FORECAST, forecast, forecast_cost_line, forecast_markdown, forecast_vs_actual, read_forecast
 from tasks.plan import BuildPlan, prepare_build
 
 
 @task(name="plan-build", cache_policy=NO_CACHE)
-def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse) -> BuildPlan:
+def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse,
+               sample) -> BuildPlan:
     plan = prepared("build-dataset", lambda: prepare_build(inputs, output, profile, config_file, overrides, workers,
-                                                          gpus_per_stage, config, reuse))
+                                                          gpus_per_stage, config, reuse, sample))
     if plan.new:  # before any shard: a rerun, even after a crash, keeps every unit's boundaries
         write_manifest(plan.output, plan.units)
     return plan
@@ -58,15 +63,21 @@ def build_dataset(
     gpus_per_stage: dict[str, float] | None = None,
     config: dict | None = None,
     reuse: str | None = None,
+    sample: float | None = None,
+    forecast: str | None = None,
 ) -> dict:
     """Build λ-ECLIPSE training shards from image folders or WebDataset tars into `output`.
 
     `config` is a resolved configuration (as `lambda-eclipse build-dataset` passes it); without it the flow
     resolves `config_file` and `overrides` itself. `reuse`: an earlier dataset whose kept model outputs serve the
-    stages whose fingerprints did not change (a re-filter runs only what changed, storage/kept.py)."""
+    stages whose fingerprints did not change (a re-filter runs only what changed, storage/kept.py). `sample`: build a
+    deterministic sample of the inputs (a fraction below 1, else a count) and forecast the whole listing
+    (`DIR/forecast.json`); `forecast`: a sample's forecast.json (or its dataset) to show beside this build's numbers
+    (by default `reuse`'s, where it has one)."""
     logger = get_run_logger()
-    confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse)
-    plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse)
+    confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse, forecast=forecast)
+    plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse, sample)
+    earlier_forecast = read_forecast(forecast or reuse, required=forecast is not None)
     total = len(plan.units)
     logger.info(plan.summary())
     progress = create_progress_artifact(
@@ -74,12 +85,14 @@ def build_dataset(
     )
     earlier = sorted(plan.complete & {u.shard for u in plan.units})
     totals, outcome, nodes = BuildTotals(), Outcome([], finished=True), set()
-    with ray_session(plan.cfg.runtime.workers) if plan.todo or len(earlier) > TOTALS_CHUNK else nullcontext():
+    outlook = None
+    with ray_session(plan.cfg.runtime.workers) if plan.todo or len(earlier) > TOTALS_CHUNK or plan.sample \
+            else nullcontext():
         if plan.todo:
             with BuildExecutor(plan, logger) as executor:
                 cfg = plan.cfg
                 meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
-                                               cfg.model_ids(profile), executor.describe_clip())
+                                               cfg.model_ids(profile), executor.describe_clip(), plan.sample_of)
                 dashboard = BuildDashboard(plan, progress, logger, executor.sizes)  # pyright: ignore[reportArgumentType]
                 try:
                     outcome = executor.run(meta, dashboard.shard_done)
@@ -87,7 +100,11 @@ def build_dataset(
                     dashboard.close()
             totals, nodes = dashboard.totals, executor.nodes
         totals.merge(shard_totals(plan.output, earlier))  # the shards of earlier runs, summed on the workers
-    summary = _publish_summary(plan.output, totals) | {"nodes": len(nodes)}
+        if plan.sample is not None and totals.inputs:
+            outlook = _publish_forecast(plan, totals, logger)
+    summary = _publish_summary(plan.output, totals, earlier_forecast) | {"nodes": len(nodes)}
+    if outlook is not None:
+        summary["forecast"] = outlook
     if outcome.failed or not outcome.finished:
         failed = outcome.failed
         create_table_artifact(table=failed, key="build-dataset-failed-units",
@@ -105,11 +122,30 @@ def build_dataset(
     return summary
 
 
-def _publish_summary(output: Location, totals: BuildTotals) -> dict:
-    """summary.md and the summary artifacts (funnel, contact sheet, rejects gallery), from the totals and the few
-    shards they name; the summary's numbers."""
+def _publish_forecast(plan: BuildPlan, totals: BuildTotals, logger) -> dict:
+    """A sample's forecast for its whole listing, from its totals and the stage costs its shards measured, on the
+    cluster it ran on and the named shapes: DIR/forecast.json, an artifact and a log line."""
+    sampled = required(plan.sample, "plan.sample")
+    measured, unit_seconds = stage_costs(totals)
+    outlook = forecast(totals, sampled.images, measured, unit_seconds, alive_nodes(), plan.cfg,
+                       estimated=sampled.estimated)
+    write_bytes(join(plan.output, FORECAST), (json.dumps(outlook, indent=1) + "\n").encode())
+    create_markdown_artifact(markdown=forecast_markdown(outlook), key="build-dataset-forecast",
+                             description="the whole listing's yield and cost, forecast from this sample")
+    accepted = outlook["accepted"]
+    logger.info("forecast for the whole listing (%s%d images): %d accepted samples (95 %% interval %d–%d), %s; "
+                "written to %s", "about " if sampled.estimated else "", sampled.images, accepted["expected"],
+                accepted["low"], accepted["high"], forecast_cost_line(outlook), join(plan.output, FORECAST))
+    return outlook
+
+
+def _publish_summary(output: Location, totals: BuildTotals, earlier_forecast: dict | None = None) -> dict:
+    """summary.md and the summary artifacts (funnel, contact sheet, rejects gallery, and how a sample's forecast
+    held), from the totals and the few shards they name; the summary's numbers."""
     sheet = contact_sheet(output, totals.sheet_shards, join(output, "contact_sheet.png"))
     markdown = funnel_markdown(totals, sheet)
+    if earlier_forecast is not None:
+        markdown += "\n\n" + forecast_vs_actual(earlier_forecast, totals)
     gallery = gallery_markdown(output, totals)
     write_bytes(join(output, "summary.md"), (markdown + (f"\n\n{gallery}" if gallery else "") + "\n").encode())
     create_markdown_artifact(

@@ -16,6 +16,11 @@ SHEET_SHARDS = 16  # shards with accepted samples kept for the contact sheet (it
 GALLERY_SHARDS = 6  # shards kept per rejecting stage for the rejects gallery (it shows at most 6 rejects a stage)
 
 
+def _add(mine: dict, theirs: dict) -> None:
+    for key, n in theirs.items():
+        mine[key] = mine.get(key, 0) + n
+
+
 def _lowest(shards: list[int], more: list[int], keep: int) -> list[int]:
     return sorted(set(shards) | set(more))[:keep]
 
@@ -33,6 +38,7 @@ class BuildTotals:
     funnel: dict[str, list[int]] = field(default_factory=dict)  # stage → [in, rejected], in stage order
     reused: dict[str, int] = field(default_factory=dict)  # stage → outputs reused from an earlier build
     computed: dict[str, int] = field(default_factory=dict)  # stage → outputs computed
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # stage → seconds spent (the stats' stage_seconds)
     sheet_shards: list[int] = field(default_factory=list)
     gallery_shards: dict[str, list[int]] = field(default_factory=dict)
 
@@ -48,6 +54,7 @@ class BuildTotals:
                    funnel={step["stage"]: [step["in"], step["rejected"]] for step in stats["funnel"]},
                    reused=dict(stats.get("reused_by_stage") or {}),
                    computed=dict(stats.get("computed_by_stage") or {}),
+                   stage_seconds=dict(stats.get("stage_seconds") or {}),
                    sheet_shards=[shard] if stats["accepted"] else [],
                    gallery_shards={stage: [shard] for stage, n in (stats.get("rejected_by_stage") or {}).items() if n})
 
@@ -69,12 +76,19 @@ class BuildTotals:
             row = self.funnel.setdefault(stage, [0, 0])
             row[0] += count
             row[1] += rejected
-        for mine, theirs in ((self.reused, other.reused), (self.computed, other.computed)):
-            for stage, n in theirs.items():
-                mine[stage] = mine.get(stage, 0) + n
+        for mine, theirs in ((self.reused, other.reused), (self.computed, other.computed),
+                             (self.stage_seconds, other.stage_seconds)):
+            _add(mine, theirs)
         self.sheet_shards = _lowest(self.sheet_shards, other.sheet_shards, SHEET_SHARDS)
         for stage, shards in other.gallery_shards.items():
             self.gallery_shards[stage] = _lowest(self.gallery_shards.get(stage, []), shards, GALLERY_SHARDS)
+
+    def seconds_per_sample(self) -> dict[str, float]:
+        """Each stage's seconds per sample it ran on: per sample that reached it, or for a model stage that counts
+        them, per output it computed (outputs reused from an earlier build cost nothing and measure nothing).
+        Stages that ran on no sample are left out."""
+        ran = {stage: self.computed.get(stage, count) for stage, (count, _) in self.funnel.items()}
+        return {stage: spent / ran[stage] for stage, spent in self.stage_seconds.items() if ran.get(stage)}
 
     def funnel_rows(self) -> list[dict]:
         """Per stage: in, rejected, out, in stage order; and reused, computed where the shards counted them."""

@@ -27,9 +27,9 @@ def existing_meta(root: Location, config_hash: str, profile: str) -> dict | None
 
 
 def write_meta(root: Location, config: dict, config_hash: str, profile: str, models: dict[str, str],
-               clip: dict) -> dict:
+               clip: dict, sample: float | None = None) -> dict:
     """`config`, its hash and each stage's model (`models`) as the build resolved them; `clip`: the features stage's
-    CLIP dims, model id and zero-image embedding."""
+    CLIP dims, model id and zero-image embedding; `sample`: --sample, where the dataset is a sample of its inputs."""
     meta = {
         "format": "lambda-eclipse-dataset/1",
         "code_version": lambda_eclipse.__version__,
@@ -42,5 +42,7 @@ def write_meta(root: Location, config: dict, config_hash: str, profile: str, mod
         "context_length": 77,
         "zero_image_embedding": [float(x) for x in clip["zero_image_embedding"]],
     }
+    if sample is not None:
+        meta["sample"] = sample
     write_json_atomic(join(root, DATASET_JSON), meta)
     return meta

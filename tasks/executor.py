@@ -17,7 +17,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,26 +58,14 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
     return (text.splitlines()[-1] if text else type(cause).__name__), ""
 
 
-@dataclass
-class StageCosts:
-    """Running sums of each stage's seconds and samples over the shards built so far (for rebalancing)."""
+def stage_costs(totals: BuildTotals) -> tuple[dict[str, float], float]:
+    """From shards' running totals: seconds per sample of each model stage (per sample that reached it), and of a
+    unit's own work (every other stage), as the placement takes them."""
+    from tasks.pipeline import MODEL_STAGES
 
-    seconds: dict[str, float] = field(default_factory=dict)
-    samples: dict[str, int] = field(default_factory=dict)
-
-    def add(self, stats: dict) -> None:
-        inputs = {f["stage"]: f["in"] for f in stats["funnel"]}
-        for stage, spent in stats["stage_seconds"].items():
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + spent
-            self.samples[stage] = self.samples.get(stage, 0) + inputs.get(stage, 0)
-
-    def per_sample(self) -> tuple[dict[str, float], float]:
-        """Seconds per sample of each model stage, and of a unit's own work (every other stage)."""
-        from tasks.pipeline import MODEL_STAGES
-
-        per = {stage: self.seconds[stage] / n for stage, n in self.samples.items() if n}
-        unit = sum(v for k, v in per.items() if k not in MODEL_STAGES)
-        return {k: v for k, v in per.items() if k in MODEL_STAGES and v > 0}, unit
+    per = totals.seconds_per_sample()
+    unit = sum(v for k, v in per.items() if k not in MODEL_STAGES)
+    return {k: v for k, v in per.items() if k in MODEL_STAGES and v > 0}, unit
 
 
 @dataclass
@@ -133,7 +121,7 @@ class BuildExecutor:
         task = ray.remote(max_retries=0, num_cpus=pools.unit_cpus)(build_unit)
         cfg, shared_meta = ray.put(plan.cfg), ray.put(meta)  # serialised once, not with every unit (Ray passes values)
         earlier_failures = set(failed_units(plan.output))
-        costs = StageCosts()
+        costs = BuildTotals()  # this run's shards: the measured stage costs
         queue: deque = deque(plan.todo)
         delayed: list[tuple[float, WorkUnit]] = []  # (not before, unit): failed units waiting for their next try
         running: dict = {}  # ref → (unit, generation of the handles it got)
@@ -203,12 +191,12 @@ class BuildExecutor:
                 built += 1
                 costs.add(stats)
                 if r.rebalance_every and built % r.rebalance_every == 0:
-                    line = pools.rebalance(*costs.per_sample())
+                    line = pools.rebalance(*stage_costs(costs))
                     if line:
                         log.info("%s", line)
         if built:  # how the placement's model compares with what the build measured (docs/build-dataset.md)
             log.info("placement: %.3g samples/s predicted from the stage costs this run measured (%.3g by the plan "
-                     "it ran)", pools.predicted(*costs.per_sample()), pools.plan.predicted)
+                     "it ran)", pools.predicted(*stage_costs(costs)), pools.plan.predicted)
         return Outcome(failed, finished=True)
 
     def _record_failure(self, unit: WorkUnit, reason: str, node: str, attempts: int) -> dict:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from lambda_eclipse.errors import UserError
 from storage.build_totals import BuildTotals
+from storage.fs import is_file, join, location
+from storage.layout import read_json
 from tasks.actors import demands
 from tasks.config import BuildConfig
 from tasks.placement import CLUSTER_SHAPES, plan_pools
 
 Z95 = 1.959964  # the standard normal's 97.5 % quantile: two-sided 95 % intervals
 SAMPLE_CLUSTER = "the sample's cluster"
+FORECAST = "forecast.json"  # in the sample's dataset directory
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
@@ -171,3 +175,26 @@ def forecast_vs_actual(f: dict, totals: BuildTotals) -> str:
         lines.append(f"| {r['stage']} | {_rate(r['pass_rate'])} | {_rate(r['low'])} – {_rate(r['high'])} | "
                      f"{_rate(actual)} | {_inside(actual, r['low'], r['high'])} |")
     return "\n".join(lines)
+
+
+def forecast_cost_line(f: dict) -> str:
+    """One line of what the listing costs: hours on the sample's cluster, and hours and GPU-hours on each shape."""
+    parts = []
+    for c in f["clusters"]:
+        hours = _number(c["hours"])
+        parts.append(f"{hours} h on {c['name']}" + (f" ({_number(c['gpu_hours'])} GPU-hours)" if c["gpus"] else ""))
+    return "; ".join(parts)
+
+
+def read_forecast(where: str | None, required: bool = False) -> dict | None:
+    """A sample's forecast: `where` is its forecast.json or the sample's dataset; None where there is none (an error
+    when `required`: the user named it)."""
+    if where is None:
+        return None
+    path = where if str(where).endswith(".json") else join(location(where), FORECAST)
+    if not is_file(path):
+        if required:
+            raise UserError(f"--forecast {where}: no {FORECAST} there; pass a sample build's dataset directory "
+                            "(build-dataset --sample writes it) or its forecast.json")
+        return None
+    return read_json(path)

@@ -11,7 +11,7 @@ from storage.fs import Location, location, process_local, resolve
 from storage.kept import ReuseSource, reuse_sources
 from storage.layout import complete_shards
 from storage.manifest import MANIFEST, read_manifest
-from storage.sources import WorkUnit, list_inputs, plan_units
+from storage.sources import SampledListing, WorkUnit, list_inputs, plan_units, sample_listing
 from tasks.actors import check_runtime
 from tasks.config import BuildConfig, build_config_from_dict, load_build_config
 from tasks.pipeline import MODEL_STAGES
@@ -31,6 +31,8 @@ class BuildPlan:
     loops: list[str] = field(default_factory=list)  # symlinked folders in the inputs not followed (loops)
     # --reuse: per shard to build, the earlier dataset's shards whose kept model outputs may serve its inputs
     reuse: dict[int, ReuseSource] = field(default_factory=dict)
+    sample: SampledListing | None = None  # --sample: the sample of the listing this build is, and the listing's size
+    sample_of: float | None = None  # --sample as given (dataset.json records it)
 
     def summary(self) -> str:
         images = [u.images for u in self.todo]
@@ -38,8 +40,11 @@ class BuildPlan:
         tars = sum(1 for n in images if n is None)
         parts = ([f"{counted} images"] if counted or not tars else []) + ([f"{tars} tars"] if tars else [])
         what = " + ".join(parts) + (" (a tar's images are counted by the worker that reads it)" if tars else "")
+        sampled = self.sample
         return (
-            f"{len(self.units)} work units ({self.new} new), {len(self.complete)} shards complete, "
+            (f"a sample of {sampled.sample_images} of {'about ' if sampled.estimated else ''}{sampled.images} "
+             "images; " if sampled else "")
+            + f"{len(self.units)} work units ({self.new} new), {len(self.complete)} shards complete, "
             f"{len(self.todo)} to build: {what}"
             + (f"; {self.skipped_files} non-image files skipped" if self.skipped_files else "")
             + (f"; symlinked folders not followed (they loop): {', '.join(self.loops)}" if self.loops else "")
@@ -111,10 +116,12 @@ def prepare_build(
     gpus_per_stage: list[str] | dict[str, float] | None = None,
     config: dict | None = None,
     reuse: str | None = None,
+    sample: float | None = None,
 ) -> BuildPlan:
     """Check everything and plan the units from listings only. `config`: a config resolved earlier (the CLI's),
     used as it is instead of `config_file` + `overrides`; `reuse`: an earlier dataset whose kept model outputs the
-    build takes where the stages' fingerprints agree (storage/kept.py)."""
+    build takes where the stages' fingerprints agree (storage/kept.py); `sample`: build only a deterministic,
+    stratified sample of the inputs (a fraction below 1, else a count; storage/sources.py), for a forecast."""
     check_profile(profile)
     cfg = build_config_from_dict(config) if config is not None else load_build_config(config_file, overrides or [])
     if workers < 0:
@@ -130,8 +137,14 @@ def prepare_build(
     _check_shared(inputs, output)
     out = location(output)  # an unknown protocol or a missing backend fails before the inputs are listed
     listing = list_inputs(inputs, cfg.input.extensions)
+    sampled = sample_listing(listing, sample) if sample is not None else None
     _check_writable(out)
     meta = existing_meta(out, cfg.content_hash(), profile)
+    if meta is not None and meta.get("sample") != sample:
+        was = f"a sample (--sample {meta['sample']:g})" if meta.get("sample") is not None else "a full build"
+        now = f"--sample {sample:g}" if sample is not None else "a full build"
+        raise UserError(f"{out} holds {was}, but this run is {now}; use a new --output directory (a full build can "
+                        f"take the sample's model outputs with --reuse {out})")
     complete = set(complete_shards(out))
     previous = read_manifest(out)
     if previous is None and complete:
@@ -139,7 +152,10 @@ def prepare_build(
             f"{out} holds complete shards but no {MANIFEST}, so its work units are unknown; "
             "use a new --output directory"
         )
-    plan = plan_units(listing, cfg.input.unit_size, previous)
+    if sampled is not None:
+        plan = plan_units(sampled.listing, cfg.input.unit_size, previous, tar_fraction=sampled.fraction)
+    else:
+        plan = plan_units(listing, cfg.input.unit_size, previous)
     for unit in plan.units:
         changes = plan.changed.get(unit.shard)
         if changes and unit.shard in complete:
@@ -151,7 +167,7 @@ def prepare_build(
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
     sources = _reuse_sources(reuse, out, todo) if reuse is not None else {}
     return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops,
-                     sources)
+                     sources, sampled, sample)
 
 
 def _reuse_sources(reuse: str, out: Location, todo: list[WorkUnit]) -> dict[int, ReuseSource]:

@@ -148,7 +148,8 @@ def test_totals_of_disjoint_shards_merge_to_the_totals_of_all():
         (left if s["shard"] % 3 else right).add(s)
     left.merge(right)
     assert left.seconds == pytest.approx(whole.seconds)
-    assert replace(left, seconds=0) == replace(whole, seconds=0)
+    assert left.stage_seconds == pytest.approx(whole.stage_seconds) and whole.stage_seconds["decode"] > 0
+    assert replace(left, seconds=0, stage_seconds={}) == replace(whole, seconds=0, stage_seconds={})
     assert whole.funnel_rows()[0] == {"stage": "decode", "in": 160, "rejected": sum(4 - i % 4 for i in range(0, 40, 2)),
                                       "out": 160 - sum(4 - i % 4 for i in range(0, 40, 2))}
     assert whole.sheet_shards == [i for i in range(40) if i % 4][:SHEET_SHARDS]

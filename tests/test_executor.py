@@ -8,21 +8,35 @@ from storage.sample import Sample, SourceRef
 from storage.schema import feature_schema
 from storage.shard_writer import ShardWriter
 from tasks import executor
-from tasks.executor import StageCosts, shard_totals
+from tasks.executor import shard_totals, stage_costs
 from tasks.pipeline import STAGE_NAMES
 
 
 def _stats(seconds: dict[str, float], funnel: dict[str, int]) -> dict:
-    return {"stage_seconds": seconds, "funnel": [{"stage": k, "in": v, "rejected": 0} for k, v in funnel.items()]}
+    return {"shard": 0, "inputs": 10, "accepted": 0, "rejected": 10, "seconds": 1.0, "stage_seconds": seconds,
+            "funnel": [{"stage": k, "in": v, "rejected": 0} for k, v in funnel.items()]}
 
 
 def test_stage_costs_are_seconds_per_sample_that_reached_each_stage():
-    costs = StageCosts()
+    costs = BuildTotals()
     costs.add(_stats({"decode": 1.0, "caption": 4.0, "masks": 0.0}, {"decode": 10, "caption": 8, "masks": 0}))
     costs.add(_stats({"decode": 1.0, "caption": 2.0, "masks": 3.0}, {"decode": 10, "caption": 4, "masks": 2}))
-    model, unit = costs.per_sample()
+    model, unit = stage_costs(costs)
     assert model == {"caption": pytest.approx(0.5), "masks": pytest.approx(1.5)}  # 6 s / 12, 3 s / 2
     assert unit == pytest.approx(0.1)  # decode: 2 s / 20, the unit's own work
+
+
+def test_reused_outputs_measure_no_cost():
+    """A re-filtered build took most captions from an earlier build: the caption's cost is per caption computed."""
+    stats = _stats({"decode": 1.0, "caption": 3.0}, {"decode": 10, "caption": 10})
+    stats["computed_by_stage"], stats["reused_by_stage"] = {"caption": 2}, {"caption": 8}
+    totals = BuildTotals()
+    totals.add(stats)
+    model, unit = stage_costs(totals)
+    assert model == {"caption": pytest.approx(1.5)}  # 3 s / 2 computed, not / 10 that reached it
+    assert unit == pytest.approx(0.1)
+    stats["computed_by_stage"], stats["stage_seconds"] = {"caption": 0}, {"decode": 1.0, "caption": 0.0}
+    assert stage_costs(BuildTotals.of(stats))[0] == {}  # all reused: no measurement (the declared cost stands)
 
 
 def _rejected(key: str) -> Sample:

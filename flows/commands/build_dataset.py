@@ -25,6 +25,14 @@ examples:
   lambda-eclipse build-dataset --input shards/ --output data/ --profile paper --gpus-per-stage caption=0.5,masks=0.5
   lambda-eclipse build-dataset --input s3://bucket/laion/ --output s3://bucket/datasets/v1 --profile paper
 
+tuning a build before paying for it (docs/build-dataset.md, "Tuning a build"):
+  1. sample and forecast:   --input photos/ --output s1/ --sample 0.01
+  2. change a threshold:    --input photos/ --output s2/ --sample 0.01 --reuse s1/ --set boxes.min_logit=0.35
+     (only the stages whose fingerprint changed run again, and those after them; the rest comes from s1's
+     kept model outputs, shards/NNNNN_kept.parquet)
+  3. the full build:        --input photos/ --output data/ --reuse s2/ --set boxes.min_logit=0.35
+     (the sampled photos are not run again; the summary shows the actual numbers beside s2's forecast)
+
 A rerun with the same --output skips complete shards and rebuilds incomplete ones; inputs added since (new files in
 a folder, new tars) become new shards (DIR/manifest.parquet keeps every unit's inputs). --dry-run shows the plan.
 Runtime placement (does not change the dataset): --set runtime.actors.masks=2, runtime.gpus.masks=0.5,
@@ -40,7 +48,11 @@ def _build_dataset(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus_per_stage)
     # Validate and plan before Prefect and Ray start: bad input fails in one line, in a second.
     plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus,
-                         reuse=args.reuse)
+                         reuse=args.reuse, sample=args.sample)
+    if args.forecast is not None:
+        from tasks.forecast import read_forecast
+
+        read_forecast(args.forecast, required=True)  # a wrong path fails here, before the build
     if args.dry_run:
         print(f"{plan.output}: {plan.summary()}")
         for unit in plan.todo[:20]:
@@ -56,13 +68,28 @@ def _build_dataset(args: argparse.Namespace) -> int:
         # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
         with handing("build-dataset", plan):
             summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
-                                    workers=args.workers, config=plan.cfg.to_dict(), reuse=args.reuse)
+                                    workers=args.workers, config=plan.cfg.to_dict(), reuse=args.reuse,
+                                    sample=args.sample, forecast=args.forecast)
         print(
             f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
             f"in {summary['shards']} shards → {summary['output']}", flush=True,
         )
+        if "forecast" in summary:
+            _print_forecast(summary["forecast"], plan.output)
         _linger(args)
     return 0
+
+
+def _print_forecast(outlook: dict, output) -> None:
+    from tasks.forecast import FORECAST, forecast_cost_line
+
+    a, listing = outlook["accepted"], outlook["listing"]
+    about = "about " if listing["estimated"] else ""
+    print(f"forecast for all {about}{listing['images']} input images: {a['expected']} accepted samples (95 % "
+          f"interval {a['low']}–{a['high']}), {outlook['subjects']} subject crops, {outlook['bytes'] / 1e9:.3g} GB",
+          flush=True)
+    print(f"  time: {forecast_cost_line(outlook)}", flush=True)
+    print(f"  per stage and per cluster shape: {output}/{FORECAST}", flush=True)
 
 
 @contextlib.contextmanager
@@ -151,6 +178,18 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="an earlier dataset of the same inputs: each model stage's outputs it kept (shards/NNNNN_kept.parquet) "
         "are taken where the stage's fingerprint (its config keys, its model, the stages before it) is unchanged, so "
         "a changed threshold runs only its stage and those after it; the result equals a build from scratch",
+    )
+    build.add_argument(
+        "--sample", type=float, metavar="N",
+        help="build only a deterministic sample of the inputs, spread over their folders and tars (N below 1: a "
+        "fraction, such as 0.01; else a count of photos), and forecast the whole listing: each stage's pass rate "
+        "with its 95 %% interval, accepted samples, subject crops, bytes, and hours and GPU-hours on this cluster and "
+        "on named cluster shapes (printed, DIR/forecast.json, a Prefect artifact)",
+    )
+    build.add_argument(
+        "--forecast", metavar="PATH",
+        help="a sample build's forecast (its dataset directory or forecast.json) to show beside this build's actual "
+        "numbers in the summary [default: --reuse's, where it has one]",
     )
     build.add_argument(
         "--dry-run", action="store_true",
