@@ -118,7 +118,7 @@ def build_dataset(
             f"{stopped}{len(failed)} of {len(plan.todo)} unit(s) failed after {plan.cfg.runtime.unit_retries + 1} "
             f"tries: {shown}{more}; they are recorded in {join(plan.output, FAILED)}; run the same command again "
             f"to build only what is missing ({summary['shards']} of {total} shards complete)")
-    logger.info("done: %s", summary)
+    logger.info("done: %s", {k: v for k, v in summary.items() if k != "forecast"})  # the forecast has its own line
     return summary
 
 

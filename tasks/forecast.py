@@ -110,6 +110,17 @@ def _number(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def duration(hours: float | None) -> str:
+    """Hours as a person reads them: seconds, minutes, hours or days."""
+    if hours is None:
+        return "—"
+    seconds = hours * 3600
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def forecast_markdown(f: dict) -> str:
     """The forecast as markdown: the sample's funnel, the yield expected, the time and GPU-hours per cluster."""
     s, a = f["sample"], f["accepted"]
@@ -134,11 +145,11 @@ def forecast_markdown(f: dict) -> str:
         f"| subject crops | {f['subjects']} | |",
         f"| output | {_size(f['bytes'])} | |",
         "",
-        "| cluster | nodes | CPUs | GPUs | samples/s | hours | GPU-hours |",
+        "| cluster | nodes | CPUs | GPUs | samples/s | time | GPU-hours |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {c['name']} | {c['nodes']} | {c['cpus']:g} | {c['gpus']:g} | {_number(c['samples_per_second'])} | "
-              f"{_number(c['hours'])} | {_number(c['gpu_hours']) if c['gpus'] else '—'} |" for c in f["clusters"]]
+              f"{duration(c['hours'])} | {_number(c['gpu_hours']) if c['gpus'] else '—'} |" for c in f["clusters"]]
     return "\n".join(lines)
 
 
@@ -181,8 +192,8 @@ def forecast_cost_line(f: dict) -> str:
     """One line of what the listing costs: hours on the sample's cluster, and hours and GPU-hours on each shape."""
     parts = []
     for c in f["clusters"]:
-        hours = _number(c["hours"])
-        parts.append(f"{hours} h on {c['name']}" + (f" ({_number(c['gpu_hours'])} GPU-hours)" if c["gpus"] else ""))
+        parts.append(f"{duration(c['hours'])} on {c['name']}"
+                     + (f" ({_number(c['gpu_hours'])} GPU-hours)" if c["gpus"] else ""))
     return "; ".join(parts)
 
 

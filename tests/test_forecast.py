@@ -140,3 +140,11 @@ def test_the_totals_a_forecast_reads_sum_subjects_bytes_and_reuse():
     plain.add(_shard(0, {"caption": 0}))
     plain_text = funnel_markdown(plain, None)  # nothing reused: today's table
     assert "| stage | in | rejected | out |\n" in plain_text and "reused" not in plain_text
+
+
+@pytest.mark.parametrize(("hours", "shown"), [(None, "—"), (0.5 / 3600, "0.5 s"), (0.25, "15 min"), (3.0, "3 h"),
+                                              (72.0, "3 days")])
+def test_durations_read_as_seconds_minutes_hours_or_days(hours, shown):
+    from tasks.forecast import duration
+
+    assert duration(hours) == shown
