@@ -37,6 +37,7 @@ from storage.manifest import write_manifest
 from storage.rejects_gallery import gallery_markdown
 from storage.report import contact_sheet, funnel_markdown, thumbnail_markdown
 from tasks.actors import alive_nodes
+from tasks.copies import find_copies
 from tasks.executor import TOTALS_CHUNK, BuildExecutor, Outcome, shard_totals, stage_costs
 from tasks.forecast import FORECAST, forecast, forecast_cost_line, forecast_markdown, forecast_vs_actual, read_forecast
 from tasks.plan import BuildPlan, prepare_build
@@ -88,6 +89,8 @@ def build_dataset(
     outlook = None
     with ray_session(plan.cfg.runtime.workers) if plan.todo or len(earlier) > TOTALS_CHUNK or plan.sample \
             else nullcontext():
+        if plan.todo and plan.cfg.duplicates.max_distance >= 0:
+            find_copies(plan.present_units(), plan.todo, plan.complete, plan.output, plan.cfg, logger)
         if plan.todo:
             with BuildExecutor(plan, logger) as executor:
                 cfg = plan.cfg

@@ -59,6 +59,10 @@ class DataSection:
     zero_control_prob: float = 0.01  # fraction of samples whose edge embedding becomes the zero-image one (paper: 1 %)
     shuffle_buffer: int = 1000  # samples held per loader stream for shuffling across shards (~200 KB each at d=1280)
     workers: int = 2  # DataLoader worker processes per trainer; 0: read in the training process
+    # skip the samples `lambda-eclipse dedup` marked as semantic duplicates (DIR/marks/semantic_duplicates/)
+    skip_duplicates: bool = True
+    # skip the samples `lambda-eclipse decontaminate` marked as benchmark leaks (DIR/marks/leaks/)
+    skip_leaks: bool = True
 
 
 @dataclass

@@ -16,6 +16,12 @@ groups are in flight while the current batch is made) into contiguous arrays, ze
 the rows a stream will still emit wait in the slots of a `_Pool` (the shuffle buffer, one array per column); a
 batch is one gather of its rows' slots, one conversion of the text states to float32 and one scatter of the
 subjects' embeddings into them.
+
+Samples marked beside the shards (storage/marks.py: `semantic_duplicates` from `lambda-eclipse dedup`, `leaks` from
+`lambda-eclipse decontaminate`) are skipped by default: `open_dataset` subtracts each shard's marked rows from its
+split counts, so epochs and the sharding across ranks count only the rows read, and a stream reads a marked shard's
+keys beside its rows and leaves the marked ones out. A shard without marks is read as before (no key column, no marks
+file), and a dataset without marks costs one directory listing more.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -36,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lambda_eclipse.errors import UserError
 from storage.fs import Location, arrow
 from storage.layout import complete_shards, read_json, shard_paths
+from storage.marks import DUPLICATES, LEAKS, mark_sets, shard_marks
 from storage.reader import load_dataset_meta, parquet_file
 from storage.schema import CONTEXT_LENGTH, text_states
 
@@ -67,10 +74,47 @@ class Dataset:
     # without a build config
     edge: dict | None = None
     subjects: dict | None = None
+    # the mark sets whose samples the loader skips (name → their _summary.json, "shards" as a frozenset), and how many
+    # of the dataset's rows each one took out of the splits (a row in two sets counts in each); both empty when the
+    # dataset has no marks or skipping is off
+    marks: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
-def open_dataset(root: Location) -> Dataset:
-    """Read dataset.json and the shards' stats and schemas; a dataset the prior cannot train on is a UserError."""
+def _marked(marks: dict[str, dict], shard: int) -> bool:
+    return any(shard in summary["shards"] for summary in marks.values())
+
+
+def _skipped_keys(root: Location, shard: int, marks: dict[str, dict]) -> frozenset[str] | None:
+    """The keys of one shard marked in any of `marks`; None for a shard without marks (read as before)."""
+    if not _marked(marks, shard):
+        return None
+    return frozenset(shard_marks(root, shard, marks)["key"].to_pylist())
+
+
+def _isin(keys: pa.ChunkedArray, skip: frozenset[str] | set[str]) -> np.ndarray:
+    return np.fromiter((key in skip for key in keys.to_pylist()), bool, len(keys))
+
+
+def _marked_rows(root: Location, shard: int, marks: dict[str, dict]) -> tuple[dict[str, int], dict[str, int]]:
+    """Of one shard with marks: the rows each set marks, and per split the rows any set marks."""
+    filesystem, where = arrow(shard_paths(root, shard)["parquet"])
+    table = pq.read_table(where, filesystem=filesystem, columns=["key", "split"])
+    keys, split = table["key"], table["split"]
+    per_set, union = {}, np.zeros(len(table), bool)
+    for name in marks:
+        hit = _isin(keys, set(shard_marks(root, shard, {name: marks[name]})["key"].to_pylist()))
+        per_set[name] = int(hit.sum())
+        union |= hit
+    split = split.to_numpy(zero_copy_only=False)
+    return per_set, {name: int((union & (split == name)).sum()) for name in SPLITS}
+
+
+def open_dataset(root: Location, skip_duplicates: bool = True, skip_leaks: bool = True) -> Dataset:
+    """Read dataset.json and the shards' stats and schemas; a dataset the prior cannot train on is a UserError.
+
+    `skip_duplicates` / `skip_leaks` (train-prior's data.skip_duplicates, data.skip_leaks): leave out the samples the
+    `semantic_duplicates` / `leaks` mark set holds (a set that is being written, without its summary, is not read)."""
     meta = load_dataset_meta(root)
     d, w = int(meta["embed_dim"]), int(meta["text_width"])
     if w != d:
@@ -84,6 +128,10 @@ def open_dataset(root: Location) -> Dataset:
     shards = complete_shards(root)
     if not shards:
         raise UserError(f"dataset {root} has no complete shards (no shards/NNNNN_stats.json); build it first")
+    sets = mark_sets(root)
+    wanted = [name for name, on in ((DUPLICATES, skip_duplicates), (LEAKS, skip_leaks)) if on and name in sets]
+    marks = {name: sets[name] | {"shards": frozenset(sets[name].get("shards", []))} for name in wanted}
+    skipped = dict.fromkeys(marks, 0)
     counts = {name: [] for name in SPLITS}
     for shard in shards:
         paths = shard_paths(root, shard)
@@ -96,16 +144,21 @@ def open_dataset(root: Location) -> Dataset:
                 f"says {d} and {w}; it was built with another CLIP: rebuild it or remove it"
             )
         stats = read_json(paths["stats"])["splits"]
+        per_set, per_split = _marked_rows(root, shard, marks) if _marked(marks, shard) else ({}, {})
+        for name, n in per_set.items():
+            skipped[name] += n
         for name in SPLITS:
-            counts[name].append(stats.get(name, 0))
+            counts[name].append(stats.get(name, 0) - per_split.get(name, 0))
     splits = {}
     for name in SPLITS:
         kept = [(s, n) for s, n in zip(shards, counts[name]) if n > 0]
         if not kept:
-            raise UserError(f"dataset {root} has no {name!r} samples in its {len(shards)} complete shards")
+            marked = f" once the {sum(skipped.values())} marked samples are skipped" if any(skipped.values()) else ""
+            raise UserError(f"dataset {root} has no {name!r} samples in its {len(shards)} complete shards{marked}")
         splits[name] = Split(name, *map(tuple, zip(*kept)))
     build = meta.get("config") or {}
-    return Dataset(str(root), d, tuple(float(x) for x in zero), splits, build.get("edge"), build.get("subjects"))
+    return Dataset(str(root), d, tuple(float(x) for x in zero), splits, build.get("edge"), build.get("subjects"),
+                   marks, skipped)
 
 
 def interleave(hidden_states: np.ndarray, subject_embeddings: np.ndarray, subjects: list[dict]) -> np.ndarray:
@@ -150,9 +203,12 @@ def _matrix(lists: pa.Array, *shape: int) -> np.ndarray:
 class _RowGroup:
     """One Parquet row group as contiguous arrays, and the token positions its subjects take in the text states."""
 
-    def __init__(self, table: pa.Table, split: str, dim: int, where: str):
+    def __init__(self, table: pa.Table, split: str, dim: int, where: str, skip: frozenset[str] | None = None):
         column = {name: _array(table[name]) for name in COLUMNS}
-        self.rows = np.flatnonzero(column["split"].to_numpy(zero_copy_only=False) == split)  # the split's rows
+        wanted = column["split"].to_numpy(zero_copy_only=False) == split
+        if skip is not None:  # the split's rows less the marked ones
+            wanted &= ~_isin(table["key"], skip)
+        self.rows = np.flatnonzero(wanted)  # the split's rows
         self.text = text_states(column["text_hidden_states"], dim)  # float16, a view of Arrow's buffer
         self.text_embedding = _matrix(column["text_embedding"], dim)
         self.target = _matrix(column["target_embedding"], dim)
@@ -280,18 +336,21 @@ class _Pool:
         return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
-def _footer(root: str, shard: int) -> pq.FileMetaData:
+def _footer(root: str, shard: int, marks: dict[str, dict]) -> tuple[pq.FileMetaData, frozenset[str] | None]:
+    """A shard's Parquet footer, and its marked keys (None without marks)."""
     filesystem, where = arrow(shard_paths(root, shard)["parquet"])
-    return pq.read_metadata(where, filesystem=filesystem)
+    return pq.read_metadata(where, filesystem=filesystem), _skipped_keys(root, shard, marks)
 
 
-def _read_row_group(root: str, shard: int, footer: pq.FileMetaData, group: int, split: str, dim: int) -> _RowGroup:
+def _read_row_group(root: str, shard: int, footer: pq.FileMetaData, group: int, split: str, dim: int,
+                    skip: frozenset[str] | None = None) -> _RowGroup:
     location = shard_paths(root, shard)["parquet"]
     filesystem, where = arrow(location)
+    columns = list(COLUMNS) if skip is None else [*COLUMNS, "key"]
     # pre_buffer: the group's column chunks are fetched in few, concurrent requests (what object stores need)
     with pq.ParquetFile(where, filesystem=filesystem, metadata=footer, pre_buffer=True) as parquet:
-        table = parquet.read_row_group(group, columns=list(COLUMNS), use_threads=False)
-    return _RowGroup(table, split, dim, f"{location} row group {group}")
+        table = parquet.read_row_group(group, columns=columns, use_threads=False)
+    return _RowGroup(table, split, dim, f"{location} row group {group}", skip)
 
 
 @dataclass(frozen=True)
@@ -305,9 +364,10 @@ class Stream:
     """Rows of a fixed set of shards: training streams shuffle and cycle forever, validation streams read once."""
 
     def __init__(self, root: str, split: str, shards: list[int], rows: list[int], seed: list[int], shuffle: bool,
-                 buffer: int, dim: int, pin: bool = False):
+                 buffer: int, dim: int, pin: bool = False, marks: dict[str, dict] | None = None):
         self.root, self.split, self.shards, self.rows = root, split, shards, rows
         self.seed, self.shuffle, self.buffer, self.dim, self.pin = seed, shuffle, buffer, dim, pin
+        self.marks = marks or {}  # the mark sets whose samples are left out (`rows` counts without them)
 
     def _shard_order(self, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
         rng = np.random.default_rng(self.seed + [epoch])
@@ -324,22 +384,22 @@ class Stream:
         """(epoch, shard's place in the epoch's order, a read of one of its row groups) in reading order; the first
         epoch leaves out the shards at the places in `skipped`. Each shard's footer is fetched (once) while the
         shard before it is read."""
-        footers: dict[int, Future[pq.FileMetaData]] = {}
+        footers: dict[int, Future[tuple[pq.FileMetaData, frozenset[str] | None]]] = {}
 
-        def footer(i: int) -> Future[pq.FileMetaData]:
+        def footer(i: int) -> Future[tuple[pq.FileMetaData, frozenset[str] | None]]:
             if i not in footers:
-                footers[i] = executor.submit(_footer, self.root, self.shards[i])
+                footers[i] = executor.submit(_footer, self.root, self.shards[i], self.marks)
             return footers[i]
 
         while True:
             places = [(k, int(i)) for k, i in enumerate(self._shard_order(epoch)[1]) if k not in skipped]
             for (k, i), after in zip(places, [*places[1:], None]):
-                meta = footer(i).result()
+                meta, skip = footer(i).result()
                 if after is not None:
                     footer(after[1])
                 for group in range(meta.num_row_groups):
                     yield epoch, k, partial(_read_row_group, self.root, self.shards[i], meta, group, self.split,
-                                            self.dim)
+                                            self.dim, skip)
             if not self.shuffle:
                 return
             epoch, skipped = epoch + 1, set()
@@ -449,7 +509,7 @@ class PriorBatches(IterableDataset):
         if not shards:  # more validation streams than shards: this one has nothing to read
             return
         stream = Stream(self.data.root, self.split.name, shards, rows, [self.seed, stream_id], self.shuffle,
-                        self.buffer, self.data.embed_dim, pin=self.pin_memory and info is None)
+                        self.buffer, self.data.embed_dim, pin=self.pin_memory and info is None, marks=self.data.marks)
         for lane_batch, batch in enumerate(stream.batches(offset // self.lanes * self.batch_size, self.batch_size),
                                            offset // self.lanes):
             yield self.finish(batch, lane_batch * self.lanes + lane)

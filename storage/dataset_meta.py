@@ -11,6 +11,13 @@ from storage.fs import Location, is_file, join
 from storage.layout import DATASET_JSON, read_json, write_json_atomic
 
 
+def require_dataset(root: str) -> None:
+    """A command's DIR argument is a dataset that build-dataset wrote (one line otherwise)."""
+    if not is_file(join(root, DATASET_JSON)):
+        raise UserError(f"{root} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); build one with "
+                        "`lambda-eclipse build-dataset`")
+
+
 def existing_meta(root: Location, config_hash: str, profile: str) -> dict | None:
     """The dataset.json already in `root`, after checking that this build (its config's hash) may continue it."""
     path = join(root, DATASET_JSON)

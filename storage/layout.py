@@ -19,6 +19,8 @@ from storage.fs import Location, is_file, is_local, join, location, open_file, r
 
 DATASET_JSON = "dataset.json"
 SHARDS = "shards"
+HASHES = "hashes"  # hashes/NNNNN.parquet: each input's content hash, pHash and pixels (the duplicates index)
+COPIES = "copies"  # copies/NNNNN.parquet: a unit's inputs that copy another input, and which (tasks/copies.py)
 FAILED = "failed"  # failed/NNNNN.json: a unit that failed every try (error, attempts, node, time), until it completes
 # the files `_stats.json` lists, written before it; `kept` (the model outputs, storage/kept.py) since datasets keep them
 DATA_FILES = ("parquet", "tar", "rejects", "kept")
@@ -55,6 +57,18 @@ def complete_shards(root: Location) -> list[int]:
 
 def failure_path(root: Location, shard: int) -> Location:
     return join(root, FAILED, f"{shard:05d}.json")
+
+
+def write_parquet_atomic(path: Location, table) -> None:
+    """A Parquet file written under a staging name and published (a reader never sees half of it)."""
+    import pyarrow.parquet as pq
+
+    fs, base = resolve(location(path))
+    fs.makedirs(base.rsplit("/", 1)[0], exist_ok=True)
+    staged = staging_path(path)
+    with open_file(staged, "wb") as f:
+        pq.write_table(table, f)
+    publish(staged, path)
 
 
 def record_failure(root: Location, shard: int, record: dict[str, Any]) -> None:

@@ -82,6 +82,7 @@ class Sample:
     reject: Reject | None = None
     thumbnail: bytes | None = None  # a small JPEG of a rejected photo, for the rejects gallery (storage/thumbnail.py)
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, this sample's share
+    copy_of: str | None = None  # the input this one copies, decided before the build (tasks/copies.py), and how
     content: str | None = None  # hash of the input's bytes (tasks/decode.py): what its kept model outputs are keyed by
     # per model stage it reached: {"reject": reason or None, "value": the stage's output, "reused": bool}
     # (tasks/base.py), written beside the shard (storage/kept.py)

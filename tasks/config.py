@@ -30,6 +30,14 @@ class DecodeConfig:
 
 
 @dataclass
+class DuplicatesConfig:
+    # pHash bits (of 64) within which two photos are copies: resized, re-compressed and flipped copies measured 0-4,
+    # different photos 12 or more (docs/build-dataset.md, "Duplicates"); the search finds every pair within it by
+    # banding the hash into max_distance + 1 parts. 0: identical pHashes only; -1: no duplicates pass.
+    max_distance: int = 4
+
+
+@dataclass
 class ResolutionConfig:
     min_side: int = 1024
 
@@ -112,10 +120,15 @@ class RuntimeConfig:
     max_nodes: int = 0  # nodes (like the largest one now) the build asks an autoscaler for; 0: as many as it could use
 
 
+# sections added after datasets were built, left out of the content hash at their defaults
+LATER_SECTIONS: dict[str, type] = {"duplicates": DuplicatesConfig}
+
+
 @dataclass
 class BuildConfig:
     input: InputConfig = field(default_factory=InputConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     white_background: WhiteBackgroundConfig = field(default_factory=WhiteBackgroundConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
@@ -147,9 +160,14 @@ class BuildConfig:
         }
 
     def content_hash(self) -> str:
-        """Hash of everything that changes the dataset's content (not runtime placement)."""
+        """Hash of everything that changes the dataset's content (not runtime placement). Sections added after
+        datasets were built count only away from their defaults, so that an earlier dataset keeps its hash and can
+        grow (docs/build-dataset.md says what growing one means)."""
         data = self.to_dict()
         data.pop("runtime")
+        for name, section in LATER_SECTIONS.items():
+            if data[name] == dataclasses.asdict(section()):
+                data.pop(name)
         for section in data.values():  # batch sizes place work, they do not change it
             section.pop("batch_size", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -188,6 +188,19 @@ def _draft_scale(width: int, height: int, target: tuple[int, int]) -> int:
     return 1
 
 
+def small_photo(data: bytes, max_pixels: int, side: int = 64) -> tuple[np.ndarray, int, int]:
+    """A small RGB image of the photo (a JPEG scaled in the DCT domain to about `side` px on its shorter side; other
+    formats decoded whole), EXIF orientation applied, and the photo's (width, height); BadImage where it does not
+    decode. What the duplicates pass hashes (tasks/copies.py)."""
+    with _decoding():
+        image = _open(data)
+        _check_pixels(image, max_pixels)
+        width, height = oriented_size(image)
+        image.draft("RGB", (side, side))  # draft keeps at least the requested size
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image)), width, height
+
+
 def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeConfig.size,
                  defer_jpeg: bool = False) -> Photo:
     """The photo's size from its header; below `min_side` (the resolution filter will reject it) nothing more.

@@ -4,8 +4,8 @@ The image is reduced to 32×32 grey (area averaging, so JPEG noise and resizing 
 DCT; each of the 8×8 lowest frequencies but the DC term gives one bit: above or below the median of its group. A
 horizontal flip leaves the coefficients of even horizontal frequency as they are and negates the odd ones, so the
 even ones are compared signed and the odd ones by magnitude: a photo and its mirror image hash alike. Resized and
-re-compressed copies land within a few bits; different photos differ in about half the bits (docs/build-dataset.md,
-"Duplicates", has the measurement behind the default distance).
+re-compressed copies land within a few bits; different photos differ in a third to half of them
+(docs/build-dataset.md, "Duplicates", has the measurement behind the default distance).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from tasks.caption import Caption
 from tasks.config import BuildConfig
 from tasks.crops import SubjectCrops
 from tasks.decode import Decode
+from tasks.duplicates import Duplicates
 from tasks.edges import CannyEdge
 from tasks.features import ClipFeatures
 from tasks.mask_filters import MaskFilters
@@ -24,6 +25,7 @@ from tasks.white_background import WhiteBackgroundFilter
 
 STAGES: tuple[type[Stage], ...] = (
     Decode,
+    Duplicates,
     ResolutionFilter,
     WhiteBackgroundFilter,
     Caption,

@@ -33,6 +33,11 @@ class BuildPlan:
     reuse: dict[int, ReuseSource] = field(default_factory=dict)
     sample: SampledListing | None = None  # --sample: the sample of the listing this build is, and the listing's size
     sample_of: float | None = None  # --sample as given (dataset.json records it)
+    active: set[int] = field(default_factory=set)  # shards whose inputs are among this run's inputs
+
+    def present_units(self) -> list[WorkUnit]:
+        """The units whose inputs are among this run's (what the duplicates pass compares)."""
+        return [u for u in self.units if u.shard in self.active]
 
     def summary(self) -> str:
         images = [u.images for u in self.todo]
@@ -167,7 +172,7 @@ def prepare_build(
     todo = [u for u in plan.units if u.shard in plan.active and u.shard not in complete]
     sources = _reuse_sources(reuse, out, todo) if reuse is not None else {}
     return BuildPlan(cfg, profile, out, plan.units, todo, complete, plan.new, plan.skipped, meta, listing.loops,
-                     sources, sampled, sample)
+                     sources, sampled, sample, plan.active)
 
 
 def _reuse_sources(reuse: str, out: Location, todo: list[WorkUnit]) -> dict[int, ReuseSource]:

@@ -26,6 +26,7 @@ from storage.sources import WorkUnit
 from tasks.actors import PIXELS, process_batch
 from tasks.base import Stage
 from tasks.config import BuildConfig
+from tasks.copies import read_copies
 from tasks.pipeline import STAGE_NAMES, STAGES, stage_fingerprints, stage_groups
 
 WINDOW = 3  # batches of one unit in flight at once
@@ -189,6 +190,13 @@ def write_shard(unit: WorkUnit, root: str, cfg: BuildConfig, meta: dict, process
         raise
 
 
+def _with_copies(samples: Iterator[Sample], copies: dict[str, str]) -> Iterator[Sample]:
+    """The samples, each told which input it copies (the duplicates pass's decision), if any."""
+    for sample in samples:
+        sample.copy_of = copies.get(sample.key)
+        yield sample
+
+
 def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: dict, pools: dict[str, list],
                reuse: ReuseSource | None) -> dict:
     """A Ray task: read, process and write one unit's shard on this worker; returns its stats. `reuse`: the earlier
@@ -199,7 +207,8 @@ def build_unit(unit: WorkUnit, root: str, cfg: BuildConfig, profile: str, meta: 
             fingerprints = stage_fingerprints(cfg, profile)
             kept = KeptOutputs.load(reuse, fingerprints) if reuse else None
             runner = UnitRunner(cfg, profile, pools, kept)
-            samples = runner.run(unit.iter_samples(cfg.input.extensions))
+            copies = read_copies(root, unit.shard) if cfg.duplicates.max_distance >= 0 else {}
+            samples = runner.run(_with_copies(unit.iter_samples(cfg.input.extensions), copies))
             stats = write_shard(unit, root, cfg, meta, samples, fingerprints)
     except (ActorsGone, RayError):
         raise  # the cluster's, not the unit's: the flow runs it again

@@ -14,7 +14,8 @@ from tasks.config import BuildConfig
 
 EPILOG = """\
 stages, in order (each rejects with a reason; rejects are kept in shards/NNNNN_rejects.parquet):
-  decode → resolution → white_background → caption (BLIP-2) → nouns (spaCy) → boxes (Grounding DINO)
+  (a duplicates pass first: every input hashed, copies grouped)
+  decode → duplicates → resolution → white_background → caption (BLIP-2) → nouns (spaCy) → boxes (Grounding DINO)
   → box_filters → masks (SAM) → mask_filters → subjects → crops → edge (Canny) → features (OpenCLIP)
 
 config keys (--set section.key=value), with their defaults (the paper's values, see docs/paper-parameters.md):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lambda_eclipse.errors import UserError
-from storage.fs import is_file, join
-from storage.layout import DATASET_JSON
+from storage.dataset_meta import require_dataset
 from storage.validate import DatasetInvalid, validate
 
 EPILOG = """\
@@ -44,9 +42,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not is_file(join(args.data, DATASET_JSON)):
-        raise UserError(f"{args.data} is not a λ-ECLIPSE dataset (no {DATASET_JSON}); build one with "
-                        "`lambda-eclipse build-dataset`")
+    require_dataset(args.data)
     if args.no_flow:
         report = validate(args.data, args.split_tolerance).to_dict()
     else:
