@@ -23,6 +23,17 @@ shard of the flow process alone and of the Prefect server (with its children), o
 the server stores (count, JSON size of their data, count per key), the server's database size, and the events it
 refused to publish. Goals: <= 3 ms flow and <= 5 ms server CPU per shard, the last within 30 % of the first,
 database <= 50 MB, no refused event.
+
+`--refilter` (tiny profile, the fixed 64-photo set, flows in this process on a local Ray): a build A at the default
+thresholds, then a changed box-filter bound (`REFILTER`) built from scratch (B) and with `--reuse A` (C): for each, the
+wall time, the accepted count and the model forward passes per stage (the shards' `computed_by_stage`, and
+`reused_by_stage`); whether B's and C's feature rows are identical; and the GPU-hours of that re-filter for the paper's
+100M photos from scratch and with `--reuse` (the stages' declared TFLOPs per sample times the inputs reaching them, at
+`GPU_TFLOPS`; the printed line says what else it assumes).
+
+`--forecast-accuracy` (`--photos 300`): the fixed 64-photo set plus synthetic photos, a fifth of all below
+resolution.min_side; a 10 % sample (`--sample 0.1`) and the full build, at the default thresholds and with
+`REFILTER`: the forecast's accepted count and 95 % interval against the full build's, and each stage's pass rate.
 """
 
 from __future__ import annotations
@@ -58,16 +69,17 @@ def _steady_rate(out: Path) -> tuple[float, int]:
 def _predicted(cfg, out: Path, nodes: int, cpus: float) -> tuple[float, float]:
     """The placement's predicted images/s for this cluster shape: from the declared stage costs, and from the costs
     the built shards measured (what a rebalancing build plans with)."""
+    from storage.build_totals import BuildTotals
     from storage.layout import complete_shards, read_json, shard_paths
     from tasks.actors import UNIT_SECONDS, demands
-    from tasks.executor import StageCosts
+    from tasks.executor import stage_costs
     from tasks.placement import plan_pools
 
-    costs = StageCosts()
+    costs = BuildTotals()
     for shard in complete_shards(out):
         costs.add(read_json(shard_paths(out, shard)["stats"]))
     shape = [{"CPU": cpus}] * nodes
-    measured, unit_seconds = costs.per_sample()
+    measured, unit_seconds = stage_costs(costs)
     return (plan_pools(shape, demands(cfg), UNIT_SECONDS).predicted,
             plan_pools(shape, demands(cfg, measured), unit_seconds).predicted)
 
@@ -486,6 +498,176 @@ def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> No
         print(f"CPU per accepted sample at {size}²: {totals[size]:.0f} ms")
 
 
+# A box-filter bound that rejects about half of what the default (0.3) keeps on the fixed 64-photo set (tiny profile:
+# the largest box logit of most samples lies between 0.7 and 0.97), so that a re-filter changes the dataset.
+REFILTER = "boxes.min_logit=0.9"
+PAPER_INPUTS = 100_000_000  # the paper build's inputs, for the GPU-hours of a re-filter at that size
+
+
+def _shard_stats(out: Path) -> list[dict]:
+    from storage.layout import complete_shards, read_json, shard_paths
+
+    return [read_json(shard_paths(out, shard)["stats"]) for shard in complete_shards(out)]
+
+
+def _totals(out: Path):
+    from storage.build_totals import BuildTotals
+
+    totals = BuildTotals()
+    for stats in _shard_stats(out):
+        totals.add(stats)
+    return totals
+
+
+def _feature_rows(out: Path):
+    """Every shard's feature rows in one table, sorted by key."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.layout import complete_shards, shard_paths
+
+    table = pa.concat_tables([pq.read_table(shard_paths(out, s)["parquet"]) for s in complete_shards(out)])
+    return table.sort_by("key")
+
+
+def _timed_build(**kwargs) -> tuple[float, dict]:
+    from flows.build_dataset import build_dataset
+
+    start = time.perf_counter()
+    summary = build_dataset(profile="tiny", **kwargs)
+    seconds = time.perf_counter() - start
+    assert isinstance(summary, dict)  # a flow called without return_state returns its value
+    return seconds, summary
+
+
+@contextlib.contextmanager
+def _flow_cluster(cpus: float, tmp: Path):
+    """A local Ray cluster of one node that the flows in this process join (RAY_ADDRESS), with one small build done
+    first: the Prefect API server's start and the imports are not in the builds timed after it."""
+    from lambda_eclipse.ray_session import local_cluster
+    from lambda_eclipse.synthetic import write_photos
+
+    write_photos(tmp / "photos_warmup", 4, size=1024, start=500)
+    with local_cluster(1, cpus) as cluster:
+        os.environ["RAY_ADDRESS"] = cluster.address
+        try:
+            _timed_build(inputs=[str(tmp / "photos_warmup")], output=str(tmp / "warmup"))
+            yield
+        finally:
+            del os.environ["RAY_ADDRESS"]
+
+
+def bench_refilter(unit: int, cpus: float) -> None:
+    """A re-filter with a changed box-filter bound on the fixed 64-photo set: a build from scratch against
+    `--reuse` of the first build (wall time, accepted, model forward passes per stage), whether the two datasets'
+    feature rows are identical, and the GPU-hours each would take for the paper's 100M photos."""
+    from tasks.config import load_build_config
+    from tasks.pipeline import STAGES, stage_fingerprints
+    from tasks.placement import GPU_TFLOPS
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-refilter-"))
+    photos = tmp / "photos"
+    fixed_photo_set(photos)
+    settings = [f"input.unit_size={unit}"]
+    runs = {
+        "A": ("full build, default thresholds", {}),
+        "B": (f"{REFILTER}, from scratch", {"overrides": [*settings, REFILTER]}),
+        "C": (f"{REFILTER}, --reuse A", {"overrides": [*settings, REFILTER], "reuse": str(tmp / "A")}),
+    }
+    results: dict[str, tuple[float, dict]] = {}
+    with _flow_cluster(cpus, tmp):
+        for name, (_, extra) in runs.items():
+            results[name] = _timed_build(inputs=[str(photos)], output=str(tmp / name),
+                                         **({"overrides": settings} | extra))
+    model_stages = [s for s in STAGES if s.uses_model]
+    print(f"re-filter: the fixed 64-photo set (1024–2048 px), tiny profile, units of {unit}, local Ray of 1 node x "
+          f"{cpus:g} CPUs, {os.cpu_count()} cores, no GPU; load average at the end {os.getloadavg()[0]:.2f}")
+    totals = {}
+    for name, (what, _) in runs.items():
+        wall, summary = results[name]
+        totals[name] = t = _totals(tmp / name)
+        computed = {s.name: t.computed.get(s.name, 0) for s in model_stages}
+        reused = {s.name: t.reused.get(s.name, 0) for s in model_stages}
+        print(f"{name} ({what}): {wall:.1f} s, {summary['accepted']} accepted of {summary['inputs']}; model forward "
+              f"passes (samples fed to each model) {sum(computed.values())}: "
+              + ", ".join(f"{k} {v}" for k, v in computed.items())
+              + f"; reused from A {sum(reused.values())}: " + ", ".join(f"{k} {v}" for k, v in reused.items()))
+    same = _feature_rows(tmp / "B").equals(_feature_rows(tmp / "C"))
+    print(f"B and C feature rows (every shard's parquet, sorted by key) identical: {same}")
+    print(f"C / B wall time: {results['C'][0] / results['B'][0]:.2f}")
+
+    # Which model stages a --reuse re-filter computes again: those whose chained fingerprint the new bound changed
+    old, new = (stage_fingerprints(load_build_config(overrides=o), "tiny") for o in (settings, [*settings, REFILTER]))
+    again = [s.name for s in model_stages if old[s.name] != new[s.name]]
+    scratch, reuse = {}, {}
+    for stage in model_stages:
+        share = totals["B"].funnel[stage.name][0] / totals["B"].inputs  # inputs reaching the stage, new bound
+        hours = stage.tflops * share * PAPER_INPUTS / GPU_TFLOPS / 3600
+        scratch[stage.name], reuse[stage.name] = hours, hours if stage.name in again else 0.0
+    shares = {name: {s.name: totals[name].funnel[s.name][0] / totals[name].inputs for s in model_stages}
+              for name in ("A", "B")}
+    print(f"\nGPU-hours of the re-filter for the paper's {PAPER_INPUTS:,} photos (stages recomputed with --reuse: "
+          f"{', '.join(again)}):")
+    print("  share of inputs reaching each model stage: A " + ", ".join(f"{k} {v:.3f}" for k, v in shares["A"].items())
+          + "; after the re-filter " + ", ".join(f"{k} {v:.3f}" for k, v in shares["B"].items()))
+    for stage in model_stages:
+        print(f"  {stage.name:9s} {stage.tflops:4.1f} TFLOP/sample: from scratch {scratch[stage.name]:9,.0f}, "
+              f"--reuse {reuse[stage.name]:9,.0f}")
+    saved = sum(scratch.values()) - sum(reuse.values())
+    print(f"  total: from scratch {sum(scratch.values()):,.0f} GPU-hours, --reuse {sum(reuse.values()):,.0f}: "
+          f"{saved:,.0f} GPU-hours saved ({saved / sum(scratch.values()):.0%})")
+    print(f"  assumes: each model stage's declared TFLOPs per sample (Stage.tflops, docs/design.md's FLOP estimates of "
+          f"the paper's models) at {GPU_TFLOPS:g} TFLOP/s per GPU (dense bf16, the FLOP bound: full utilisation, no "
+          f"batching or transfer loss; a utilisation below it, the same for every stage, scales both totals alike "
+          f"and leaves the share saved as it is); the fixed set's shares of inputs reaching each stage (synthetic "
+          f"photos, random tiny models) holding at 100M; nouns (spaCy) on CPUs, no GPU time; CPU stages, decoding, "
+          f"reading the kept outputs and writing shards not counted")
+    print(f"scratch: {tmp}")
+
+
+def bench_forecast_accuracy(photos_total: int, unit: int, cpus: float) -> None:
+    """A 10 % sample's forecast against the full build of the same photos: the fixed 64-photo set plus synthetic
+    photos, a fifth of all of them below resolution.min_side, at the default thresholds and with the re-filter's
+    box-filter bound (so that a stage besides the resolution filter rejects a share)."""
+    from lambda_eclipse.synthetic import write_photos
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-forecast-"))
+    photos = tmp / "photos"
+    fixed_photo_set(photos / "fixed")  # 60 pass the resolution filter, 4 below
+    below = round(photos_total * 0.2) - 4
+    above = photos_total - 64 - below
+    write_photos(photos / "big", above, size=1024, start=2000)
+    write_photos(photos / "small", below, size=512, start=4000)  # below resolution.min_side=1024
+    print(f"forecast accuracy: {photos_total} photos (the fixed 64-photo set, {above} at 1024², {below} at 512²: "
+          f"{above + 60} pass the resolution filter, {below + 4} ({(below + 4) / photos_total:.0%}) do not), "
+          f"tiny profile, units of {unit}, local Ray of 1 node x {cpus:g} CPUs, {os.cpu_count()} cores, no GPU")
+    with _flow_cluster(cpus, tmp):
+        for i, extra in enumerate(([], [REFILTER])):
+            settings = [f"input.unit_size={unit}", *extra]
+            sample_wall, sample = _timed_build(inputs=[str(photos)], output=str(tmp / f"sample{i}"),
+                                               overrides=settings, sample=0.1)
+            full_wall, full = _timed_build(inputs=[str(photos)], output=str(tmp / f"full{i}"), overrides=settings)
+            outlook, actual = sample["forecast"], _totals(tmp / f"full{i}")
+            a = outlook["accepted"]
+            inside = a["low"] <= full["accepted"] <= a["high"]
+            print(f"\n{' '.join(extra) or 'default thresholds'}: sample of {sample['inputs']} inputs "
+                  f"({sample_wall:.1f} s, {sample['accepted']} accepted); full build of {full['inputs']} "
+                  f"({full_wall:.1f} s)")
+            print(f"  accepted: forecast {a['expected']} (95 % interval {a['low']}–{a['high']}), actual "
+                  f"{full['accepted']}: inside {'yes' if inside else 'NO'}")
+            for row in outlook["stages"]:
+                count, rejected = actual.funnel.get(row["stage"], (0, 0))
+                rate = (count - rejected) / count if count else None
+                if row["pass_rate"] is None or rate is None:
+                    print(f"  {row['stage']:17s} no input reached it in the sample or the full build")
+                    continue
+                ok = row["low"] <= rate <= row["high"]
+                print(f"  {row['stage']:17s} pass rate forecast {row['pass_rate']:6.1%} ({row['low']:6.1%}–"
+                      f"{row['high']:6.1%}, {row['in']} in), actual {rate:6.1%} ({count} in): "
+                      f"inside {'yes' if ok else 'NO'}")
+    print(f"scratch: {tmp}")
+
+
 def _free_port() -> int:
     import socket
 
@@ -756,9 +938,19 @@ def main() -> None:
     args.add_argument("--control-plane", action="store_true",
                       help="only the flow process's and the Prefect server's CPU per shard over N one-photo units")
     args.add_argument("--units", default="1000,10000", help="--control-plane: unit counts N, a comma list")
+    args.add_argument("--refilter", action="store_true",
+                      help=f"only a re-filter ({REFILTER}) of the fixed 64-photo set from scratch against --reuse")
+    args.add_argument("--forecast-accuracy", action="store_true",
+                      help="only a 10 %% sample's forecast against the full build")
+    args.add_argument("--photos", type=int, default=300, help="--forecast-accuracy: photos in all (at least 80)")
+    args.add_argument("--unit-size", type=int, default=16, help="--refilter, --forecast-accuracy: images per unit")
     ns = args.parse_args()
     if ns.placement:
         bench_placement()
+    elif ns.refilter:
+        bench_refilter(ns.unit_size, ns.cpus)
+    elif ns.forecast_accuracy:
+        bench_forecast_accuracy(ns.photos, ns.unit_size, ns.cpus)
     elif ns.control_plane:
         bench_control_plane(tuple(int(u) for u in ns.units.split(",")))
     elif ns.balance:
