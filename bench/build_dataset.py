@@ -420,7 +420,7 @@ def _cpu_side_run(stages, clip: dict, cfg, photos_dir: Path, out: Path, clock: _
     from storage.schema import feature_schema
     from storage.shard_writer import ShardWriter
     from storage.sources import plan_inputs
-    from tasks.pipeline import STAGE_NAMES
+    from tasks.pipeline import STAGE_NAMES, stage_fingerprints
 
     units = plan_inputs([str(photos_dir)], 10_000, cfg.input.extensions).units
     samples = [s for u in units for s in u.iter_samples(cfg.input.extensions)]
@@ -434,7 +434,7 @@ def _cpu_side_run(stages, clip: dict, cfg, photos_dir: Path, out: Path, clock: _
             cpu[stage.name] = cpu.get(stage.name, 0.0) + time.process_time() - start
     start = time.process_time()
     writer = ShardWriter(str(out), 0, feature_schema(clip["embed_dim"], clip["text_width"]),
-                         cfg.split.train_fraction, STAGE_NAMES)
+                         cfg.split.train_fraction, STAGE_NAMES, stage_fingerprints(cfg, "tiny"))
     for sample in samples:
         writer.add(sample)
     stats = writer.close({"description": str(photos_dir), "fingerprint": ""})
@@ -475,7 +475,8 @@ def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> No
         outside = {name: per[name] - forward.get(name, 0.0) * 1000 / accepted for name in per}
         cpu_stages = {s.name: per[s.name] for s in stages if not s.uses_model}
         model_stages = {s.name: outside[s.name] for s in stages if s.uses_model}
-        total = sum(cpu_stages.values()) + sum(model_stages.values()) + per["write"]
+        hashing = _hash_pass_ms(photos, cfg) * stats["inputs"] / accepted  # the duplicates pass, before the units
+        total = sum(cpu_stages.values()) + sum(model_stages.values()) + per["write"] + hashing
         totals[size] = total
         print(f"\n{size}² photos: {stats['accepted']} accepted of {stats['inputs']} "
               f"(load average {os.getloadavg()[0]:.2f})")
@@ -486,6 +487,7 @@ def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> No
         print("  (forward passes, tiny models, not counted: "
               + ", ".join(f"{k} {forward.get(k, 0.0) * 1000 / accepted:.1f}" for k in model_stages) + ")")
         print(f"  shard writing:        {per['write']:.1f}")
+        print(f"  duplicates pass:      {hashing:.1f} (tasks/copies.py's hashing of every input, before the units)")
         print(f"  total:                {total:.1f} ms")
     if photo_set is not None:
         photos = tmp / "photo_set"
@@ -496,6 +498,18 @@ def bench_cpu_side(n: int, sizes: tuple[int, ...], photo_set: Path | None) -> No
             print(f"  {row['stage']:17s} in {row['in']:3d}  rejected {row['rejected']:3d}")
     for size in sizes:
         print(f"CPU per accepted sample at {size}²: {totals[size]:.0f} ms")
+
+
+def _hash_pass_ms(photos: Path, cfg) -> float:
+    """CPU ms per input of the duplicates pass's hashing (tasks/copies.py: `hash_unit`) over a folder."""
+    from storage.sources import plan_inputs
+    from tasks.copies import hash_unit
+
+    units = plan_inputs([str(photos)], cfg.input.unit_size, cfg.input.extensions).units
+    out = Path(tempfile.mkdtemp(prefix="bench-hash-"))
+    start = time.process_time()
+    hashed = sum(hash_unit(unit, out, cfg) for unit in units)
+    return (time.process_time() - start) * 1000 / max(1, hashed)
 
 
 # A box-filter bound that rejects about half of what the default (0.3) keeps on the fixed 64-photo set (tiny profile:
