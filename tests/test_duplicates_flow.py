@@ -82,10 +82,9 @@ def test_the_kept_copy_does_not_depend_on_units_in_flight(copies):
 def test_growth_hashes_only_new_units_and_checks_them_against_the_old(copies, tmp_path):
     from flows.build_dataset import build_dataset
 
-    photos, builds = copies
     grown, out = tmp_path / "photos", tmp_path / "out"
-    shutil.copytree(photos, grown)
-    shutil.copytree(builds[1], out)
+    write_photos(grown, 4, size=160)
+    build_dataset(inputs=[str(grown)], output=str(out), profile="tiny", overrides=SETTINGS)
     before = {s: Path(hashes_path(out, s)).stat().st_mtime_ns for s in complete_shards(out)}
     shutil.copy(grown / "photo_00002.jpg", grown / "zz_new_copy.jpg")  # a new unit: a copy of a built photo
     write_photos(grown, 1, size=160, start=50)  # and a new distinct photo
@@ -95,3 +94,17 @@ def test_growth_hashes_only_new_units_and_checks_them_against_the_old(copies, tm
     assert rejects[_key(grown / "zz_new_copy.jpg")] == ("duplicates", f"copy of {_key(grown / 'photo_00002.jpg')} "
                                                                       "(exact copy)")
     assert _key(grown / "photo_00050.jpg") not in rejects
+
+
+def test_a_refilter_keeps_the_duplicate_decisions(copies, tmp_path):
+    from flows.build_dataset import build_dataset
+
+    photos, builds = copies
+    out = tmp_path / "refiltered"
+    build_dataset(inputs=[str(photos)], output=str(out), profile="tiny", overrides=[*SETTINGS, "boxes.min_logit=0.5"],
+                  reuse=str(builds[1]))
+    def copies_of(root):
+        return {k: v for k, v in _rejects(root).items() if v[0] == "duplicates"}
+
+    assert copies_of(out) == copies_of(builds[1]) and len(copies_of(out)) == 2
+    assert _computed(out, "caption") == 0  # every kept photo's caption came from the earlier build
