@@ -31,6 +31,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.ray_session import TORCH_ENV
 
 os.environ.update(TORCH_ENV)  # before torch is imported: the loader here runs as in a Ray Train worker
@@ -117,7 +118,7 @@ def loop_and_model(data: Path, run: Path, args: argparse.Namespace) -> None:
     ]
     torch.manual_seed(cfg.train.seed)
     model = EclipsePrior(**job.model_config).to(device)  # pyright: ignore[reportArgumentType]  (diffusers' @wraps(Module.to))
-    amp = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the loop's runtime.precision=auto
+    amp = torch_dtype("auto", device.type, "training")  # as the loop's runtime.precision=auto
     times = []
     for batch in batches:
         inputs = dict(batch)

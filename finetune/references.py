@@ -17,6 +17,7 @@ from PIL import Image
 from finetune.subjects import Subject
 from generate.config import ModelsSection
 from generate.subjects import Segmenter, as_given, mask_crop, read_image
+from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.models.clip import load_clip
 from storage.layout import sha256_file
 
@@ -41,7 +42,7 @@ def embed_references(subjects: list[Subject], profile: str, models: ModelsSectio
                      segment: bool) -> tuple[list[Reference], dict[str, str]]:
     """Every photo of every subject with its z_x, and the ids of the models that made them. The CLIP (fp16 on a GPU,
     as the released inference runs it; fp32 on the CPU) and the segmentation models are freed before returning."""
-    clip = load_clip(profile, models.build_models(), device, torch.float16 if device.type == "cuda" else torch.float32)
+    clip = load_clip(profile, models.build_models(), device, torch_dtype("auto", device.type, "embeddings"))
     segmenter = Segmenter(profile, models.build_models(), device.type) if segment else None
     references = []
     for subject in subjects:

@@ -231,11 +231,12 @@ class Trainer:
 
         from finetune.data import TrainingPhotos
         from finetune.references import embed_references, write_crops
+        from lambda_eclipse.device import torch_dtype
         from lambda_eclipse.models.kandinsky import load_decoder
 
         cfg, f = job.cfg, job.cfg.finetune
         self.job, self.device = job, torch.device(job.device)
-        self.amp = getattr(torch, job.precision)  # a name of lambda_eclipse.device.DTYPES, as `place` resolved it
+        self.amp = torch_dtype(job.precision, self.device.type, "training")  # as `place` resolved it
         torch.manual_seed(f.seed)
         # z_x first, and the CLIP and segmentation models freed, before the decoder takes its memory.
         self.references, self.model_ids = embed_references(job.subjects, job.profile, cfg.models, self.device,

@@ -61,11 +61,13 @@ class RuntimeSection:
         return self
 
     def resolve(self):
-        """(torch.device, torch.dtype) to run on, where this runs (a model actor); a UserError for values that
-        cannot run here."""
+        """(torch.device, the decoder's torch.dtype, CLIP's torch.dtype) to run on, where this runs (a model actor); a
+        UserError for values that cannot run here. CLIP encodes at the embeddings' precision (float16 on cuda, float32
+        on cpu), as build-dataset's features stage does at its default: the prior sees embeddings of the precision it
+        was trained on, whatever `dtype` the decoder runs in."""
         self.check()
         device = local_device(self.device)
-        return device, torch_dtype(self.dtype, device.type, "decoder")
+        return device, torch_dtype(self.dtype, device.type, "decoder"), torch_dtype("auto", device.type, "embeddings")
 
 
 @dataclass

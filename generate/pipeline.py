@@ -48,9 +48,9 @@ class Generator:
     def __init__(self, profile: str, cfg: ModelsAndRuntime, prior: PriorCheckpoint, segment: bool = False,
                  decoder: DecoderCheckpoint | None = None):
         self.profile, self.cfg, self.checkpoint, self.fine_tuned = profile, cfg, prior, decoder
-        self.device, self.dtype = cfg.runtime.resolve()
+        self.device, self.dtype, clip_dtype = cfg.runtime.resolve()
         models = cfg.models.build_models()
-        self.clip = load_clip(profile, models, self.device, self.dtype)
+        self.clip = load_clip(profile, models, self.device, clip_dtype)
         self.prior = load_prior(prior, self.device)
         self.decoder = load_decoder(profile, cfg.models.decoder, self.clip.embed_dim, self.device, self.dtype)
         if decoder is not None:  # the fine-tuned UNet in the base decoder's pipeline (same MoVQ, same scheduler)

@@ -48,3 +48,15 @@ def test_a_build_with_a_bad_device_or_dtype_fails_before_ray_starts(tmp_path):
                               ("features.dtype=fp8", "features.dtype must be auto or one of")):
         with pytest.raises(UserError, match=message):
             prepare_build([str(tmp_path / "in")], str(tmp_path / "out"), overrides=[override])
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16"])
+def test_generate_runs_clip_at_the_embeddings_precision_whatever_the_decoders(dtype):
+    """generate's CLIP encodes as build-dataset's features stage does at its default (float32 on the CPU here), so
+    the prior gets embeddings of the precision it was trained on; runtime.dtype is the decoder's alone."""
+    from generate.config import RuntimeSection
+
+    device, decoder, clip = RuntimeSection(device="cpu", dtype=dtype).resolve()
+    assert device.type == "cpu"
+    assert decoder == (torch.float32 if dtype == "auto" else getattr(torch, dtype))
+    assert clip == torch_dtype("auto", "cpu", "embeddings") == torch.float32
