@@ -18,48 +18,15 @@ from functools import partial
 
 from lambda_eclipse import metrics
 from lambda_eclipse.actor_pool import ActorPool, Placement
-from lambda_eclipse.errors import BuildError, UserError
+from lambda_eclipse.errors import BuildError
 from storage.sample import Sample
 from tasks.base import Stage, set_up
 from tasks.config import BuildConfig
-from tasks.pipeline import MODEL_STAGES, STAGES
+from tasks.pipeline import STAGES
 from tasks.placement import PoolPlan, StageDemand, plan_pools
 
 NODE_POLL_SECONDS = 5.0  # how often `tick` reads the cluster's nodes (a control-store call: never once per unit)
 PIXELS = ("image", "edge")  # fields an actor reads but never changes: shared through the object store
-
-
-def _checked(mapping: dict, what: str) -> dict:
-    unknown = sorted(set(mapping) - set(MODEL_STAGES))
-    if unknown:
-        raise UserError(
-            f"runtime.{what}: unknown stage {', '.join(unknown)}; model stages are {', '.join(MODEL_STAGES)}"
-        )
-    bad = [f"{k}={v}" for k, v in mapping.items() if v < 0 or (what == "actors" and (v < 1 or v != int(v)))]
-    if bad:
-        need = "a whole number of at least 1" if what == "actors" else "a fraction of at least 0"
-        raise UserError(f"runtime.{what}: {', '.join(bad)} must be {need}")
-    return mapping
-
-
-def check_runtime(cfg: BuildConfig) -> None:
-    """The runtime overrides name model stages and sane values (checked before Ray starts)."""
-    from lambda_eclipse.device import check_device, check_dtype
-
-    check_device("runtime.device", cfg.runtime.device)
-    check_dtype("runtime.dtype", cfg.runtime.dtype)
-    check_dtype("features.dtype", cfg.features.dtype)
-    _checked(cfg.runtime.gpus, "gpus")
-    _checked(cfg.runtime.actors, "actors")
-    r = cfg.runtime
-    for key, value, zero in (("units_in_flight", r.units_in_flight, "automatic"),
-                             ("unit_retries", r.unit_retries, "no retry"),
-                             ("max_failed_units", r.max_failed_units, "automatic"),
-                             ("rebalance_every", r.rebalance_every, "never"), ("max_nodes", r.max_nodes, "no cap")):
-        if value < 0:
-            raise UserError(f"runtime.{key} must be 0 ({zero}) or more, got {value}")
-    if r.placement_timeout <= 0:
-        raise UserError(f"runtime.placement_timeout must be > 0 seconds, got {r.placement_timeout}")
 
 
 UNIT_SECONDS = 0.02  # a unit task's CPU seconds per sample before any is measured (tiny profile, 256² photos)
@@ -67,8 +34,8 @@ UNIT_SECONDS = 0.02  # a unit task's CPU seconds per sample before any is measur
 
 def demands(cfg: BuildConfig, measured: dict[str, float] | None = None) -> list[StageDemand]:
     """Each model stage's cost per sample (declared on its class; `measured` CPU seconds replace the declared ones)
-    and its runtime.actors / runtime.gpus overrides."""
-    gpus, actors = _checked(cfg.runtime.gpus, "gpus"), _checked(cfg.runtime.actors, "actors")
+    and its runtime.actors / runtime.gpus overrides (BuildConfig.check has checked them)."""
+    gpus, actors = cfg.runtime.gpus, cfg.runtime.actors
     measured = measured or {}
     return [StageDemand(s.name, s.tflops, measured.get(s.name, s.cpu_seconds), s.cpus,
                         int(actors[s.name]) if s.name in actors else None, gpus.get(s.name))

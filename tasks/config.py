@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_eclipse.config import ModelsConfig, config_from_dict, load_config
+from lambda_eclipse.config import ModelsConfig, check_rules, config_from_dict, load_config
 
 
 @dataclass
@@ -143,6 +143,52 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check(self, model_stages: Sequence[str]) -> BuildConfig:
+        """Reject values the build cannot run with, naming every bad key at once (before Ray starts);
+        `model_stages`: the names runtime.gpus and runtime.actors may use."""
+        from lambda_eclipse.device import DEVICES, DTYPE_NAMES
+
+        b, m, s, r = self.boxes, self.masks, self.subjects, self.runtime
+        fraction = "must be in [0, 1]"
+        stages = f"must name model stages ({', '.join(model_stages)})"
+        rules = [
+            ("input.unit_size", self.input.unit_size >= 1, "must be ≥ 1"),
+            ("decode.max_pixels", self.decode.max_pixels >= 1, "must be ≥ 1"),
+            ("duplicates.max_distance", -1 <= self.duplicates.max_distance < 64,
+             "must be in [-1, 63] (-1: no duplicates pass)"),
+            ("resolution.min_side", self.resolution.min_side >= 0, "must be ≥ 0"),
+            ("white_background.threshold", 0 <= self.white_background.threshold <= 1, fraction),
+            ("white_background.max_fraction", 0 <= self.white_background.max_fraction <= 1, fraction),
+            ("caption.max_new_tokens", self.caption.max_new_tokens >= 1, "must be ≥ 1"),
+            ("boxes.box_threshold", 0 <= b.box_threshold <= 1, fraction),
+            ("boxes.text_threshold", 0 <= b.text_threshold <= 1, fraction),
+            ("boxes.max_boxes", b.max_boxes >= b.min_boxes >= 0, "must be ≥ boxes.min_boxes ≥ 0"),
+            ("masks.min_mask_ratio", 0 <= m.min_mask_ratio <= 1, fraction),
+            ("subjects.max_subjects", s.max_subjects >= s.min_subjects >= 1, "must be ≥ subjects.min_subjects ≥ 1"),
+            ("subjects.crop_size", s.crop_size >= 1, "must be ≥ 1"),
+            ("edge.size", self.edge.size >= 0, "must be ≥ 0 (0: the photo's own resolution)"),
+            ("features.dtype", self.features.dtype in DTYPE_NAMES, f"must be one of {', '.join(DTYPE_NAMES)}"),
+            ("split.train_fraction", 0 <= self.split.train_fraction <= 1, fraction),
+            ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+            ("runtime.dtype", r.dtype in DTYPE_NAMES, f"must be one of {', '.join(DTYPE_NAMES)}"),
+            ("runtime.workers", r.workers >= 0, "must be ≥ 0 (0: all CPUs)"),
+            ("runtime.gpus", set(r.gpus) <= set(model_stages) and all(v >= 0 for v in r.gpus.values()),
+             f"{stages} with GPU fractions ≥ 0, e.g. runtime.gpus.masks=0.5"),
+            ("runtime.actors", set(r.actors) <= set(model_stages)
+             and all(v >= 1 and v == int(v) for v in r.actors.values()),
+             f"{stages} with whole numbers of actors ≥ 1, e.g. runtime.actors.masks=2"),
+            ("runtime.units_in_flight", r.units_in_flight >= 0, "must be ≥ 0 (0: automatic)"),
+            ("runtime.unit_retries", r.unit_retries >= 0, "must be ≥ 0 (0: no retry)"),
+            ("runtime.max_failed_units", r.max_failed_units >= 0, "must be ≥ 0 (0: automatic)"),
+            ("runtime.rebalance_every", r.rebalance_every >= 0, "must be ≥ 0 (0: never)"),
+            ("runtime.placement_timeout", r.placement_timeout > 0, "must be > 0 seconds"),
+            ("runtime.max_nodes", r.max_nodes >= 0, "must be ≥ 0 (0: no cap)"),
+        ]
+        rules += [(f"{section}.batch_size", getattr(self, section).batch_size >= 1, "must be ≥ 1")
+                  for section in ("caption", "boxes", "masks", "features")]
+        check_rules(self, rules)
+        return self
 
     def model_ids(self, profile: str) -> dict[str, str]:
         """The model of each stage, for dataset.json."""

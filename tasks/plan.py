@@ -12,7 +12,6 @@ from storage.kept import ReuseSource, reuse_sources
 from storage.layout import complete_shards
 from storage.manifest import MANIFEST, read_manifest
 from storage.sources import SampledListing, WorkUnit, list_inputs, plan_units, sample_listing
-from tasks.actors import check_runtime
 from tasks.config import BuildConfig, build_config_from_dict, load_build_config
 from tasks.pipeline import MODEL_STAGES
 
@@ -134,7 +133,7 @@ def prepare_build(
     if workers:
         cfg.runtime.workers = workers
     cfg.runtime.gpus = cfg.runtime.gpus | parse_gpus(gpus_per_stage)
-    check_runtime(cfg)
+    cfg.check(MODEL_STAGES)
     if profile == "paper":
         from lambda_eclipse.models.preflight import check_paper_weights  # imports torch: only when needed
 

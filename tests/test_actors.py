@@ -26,25 +26,40 @@ def test_every_model_stage_declares_its_costs_and_overrides_reach_it():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("runtime.actors.sam=2", "runtime.actors: unknown stage sam; model stages are caption, nouns, boxes"),
-        ("runtime.gpus.decode=1", "runtime.gpus: unknown stage decode"),
-        ("runtime.actors.masks=0", "runtime.actors: masks=0.0 must be a whole number of at least 1"),
-        ("runtime.actors.masks=1.5", "runtime.actors: masks=1.5 must be a whole number of at least 1"),
-        ("runtime.gpus.masks=-1", "runtime.gpus: masks=-1.0 must be a fraction of at least 0"),
+        ("runtime.actors.sam=2", "runtime.actors must name model stages (caption, nouns, boxes, masks, features) "
+                                 "with whole numbers of actors ≥ 1, e.g. runtime.actors.masks=2 (got {'sam': 2"),
+        ("runtime.gpus.decode=1", "runtime.gpus must name model stages (caption, nouns, boxes, masks, features) "
+                                  "with GPU fractions ≥ 0, e.g. runtime.gpus.masks=0.5 (got {'decode': 1"),
+        ("runtime.actors.masks=0", "runtime.actors must name model stages"),
+        ("runtime.actors.masks=1.5", "(got {'masks': 1.5})"),
+        ("runtime.gpus.masks=-1", "runtime.gpus must name model stages"),
     ],
 )
-def test_bad_placements_name_the_stage(override, message):
-    with pytest.raises(UserError, match=message.replace(".", r"\.")):
-        demands(load_build_config(overrides=[override]))
+def test_bad_placements_name_the_key_and_the_value(override, message):
+    with pytest.raises(UserError) as err:
+        load_build_config(overrides=[override]).check(MODEL_STAGES)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("runtime.unit_retries=-1", r"runtime.unit_retries must be 0 \(no retry\) or more, got -1"),
-    ("runtime.max_failed_units=-2", r"runtime.max_failed_units must be 0 \(automatic\) or more, got -2"),
-    ("runtime.placement_timeout=0", "runtime.placement_timeout must be > 0 seconds, got 0"),
+    ("runtime.unit_retries=-1", r"runtime.unit_retries must be ≥ 0 \(0: no retry\) \(got -1\)"),
+    ("runtime.max_failed_units=-2", r"runtime.max_failed_units must be ≥ 0 \(0: automatic\) \(got -2\)"),
+    ("runtime.placement_timeout=0", r"runtime.placement_timeout must be > 0 seconds \(got 0"),
+    ("boxes.max_boxes=0", r"boxes.max_boxes must be ≥ boxes.min_boxes ≥ 0 \(got 0\)"),
+    ("duplicates.max_distance=64", r"duplicates.max_distance must be in \[-1, 63\]"),
+    ("caption.batch_size=0", r"caption.batch_size must be ≥ 1 \(got 0\)"),
 ])
-def test_bad_runtime_values_fail_before_ray_starts(override, message):
-    from tasks.actors import check_runtime
-
+def test_bad_values_fail_before_ray_starts(override, message):
     with pytest.raises(UserError, match=message):
-        check_runtime(load_build_config(overrides=[override]))
+        load_build_config(overrides=[override]).check(MODEL_STAGES)
+
+
+def test_every_bad_key_is_named_at_once():
+    cfg = load_build_config(overrides=["runtime.unit_retries=-1", "white_background.threshold=2",
+                                       "runtime.actors.nope=2"])
+    with pytest.raises(UserError) as err:
+        cfg.check(MODEL_STAGES)
+    message = str(err.value)
+    assert message.startswith("invalid config: ") and "\n" not in message
+    for key in ("runtime.unit_retries", "white_background.threshold", "runtime.actors must name model stages"):
+        assert key in message

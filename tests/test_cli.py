@@ -27,8 +27,9 @@ def photos(tmp_path):
          "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
         (["--gpus-per-stage", "masks"], "expected STAGE=FRACTION"),
         (["--workers", "-1"], "--workers must be 0"),
-        (["--set", "runtime.actors.sam=2"], "runtime.actors: unknown stage sam"),
-        (["--set", "runtime.units_in_flight=-1"], "runtime.units_in_flight must be 0 (automatic) or more, got -1"),
+        (["--set", "runtime.actors.sam=2"], "runtime.actors must name model stages (caption, nouns, boxes, masks, "
+                                            "features)"),
+        (["--set", "runtime.units_in_flight=-1"], "runtime.units_in_flight must be ≥ 0 (0: automatic) (got -1)"),
         (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],
          "weights missing for --profile paper: BLIP-2 models.blip2=Salesforce/blip2-flan-t5-xl; "),
         (["--profile", "paper", "--set", "models.sam_checkpoint=/nowhere/sam.pth"],

@@ -44,8 +44,8 @@ def test_a_build_with_a_bad_device_or_dtype_fails_before_ray_starts(tmp_path):
 
     (tmp_path / "in").mkdir()
     for override, message in (("runtime.device=gpu", "runtime.device must be one of"),
-                              ("runtime.dtype=half", "runtime.dtype must be auto or one of"),
-                              ("features.dtype=fp8", "features.dtype must be auto or one of")):
+                              ("runtime.dtype=half", "runtime.dtype must be one of auto, float32, bfloat16, float16"),
+                              ("features.dtype=fp8", "features.dtype must be one of auto, float32")):
         with pytest.raises(UserError, match=message):
             prepare_build([str(tmp_path / "in")], str(tmp_path / "out"), overrides=[override])
 
