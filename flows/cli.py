@@ -8,7 +8,17 @@ import logging
 import os
 import sys
 
-from flows.commands import build_dataset, evaluate, finetune_decoder, generate, priors, train_prior, validate_dataset
+from flows.commands import (
+    build_dataset,
+    decontaminate,
+    dedup,
+    evaluate,
+    finetune_decoder,
+    generate,
+    priors,
+    train_prior,
+    validate_dataset,
+)
 from lambda_eclipse.errors import BuildError, UserError
 
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -27,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     validate_dataset.add_parser(commands)
     finetune_decoder.add_parser(commands)
     priors.add_parser(commands)
+    dedup.add_parser(commands)
+    decontaminate.add_parser(commands)
     return top
 
 

@@ -1,4 +1,5 @@
-"""retrain flow: the retraining loop, validate-dataset → train-prior → evaluate → promote, as subflows of one run.
+"""retrain flow: the retraining loop, validate-dataset → decontaminate → train-prior → evaluate → promote, as subflows
+of one run.
 
 Two deployments run it (prefect.yaml): `retrain-on-new-dataset`, triggered by every completed build-dataset run, trains
 a candidate on the new dataset in a new run directory; `retrain-nightly` continues the current prior for
@@ -7,12 +8,20 @@ evaluated on a DreamBench subset, and promoted to `current` when every metric is
 `tolerance`; the decision, metric by metric, is the markdown artifact `retrain-promotion`. An invalid dataset fails
 the run at validation: nothing is trained.
 
+Before training, the dataset is checked for leaks of the evaluation set (`benchmark_data`): the decontaminate flow marks
+the samples that match a benchmark image (the `leaks` mark set, which train-prior skips by default), unless the set
+already checked every shard as it is against that benchmark. The record carries the training run's provenance (the
+shards read, the marked samples skipped, the leak check) and `leak_flag`, set when the prior may have trained on the
+benchmark's images (no check, leaks trained on with data.skip_leaks=false, …: prior/registry.py's `leak_flag`); the
+flag is logged as a warning and shown in the promotion artifact and `priors list`.
+
 Training and evaluation each hold LAMBDA_ECLIPSE_GPU_SLOTS slots of the `gpu` global concurrency limit while they
 run (0, the default outside a deployment: no slot); validation and the decision take none.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +31,23 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from evaluation.leaks import current_check
+from flows.decontaminate import decontaminate
 from flows.evaluate import evaluate
 from flows.train_prior import train_prior
 from flows.validate_dataset import validate_dataset
 from lambda_eclipse.errors import UserError
 from prior.config import load_train_config
-from prior.registry import METRICS, Registry, dataset_identity, decide, decision_markdown, now, training_key
+from prior.registry import (
+    METRICS,
+    Registry,
+    dataset_identity,
+    decide,
+    decision_markdown,
+    leak_flag,
+    now,
+    training_key,
+)
 from storage.confine import confine
 from storage.fs import join
 
@@ -74,6 +94,19 @@ def _evaluate(prior: str, settings: dict, output: str) -> dict:
         result = evaluate(benchmark=settings["benchmark"], data=settings["data"], prior=prior, output=output,
                           profile=settings["profile"], config_file=None, overrides=settings["overrides"])
     return {"metrics": scores(result["summary"]), "evaluation": {"settings": settings, "output": output}}
+
+
+def _check_leaks(data: str, benchmark: str) -> None:
+    """Mark the dataset's samples that match the benchmark's images (the decontaminate flow), unless the `leaks` mark
+    set already checked every shard as it is now against this benchmark."""
+    logger = get_run_logger()
+    check = current_check(data, benchmark)
+    if check is not None:
+        logger.info("leak check: %s was checked against %s at %s (%d samples marked), every shard as it is now",
+                    data, benchmark, check.get("checked_at"), check.get("marked", 0))
+        return
+    found = decontaminate(data=data, against=benchmark)
+    logger.log(logging.WARNING if found["matches"] else logging.INFO, "leak check: %s", found["line"])
 
 
 DEAD = {"FAILED", "CRASHED", "CANCELLED"}  # a claim held by a run in one of these states is taken over
@@ -129,13 +162,16 @@ def retrain(
     overrides: list[str] | None = None,
     continue_current: bool = False,
     check_dataset: bool = True,
+    check_leaks: bool = True,
     eval_overrides: list[str] | None = None,
     tolerance: float = 0.0,
     registry: str | None = None,
 ) -> dict:
     """Train a candidate prior into RUNS/prior-<this run's name>, evaluate it on BENCHMARK_DATA and promote it if it
     is no worse than the current prior (minus `tolerance`). `data`: the dataset; with `continue_current`, the current
-    prior's (when not given), and training starts from the current prior's last state."""
+    prior's (when not given), and training starts from the current prior's last state. `check_leaks`: mark the
+    dataset's leaks of BENCHMARK_DATA before training (false: the prior is trained as the dataset's marks stand, and
+    flagged when they do not cover BENCHMARK_DATA)."""
     logger = get_run_logger()
     confine(runs=runs, benchmark_data=benchmark_data, data=data, registry=registry)
     reg = Registry.open(registry)
@@ -160,17 +196,25 @@ def retrain(
             return deferred
     if check_dataset:
         validate_dataset(data)  # an invalid dataset fails this run here, before any training
+    if check_leaks:
+        _check_leaks(data, benchmark_data)  # marks what the loader then skips (data.skip_leaks)
     output = str(join(runs, f"prior-{flow_run.get_name()}"))
     # a retried run continues its own run directory (resume); init_from starts a new one from the current prior
     init_from = current["run_dir"] if started_from and current else None
     with gpu_slots("train-prior"):
         summary = train_prior(data, output, profile, None, overrides or [], True, init_from=init_from)
+    run = output.rstrip("/").rsplit("/", 1)[-1]
+    provenance = summary.get("provenance")
+    flag = leak_flag(provenance, benchmark_data, reg.get(started_from) if started_from else None)
+    if flag:
+        logger.warning("LEAK: %s may have trained on images of the benchmark %s: %s", run, benchmark_data, flag)
     record = reg.put({
-        "run": output.rstrip("/").rsplit("/", 1)[-1], "run_dir": output, "final": summary["final"], "data": data,
+        "run": run, "run_dir": output, "final": summary["final"], "data": data,
         "dataset_hash": summary["dataset_hash"], "profile": summary["profile"], "steps": summary["step"],
         "train_metrics": summary["metrics"], "started_from": started_from,
         "training": {key: summary.get(key) for key in ("loss", "batch", "edge")},  # prior/train.py's training_record
         "trained_at": now(), "flow_run": flow_run.get_name(), "metrics": None, "evaluation": None,
+        "provenance": provenance, "leak_flag": flag,
     })
     # profile None: train-prior's choice from the dataset, which the evaluation then uses too
     settings = {"benchmark": BENCHMARK, "data": benchmark_data, "profile": record["profile"],
@@ -194,4 +238,5 @@ def retrain(
         emit_event(event=EVENT, resource={"prefect.resource.id": f"lambda-eclipse.prior.{record['run']}"},
                    payload={"run": record["run"], "final": record["final"], "metrics": record["metrics"]})
     return {"run": record["run"], "final": record["final"], "steps": record["steps"], "metrics": record["metrics"],
-            "current_metrics": baseline, "promoted": decision.promote, "reason": decision.reason, "deferred_to": None}
+            "current_metrics": baseline, "promoted": decision.promote, "reason": decision.reason, "deferred_to": None,
+            "leak_flag": flag}

@@ -49,7 +49,9 @@ LOSS_SIMILARITIES = ("dot", "cosine")  # prior/loss.py's SIMILARITIES
 class LossSection:
     # prior/loss.py's defaults (a test keeps them equal), written out so that the CLI's parser needs no torch
     lam: float = 0.2  # weight of the contrastive term of Eq. 1 (paper: 0.2)
-    tau: float = 128.0  # its temperature (not in the paper; measured, prior/loss.py): use 0.01 with similarity=cosine
+    # its temperature (not in the paper; measured, prior/loss.py); 0: the similarity's own, 0.1·d with dot (128 at
+    # d = 1280; 3.2 for the tiny profile's d = 32, whose logits 128 would leave near 0), 0.01 with cosine
+    tau: float = 0.0
     reduction: str = "mean"  # squared error: mean (÷ d, §3.1's "mean-squared error") | sum (over dimensions)
     similarity: str = "dot"  # contrastive logits: dot (Eq. 1's inner product) | cosine (normalised, as CLIP)
 
@@ -117,7 +119,7 @@ class TrainConfig:
             ("train.schedule", t.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
             ("train.min_lr_ratio", 0 <= t.min_lr_ratio <= 1, "must be in [0, 1]"),
             ("train.grad_clip", t.grad_clip >= 0, "must be ≥ 0"),
-            ("loss.tau", self.loss.tau > 0, "must be > 0"),
+            ("loss.tau", self.loss.tau >= 0, "must be ≥ 0 (0: 0.1·d with similarity=dot, 0.01 with cosine)"),
             ("loss.reduction", self.loss.reduction in LOSS_REDUCTIONS, f"must be one of {', '.join(LOSS_REDUCTIONS)}"),
             ("loss.similarity", self.loss.similarity in LOSS_SIMILARITIES,
              f"must be one of {', '.join(LOSS_SIMILARITIES)}"),
@@ -140,6 +142,26 @@ class TrainConfig:
         if r.workers:
             share(t.batch_size, r.workers)
         return self
+
+
+TAU_PER_DIM = 0.1  # loss.tau=0 with similarity=dot: 0.1·d (prior/loss.py's TAU at d = 1280)
+TAU_COSINE = 0.01  # loss.tau=0 with similarity=cosine (prior/loss.py's TAU_COSINE)
+
+
+def resolved_tau(loss: LossSection, embed_dim: int) -> float:
+    """The temperature a run uses: `loss.tau`, or for 0 the similarity's own at the dataset's embedding size."""
+    if loss.tau:
+        return loss.tau
+    return TAU_PER_DIM * embed_dim if loss.similarity == "dot" else TAU_COSINE
+
+
+def capped_batch(batch_size: int, train_rows: int, trainers: int) -> int:
+    """The global batch a run can use: `train.batch_size`, or, on a dataset with fewer training samples, the largest
+    multiple of the trainer count within them (at least one per trainer), so that the contrastive term's in-batch
+    negatives are other samples and not copies of the positive."""
+    if batch_size <= train_rows:
+        return batch_size
+    return max(trainers, train_rows // trainers * trainers)
 
 
 def share(batch_size: int, trainers: int) -> int:

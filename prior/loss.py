@@ -19,7 +19,7 @@ Defaults are Eq. 1 as written; the alternatives are config options (prior/config
   times (the squared error then grows). For unit-RMS vectors (norm √d, as the synthetic features) ⟨a, b⟩ = d · cos,
   so τ = 128 gives logits 10 · cos; with real bigG embeddings of other norms, τ ≈ 0.1 · mean(‖ẑ_x‖ · ‖z_y‖) keeps
   that. For `cosine` the option's τ is 0.01 (CLIP's final temperature); measured, its term's gradient is 3–15 times
-  the squared error's. `loss.tau` is one key: switching to `cosine` also needs `loss.tau=0.01`.
+  the squared error's. `loss.tau=0` (the default) picks each similarity's own: 0.1·d for `dot`, 0.01 for `cosine`.
 - Only the image→text direction (softmax over the batch's texts j for each prediction i), as Eq. 1 writes it.
 - Computed in float32: at τ = 0.01 the bf16 rounding of a cosine (~0.004) would move a logit by ~0.4.
 

@@ -6,7 +6,10 @@ A folder (a local path or an fsspec URL; default `$LAMBDA_ECLIPSE_RUNS/registry`
     priors/<run>.json   one record per trained prior: run, run_dir, final (the checkpoint to load), data and its
                         config hash, profile, steps, training metrics (val), training (loss settings, global
                         batch, Canny settings: prior/train.py's training_record), evaluation metrics and their settings,
-                        started_from (the prior it continued, or null), trained_at, promotions
+                        started_from (the prior it continued, or null), trained_at, promotions; provenance (what it
+                        was trained on: prior/train.py's `provenance`) and leak_flag (why its training data may hold
+                        the benchmark it is evaluated on, or null: `leak_flag`). Records written before provenance
+                        have neither and read as before.
     current.json        the pointer: {run, final, promoted_at, by, reason, previous}
 
     claims/<key>.json   one per (dataset, its config hash and shards, training config, prior continued): the retrain
@@ -169,6 +172,56 @@ def dataset_identity(data: str) -> dict:
             "shards": digest.hexdigest()}
 
 
+def shard_digests(root: Location, shards: list[int]) -> dict[str, str | None]:
+    """Shard number (5 digits) → the sha256 of its Parquet as `_stats.json` lists it (None where it lists none): what
+    a training run or a leak check read."""
+    digests = {}
+    for shard in shards:
+        files = read_json(shard_paths(root, shard)["stats"]).get("files", {})
+        digests[f"{shard:05d}"] = (files.get(f"{shard:05d}.parquet") or {}).get("sha256")
+    return digests
+
+
+def same_place(a: str | None, b: str | None) -> bool:
+    """Whether two paths or URLs name the same folder (a local path resolved, a URL without its trailing slash)."""
+    if a is None or b is None:
+        return a == b
+
+    def normal(where: str) -> str:
+        loc = location(where)
+        return str(loc.resolve()) if isinstance(loc, Path) else str(loc).rstrip("/")
+
+    return normal(a) == normal(b)
+
+
+def leak_flag(provenance: dict | None, benchmark: str | None, started_from: dict | None = None) -> str | None:
+    """Why a prior's training data may hold images of `benchmark` (the folder it is evaluated on), or None: the
+    dataset was not checked against it (no check, another benchmark, or shards it read that the check did not see as
+    they are), or leaks were marked and trained on (data.skip_leaks=false); or the prior it continued is flagged.
+    None for a record without provenance (written before it was recorded)."""
+    if provenance is None:
+        return None
+    reasons = []
+    check = provenance.get("leak_check")
+    if check is None:
+        if benchmark:
+            reasons.append(f"no leak check: the dataset was not checked against the benchmark {benchmark} "
+                           "(lambda-eclipse decontaminate)")
+    else:
+        if benchmark and not same_place(check.get("benchmark"), benchmark):
+            reasons.append(f"the dataset was checked against {check.get('benchmark')}, not the benchmark {benchmark}")
+        if check.get("unchecked_shards"):
+            shards = check["unchecked_shards"]
+            reasons.append(f"{len(shards)} shard(s) read were not checked as they are now ({', '.join(shards[:5])}"
+                           f"{', …' if len(shards) > 5 else ''})")
+        if check.get("marked") and not provenance.get("skip_leaks", True):
+            reasons.append(f"{check['marked']} sample(s) marked as benchmark leaks were trained on "
+                           "(data.skip_leaks=false)")
+    if started_from and started_from.get("leak_flag"):
+        reasons.append(f"continues {started_from['run']}, which is flagged")
+    return "; ".join(reasons) or None
+
+
 def training_key(dataset: dict, profile: str | None, train_config: dict, started_from: str | None) -> str:
     """The candidate a retrain run would train: its dataset (`dataset_identity`), the training profile and config,
     and the prior it continues; two runs with the same key would train the same prior."""
@@ -228,17 +281,42 @@ def decision_markdown(decision: Decision, candidate: dict, current: dict | None,
              "| metric | candidate | current | floor (current − tolerance) | ok |", "|---|---:|---:|---:|:---:|"]
     lines += [f"| {r['metric']} | {score(r['candidate'])} | {score(r['current'])} | {score(r['floor'])} | "
               f"{'✅' if r['ok'] else '❌'} |" for r in decision.rows]
+    if candidate.get("leak_flag"):
+        lines += ["", f"**LEAK**: the candidate's training data may hold benchmark images: {candidate['leak_flag']}"]
     return "\n".join(lines)
 
 
+def _skipped(counts: dict) -> str:
+    return ",".join(f"{name}={n}" for name, n in sorted(counts.items()) if n) or "—"
+
+
 def table(records: list[dict], current: str | None) -> str:
-    """`lambda-eclipse priors list`: one row per prior, oldest first, `*` on the current one."""
+    """`lambda-eclipse priors list`: one row per prior, oldest first, `*` on the current one. When a record holds its
+    provenance, SHARDS (shards read), SKIPPED (marked samples left out, per mark set) and LEAKS (LEAK: flagged,
+    `leak_flag`; checked: the dataset was checked against the benchmark; ? for a record without provenance)."""
     header = ["", "RUN", "STEPS", "DINO", "CLIP-I", "CLIP-T", "TRAINED", "DATASET (CONFIG HASH)", "FROM"]
-    rows = [header] + [[
-        "*" if r["run"] == current else "", r["run"], str(r["steps"]),
-        *(f"{(r.get('metrics') or {})[m]:.4f}" if m in (r.get("metrics") or {}) else "—" for m in METRICS),
-        r.get("trained_at") or "—", f"{r['data']} ({(r.get('dataset_hash') or '?')[:12]})",
-        r.get("started_from") or "—",
-    ] for r in records]
+    provenance = any(r.get("provenance") for r in records)
+    if provenance:
+        header += ["SHARDS", "SKIPPED", "LEAKS"]
+    rows = [header]
+    for r in records:
+        row = [
+            "*" if r["run"] == current else "", r["run"], str(r["steps"]),
+            *(f"{(r.get('metrics') or {})[m]:.4f}" if m in (r.get("metrics") or {}) else "—" for m in METRICS),
+            r.get("trained_at") or "—", f"{r['data']} ({(r.get('dataset_hash') or '?')[:12]})",
+            r.get("started_from") or "—",
+        ]
+        if provenance:
+            p = r.get("provenance")
+            row += ["?", "?", "?"] if not p else [
+                str(len(p.get("shards") or {})), _skipped(p.get("skipped") or {}),
+                "LEAK" if r.get("leak_flag") else ("checked" if p.get("leak_check") else "unchecked"),
+            ]
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def flagged(records: list[dict]) -> list[str]:
+    """One line per prior flagged for benchmark leaks (`leak_flag`), for `priors list`."""
+    return [f"LEAK {r['run']}: {r['leak_flag']}" for r in records if r.get("leak_flag")]

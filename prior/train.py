@@ -17,7 +17,9 @@ RUN_DIR layout:
     */training.json             in every checkpoint and final/: how the prior was trained (`training_record`: loss
                                 settings, batch, dataset and its Canny settings), which generate --canny follows
     metrics.jsonl               one record per training window and per validation; tensorboard/ holds the same
-    summary.json                the run's last step, paths and metrics, and training.json's record; written last
+    summary.json                the run's last step, paths and metrics, training.json's record and the provenance
+                                (`provenance`: the dataset's config hash, the shards read and their Parquet sha256,
+                                the marked samples skipped, the dataset's leak check); written last
 
 `train.batch_size` is the global batch: each of the trainers takes its share, and the contrastive term's softmax
 runs over the texts of the whole global batch, gathered from every trainer (they are inputs, not outputs of the
@@ -47,10 +49,11 @@ from safetensors.torch import load_file
 
 from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.errors import UserError, WorkerError, ray_error_reason
-from prior.config import PROFILES, TrainConfig, share
+from prior.config import PROFILES, TrainConfig, capped_batch, resolved_tau, share
 from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior, prior_config
+from prior.registry import shard_digests
 from storage.fs import (
     Location,
     arrow,
@@ -64,6 +67,8 @@ from storage.fs import (
     write_bytes,
 )
 from storage.layout import read_json, write_json_atomic
+from storage.marks import LEAKS, mark_sets
+from storage.reader import load_dataset_meta
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 METRICS, SUMMARY, TENSORBOARD = "metrics.jsonl", "summary.json", "tensorboard"
@@ -88,6 +93,7 @@ class TrainJob:
     warning: str | None = None  # for the user, before training starts
     device: str = "cpu"  # "cpu" or "cuda": decided by run_training from the cluster's resources
     trainers: int = 1  # data-parallel trainers (Ray Train workers)
+    provenance: dict | None = None  # what the prior is trained on (`provenance`), for summary.json
 
 
 def checkpoints(run: Location) -> list[str]:
@@ -164,7 +170,8 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
     if process_local(source):
         raise UserError(f"--data {data}: the dataset must be visible to every Ray worker: a local path (on a "
                         "cluster, a shared one) or an object store URL such as s3://bucket/data")
-    dataset = open_dataset(source.resolve() if isinstance(source, Path) else source)
+    dataset = open_dataset(source.resolve() if isinstance(source, Path) else source, cfg.data.skip_duplicates,
+                           cfg.data.skip_leaks)
     profile, warning = choose_profile(profile, dataset.embed_dim)
     model_config = prior_config(profile, dataset.embed_dim if profile == "tiny" else None)
     if model_config["embedding_dim"] != dataset.embed_dim:
@@ -193,11 +200,42 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
         if differ:
             raise UserError(f"checkpoint {start_from} is another model than profile {profile!r} on this dataset "
                             f"(checkpoint, this run): {differ}")
+    # the run's τ for this dataset's embedding size, as the loss resolves it, recorded in the summary and the registry
+    cfg = replace(cfg, loss=replace(cfg.loss, tau=resolved_tau(cfg.loss, dataset.embed_dim)))
     shards = len(dataset.splits["train"].shards)
     if shards < cfg.runtime.workers:
         raise UserError(f"dataset {data} has {shards} shards with training samples; {cfg.runtime.workers} "
                         "data-parallel trainers need at least one each (lower runtime.workers)")
-    return TrainJob(dataset, str(out), profile, cfg, model_config, start_from, same_run, uuid.uuid4().hex, warning)
+    return TrainJob(dataset, str(out), profile, cfg, model_config, start_from, same_run, uuid.uuid4().hex, warning,
+                    provenance=provenance(dataset, cfg))
+
+
+def provenance(dataset: Dataset, cfg: TrainConfig) -> dict:
+    """What a prior is trained on, for summary.json and the prior registry (prior/registry.py's `leak_flag` judges
+    it): the dataset's config hash; the shards the loader reads, each with its Parquet's sha256 (`_stats.json`'s); the
+    rows each skipped mark set took out (`skipped`; data.skip_duplicates, data.skip_leaks) and every complete mark
+    set's size (`marks`); and the dataset's leak check, the `leaks` set's benchmark, time and marks, with the shards
+    read that it did not check as they are now (null: never checked)."""
+    root = dataset.root
+    shards = sorted(set(dataset.splits["train"].shards) | set(dataset.splits["val"].shards))
+    digests = shard_digests(root, shards)
+    sets = mark_sets(root)
+    leaks = sets.get(LEAKS)
+    check = None
+    if leaks is not None:
+        seen = leaks.get("checked_shards") or {}
+        check = {"benchmark": leaks.get("benchmark"), "checked_at": leaks.get("checked_at"),
+                 "marked": int(leaks.get("marked", 0)),
+                 "unchecked_shards": sorted(s for s, digest in digests.items() if seen.get(s) != digest)}
+    return {
+        "dataset_hash": load_dataset_meta(root).get("config_hash"),
+        "shards": digests,
+        "skipped": {name: int(n) for name, n in dataset.skipped.items()},
+        "marks": {name: int(summary.get("marked", 0)) for name, summary in sets.items()},
+        "skip_duplicates": cfg.data.skip_duplicates,
+        "skip_leaks": cfg.data.skip_leaks,
+        "leak_check": check,
+    }
 
 
 def run_training(job: TrainJob) -> dict:
@@ -225,6 +263,14 @@ def run_training(job: TrainJob) -> dict:
         if shards < trainers:
             raise UserError(f"dataset {job.data.root} has {shards} shards with training samples; {trainers} "
                             "data-parallel trainers need at least one each (set runtime.workers)")
+        rows, wanted = sum(job.data.splits["train"].rows), job.cfg.train.batch_size
+        batch = capped_batch(wanted, rows, trainers)
+        if batch != wanted:
+            log.warning("train.batch_size=%d is more than the dataset's %d training samples, so the batch would "
+                        "repeat samples and the contrastive term's negatives would be copies of its positives; the "
+                        "global batch is %d", wanted, rows, batch)
+            train = replace(job.cfg.train, batch_size=batch)
+            job = replace(job, cfg=replace(job.cfg, train=train))
         share(job.cfg.train.batch_size, trainers)
         job = replace(job, device=device, trainers=trainers)
         filesystem, path = arrow(job.output)
@@ -389,6 +435,7 @@ def train_loop(job: TrainJob) -> None:
             "profile": job.profile,
             "started_from": job.start_from if not same_run else None,
             **training_record(job),
+            "provenance": job.provenance,
             "train": records.last.get("train"),
             "val": records.last.get("val"),
         })
@@ -409,7 +456,8 @@ def step_losses(net, batch: dict[str, torch.Tensor], cfg: TrainConfig, amp: torc
         gathered = [torch.empty_like(texts) for _ in range(world)]
         torch.distributed.all_gather(gathered, texts.contiguous())
         texts = torch.cat(gathered)
-    return prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
+    tau = resolved_tau(cfg.loss, target.shape[-1])
+    return prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, tau,
                       reduction=cfg.loss.reduction, similarity=cfg.loss.similarity, texts=texts,
                       offset=rank * len(target))
 
@@ -486,8 +534,9 @@ def validate(model: EclipsePrior, batches, device: torch.device, amp: torch.dtyp
         target = batch.pop("target")
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             predicted = model(**batch, return_dict=False).float()
-        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam, cfg.loss.tau,
-                            reduction=cfg.loss.reduction, similarity=cfg.loss.similarity)
+        losses = prior_loss(predicted, target, batch["proj_embedding"], cfg.loss.lam,
+                            resolved_tau(cfg.loss, target.shape[-1]), reduction=cfg.loss.reduction,
+                            similarity=cfg.loss.similarity)
         similarity = F.normalize(predicted, dim=-1) @ F.normalize(target, dim=-1).T
         n = len(predicted)
         hits = (similarity.argmax(dim=1) == torch.arange(n, device=device)).sum()

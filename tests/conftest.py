@@ -174,6 +174,22 @@ def rewrite_text_states_as_legacy(root, shard: int) -> None:
     write_json_atomic(paths["stats"], stats)
 
 
+# The retrain loop's cheapest settings (tests/test_retrain_flow.py, tests/test_provenance.py)
+RETRAIN_TRAIN = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=0", "checkpoint.every=4",
+                 "log.every=2", "train.max_steps=4", "runtime.workers=1"]
+RETRAIN_EVAL = ["evaluate.max_prompts=1", "evaluate.images_per_prompt=1", "evaluate.steps=2"]
+
+
+def latest_artifact(key: str) -> str:
+    """The data of the newest artifact with `key` on the session's Prefect API."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
+        (artifact,) = client.request("POST", "/artifacts/filter", json=body).json()
+    return artifact["data"]
+
+
 def logs_of_latest_run(flow: str, *until: str, timeout: float = 120) -> str:
     """The run log of the flow's run that ended last, from the Prefect API (prefect_harness), once it holds every
     `until` (log lines reach the API in batches, after the run may have returned). Past `timeout` seconds without

@@ -9,7 +9,7 @@ from torch.multiprocessing.spawn import spawn
 from torch.nn.parallel import DistributedDataParallel
 
 from lambda_eclipse.errors import UserError
-from prior.config import load_train_config, share
+from prior.config import load_train_config, resolved_tau, share
 from prior.loss import prior_loss
 from prior.model import EclipsePrior
 from prior.train import step_losses
@@ -75,8 +75,8 @@ def test_two_trainers_on_halves_equal_one_trainer_on_the_whole_batch(tmp_path, o
         target = batch.pop("target")
         predicted = EclipsePrior.tiny(D)(**batch, return_dict=False)
         assert isinstance(predicted, torch.Tensor)
-        halves = [prior_loss(predicted[s], target[s], batch["proj_embedding"][s], cfg.lam, cfg.tau, cfg.reduction,
-                             cfg.similarity)["total"].item() for s in (slice(0, 4), slice(4, 8))]
+        halves = [prior_loss(predicted[s], target[s], batch["proj_embedding"][s], cfg.lam, resolved_tau(cfg, D),
+                             cfg.reduction, cfg.similarity)["total"].item() for s in (slice(0, 4), slice(4, 8))]
     assert sum(halves) / 2 != pytest.approx(loss1, rel=1e-3)
 
 

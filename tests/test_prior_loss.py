@@ -6,7 +6,14 @@ import torch
 
 from lambda_eclipse.errors import UserError
 from prior import loss as loss_module
-from prior.config import LOSS_REDUCTIONS, LOSS_SIMILARITIES, LossSection, load_train_config
+from prior.config import (
+    LOSS_REDUCTIONS,
+    LOSS_SIMILARITIES,
+    LossSection,
+    capped_batch,
+    load_train_config,
+    resolved_tau,
+)
 from prior.loss import LAMBDA, TAU, prior_loss
 
 PREDICTED = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # directions e1, e2 with lengths 2 and 3
@@ -97,7 +104,12 @@ def test_matches_independent_numpy_formula(reduction, similarity):
 def test_defaults_and_config_agree():
     section = LossSection()
     assert (LAMBDA, TAU, loss_module.TAU_COSINE) == (0.2, 128.0, 0.01)
-    assert (section.lam, section.tau, section.reduction, section.similarity) == (LAMBDA, TAU, "mean", "dot")
+    assert (section.lam, section.tau, section.reduction, section.similarity) == (LAMBDA, 0.0, "mean", "dot")
+    assert resolved_tau(section, 1280) == pytest.approx(TAU)  # 0: 0.1·d, the measured 128 at the paper's d
+    assert resolved_tau(section, 32) == pytest.approx(3.2)
+    assert resolved_tau(LossSection(similarity="cosine"), 1280) == loss_module.TAU_COSINE
+    assert resolved_tau(LossSection(tau=7.0), 1280) == 7.0
+    section = LossSection(tau=TAU)
     assert (LOSS_REDUCTIONS, LOSS_SIMILARITIES) == (loss_module.REDUCTIONS, loss_module.SIMILARITIES)
     default = prior_loss(PREDICTED, TARGET, TEXT)
     explicit = prior_loss(PREDICTED, TARGET, TEXT, section.lam, section.tau, section.reduction, section.similarity)
@@ -114,8 +126,8 @@ def test_bad_options_are_named():
         load_train_config(None, ["loss.reduction=avg"])
     with pytest.raises(UserError, match=r"loss.similarity must be one of dot, cosine \(got 'l2'\).*"):
         load_train_config(None, ["loss.similarity=l2"])
-    with pytest.raises(UserError, match=r"loss.tau must be > 0"):
-        load_train_config(None, ["loss.tau=0"])
+    with pytest.raises(UserError, match=r"loss.tau must be ≥ 0 \(0: 0.1·d with similarity=dot"):
+        load_train_config(None, ["loss.tau=-1"])
     with pytest.raises(ValueError, match=r"loss.reduction='avg' is not one of mean, sum"):
         prior_loss(PREDICTED, TARGET, TEXT, reduction="avg")
     with pytest.raises(ValueError, match=r"loss.similarity='l2' is not one of dot, cosine"):
@@ -128,3 +140,13 @@ def test_gradients_flow_to_the_prediction_in_float32():
     assert all(v.dtype == torch.float32 and v.ndim == 0 for v in out.values())
     out["total"].backward()
     assert predicted.grad is not None and torch.isfinite(predicted.grad).all() and predicted.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("batch", "rows", "trainers", "used"), [
+    (1024, 19, 1, 19),  # the quickstart's dataset: every sample once, no copies of a positive among its negatives
+    (1024, 19, 2, 18),  # a multiple of the trainers
+    (1024, 1, 2, 2),  # at least one per trainer
+    (8, 100, 2, 8),  # a dataset larger than the batch: the batch as asked
+])
+def test_the_global_batch_is_capped_at_the_training_samples(batch, rows, trainers, used):
+    assert capped_batch(batch, rows, trainers) == used

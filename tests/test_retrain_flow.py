@@ -5,7 +5,7 @@ dataset stops the run before training; `generate` without --prior uses the promo
 import json
 
 import pytest
-from conftest import logs_of_latest_run
+from conftest import RETRAIN_EVAL, RETRAIN_TRAIN, latest_artifact, logs_of_latest_run
 
 from flows.cli import main
 from flows.retrain import gpu_slots, retrain, scores
@@ -18,18 +18,6 @@ from storage.validate import DatasetInvalid
 
 # ray_local: training, evaluation and generate join the session's Ray instead of each starting and stopping its own
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "prefect_harness", "ray_local")]
-TRAIN = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=0", "checkpoint.every=4",
-         "log.every=2", "train.max_steps=4", "runtime.workers=1"]
-EVAL = ["evaluate.max_prompts=1", "evaluate.images_per_prompt=1", "evaluate.steps=2"]
-
-
-def _artifact(key: str) -> str:
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
-        (artifact,) = client.request("POST", "/artifacts/filter", json=body).json()
-    return artifact["data"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +30,7 @@ def loop(tmp_path_factory):
         patch.delenv("LAMBDA_ECLIPSE_GPU_SLOTS", raising=False)
         data = write_feature_dataset(root / "dataset", [(6, 2), (5, 2)])
         first = retrain(runs=str(root / "runs"), benchmark_data=str(root / "dreambench"), data=str(data),
-                        overrides=TRAIN, eval_overrides=EVAL, tolerance=0.01)
+                        overrides=RETRAIN_TRAIN, eval_overrides=RETRAIN_EVAL, tolerance=0.01)
         yield {"root": root, "data": data, "first": first, "reg": Registry.open()}
 
 
@@ -61,8 +49,8 @@ def test_the_first_prior_is_trained_evaluated_and_promoted(loop):
     summary = json.loads((loop["root"] / "runs" / first["run"] / "evaluation" / "summary.json").read_text())
     assert record["metrics"] == scores(summary["summary"]) and set(record["metrics"]) == {"dino", "clip_i", "clip_t"}
     assert record["evaluation"]["settings"] == {"benchmark": "dreambench", "data": str(loop["root"] / "dreambench"),
-                                                "profile": "tiny", "overrides": EVAL}
-    text = _artifact("retrain-promotion")
+                                                "profile": "tiny", "overrides": RETRAIN_EVAL}
+    text = latest_artifact("retrain-promotion")
     assert "**no current prior: the first trained prior is promoted**" in text and "| DINO |" in text
 
 
@@ -82,22 +70,22 @@ def test_a_worse_candidate_is_recorded_but_not_promoted(loop):
     # evaluation settings differ from the current prior's, so it is evaluated again with these.
     # another training config (a seed): another candidate; the same one would defer to the first run (below)
     second = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
-                     data=str(loop["data"]), overrides=TRAIN + ["train.seed=1"],
-                     eval_overrides=EVAL + ["evaluate.seed=1"], tolerance=-1.0)
+                     data=str(loop["data"]), overrides=RETRAIN_TRAIN + ["train.seed=1"],
+                     eval_overrides=RETRAIN_EVAL + ["evaluate.seed=1"], tolerance=-1.0)
     assert not second["promoted"] and second["reason"].startswith("not promoted: DINO, CLIP-I, CLIP-T below")
     reg = loop["reg"]
     assert [r["run"] for r in reg.records()] == [first["run"], second["run"]]
     assert reg.current()["run"] == first["run"]
     again = loop["root"] / "runs" / second["run"] / f"evaluation-{first['run']}" / "summary.json"
     assert second["current_metrics"] == scores(json.loads(again.read_text())["summary"])
-    assert "❌" in _artifact("retrain-promotion")
+    assert "❌" in latest_artifact("retrain-promotion")
 
 
 def test_nightly_continues_the_current_prior_for_steps_per_run_more_steps(loop):
     first = loop["first"]
-    overrides = [o for o in TRAIN if not o.startswith("train.max_steps=")] + ["train.steps_per_run=2"]
+    overrides = [o for o in RETRAIN_TRAIN if not o.startswith("train.max_steps=")] + ["train.steps_per_run=2"]
     nightly = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
-                      continue_current=True, check_dataset=False, overrides=overrides, eval_overrides=EVAL,
+                      continue_current=True, check_dataset=False, overrides=overrides, eval_overrides=RETRAIN_EVAL,
                       tolerance=1.0)
     record = loop["reg"].get(nightly["run"])
     assert record["started_from"] == first["run"] and record["data"] == str(loop["data"])  # the current's dataset
@@ -111,7 +99,7 @@ def test_an_invalid_dataset_trains_nothing(loop):
     before = sorted(p.name for p in (loop["root"] / "runs").iterdir())
     with pytest.raises(DatasetInvalid):
         retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"), data=str(bad),
-                overrides=TRAIN, eval_overrides=EVAL)
+                overrides=RETRAIN_TRAIN, eval_overrides=RETRAIN_EVAL)
     assert sorted(p.name for p in (loop["root"] / "runs").iterdir()) == before  # no run directory, no record
 
 
@@ -136,7 +124,7 @@ def test_a_duplicate_trigger_defers_to_the_run_that_trained_the_candidate(loop):
     first, reg = loop["first"], loop["reg"]
     before, dirs = [r["run"] for r in reg.records()], sorted((loop["root"] / "runs").iterdir())
     again = retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
-                    data=str(loop["data"]), overrides=TRAIN, eval_overrides=EVAL, tolerance=0.01)
+                    data=str(loop["data"]), overrides=RETRAIN_TRAIN, eval_overrides=RETRAIN_EVAL, tolerance=0.01)
     holder = first["run"].removeprefix("prior-")
     assert again["deferred_to"] == holder and again["run"] == first["run"] and not again["promoted"]
     assert again["final"] == first["final"] and again["metrics"] == first["metrics"]
@@ -163,13 +151,13 @@ def test_a_trigger_while_the_candidate_trains_defers_and_a_crashed_claim_is_take
     from prefect import get_client
     from prefect.states import Crashed, Running
 
-    reg, overrides = loop["reg"], TRAIN + ["train.seed=2"]
+    reg, overrides = loop["reg"], RETRAIN_TRAIN + ["train.seed=2"]
     other = _claim_by(reg, loop["data"], overrides, Running())
     before = [r["run"] for r in reg.records()]
 
     def trigger() -> dict:
         return retrain(runs=str(loop["root"] / "runs"), benchmark_data=str(loop["root"] / "dreambench"),
-                       data=str(loop["data"]), overrides=overrides, eval_overrides=EVAL, tolerance=-1.0)
+                       data=str(loop["data"]), overrides=overrides, eval_overrides=RETRAIN_EVAL, tolerance=-1.0)
 
     waiting = trigger()
     assert waiting["deferred_to"] == "other-run" and waiting["final"] is None

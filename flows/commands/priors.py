@@ -12,6 +12,12 @@ deployments (prefect.yaml, flows/retrain.py) record every prior they train and p
 DreamBench scores (DINO, CLIP-I, CLIP-T) is at least the current prior's minus the configured tolerance (the first
 prior always is). `generate`, `interpolate` and `evaluate` use the current prior when --prior is not given.
 
+A prior trained with its provenance recorded adds SHARDS (shards read), SKIPPED (marked samples left out, per mark
+set: leaks, semantic_duplicates) and LEAKS: checked (its dataset was checked against the benchmark it is evaluated
+on, and no marked leak was trained on), LEAK (flagged: no leak check, another benchmark, shards changed since the
+check, or leaks trained on with data.skip_leaks=false; each flagged prior's reason follows the table), ? for a
+record written before provenance.
+
   retrain-on-new-dataset  on every completed build-dataset run: validate its dataset, then (only if valid) train a
                           candidate from scratch on it, evaluate, promote
   retrain-nightly         03:00 UTC: continue the current prior from its last training state for
@@ -24,7 +30,7 @@ examples:
 
 
 def _priors_list(args: argparse.Namespace) -> int:
-    from prior.registry import Registry, table
+    from prior.registry import Registry, flagged, table
 
     reg = Registry.open(args.registry)
     records = reg.records()
@@ -34,6 +40,8 @@ def _priors_list(args: argparse.Namespace) -> int:
     current = reg.current()
     print(table(records, current["run"] if current else None))
     print(f"* current: {current['run']} → {current['final']}" if current else "no current prior (priors promote RUN)")
+    for line in flagged(records):
+        print(line)
     return 0
 
 
