@@ -471,10 +471,10 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
             funnel.wait_for()
             rows = [" ".join(r.split()) for r in funnel.locator("tr").all_inner_texts()]
             assert rows[0] == "stage in rejected out", rows
-            assert [r.split()[0] for r in rows[1:]] == ["decode", "resolution", "white_background", "caption", "nouns",
-                                                        "boxes", "box_filters", "masks", "mask_filters", "subjects",
-                                                        "crops", "edge", "features"]
-            assert rows[1] == "decode 8 1 7" and rows[2] == "resolution 7 1 6", rows
+            assert [r.split()[0] for r in rows[1:]] == ["decode", "duplicates", "resolution", "white_background",
+                                                        "caption", "nouns", "boxes", "box_filters", "masks",
+                                                        "mask_filters", "subjects", "crops", "edge", "features"]
+            assert rows[1:4] == ["decode 8 1 7", "duplicates 7 0 7", "resolution 7 1 6"], rows
             # the contact sheet is in the artifact itself, so a browser on any machine shows it
             sheet = page.locator('img[alt="contact sheet"]')
             sheet.wait_for()

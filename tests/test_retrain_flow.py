@@ -44,7 +44,9 @@ def test_the_first_prior_is_trained_evaluated_and_promoted(loop):
     assert record["final"] == str(loop["root"] / "runs" / first["run"] / "final") == first["final"]
     assert record["data"] == str(loop["data"]) and record["profile"] == "tiny" and record["started_from"] is None
     # how it was trained (prior/train.py's training_record): the loss settings, the global batch
-    assert record["training"]["loss"] == {"lam": 0.2, "tau": 128.0, "reduction": "mean", "similarity": "dot"}
+    # τ = 0.1·d for the synthetic 32-d embeddings (loss.tau=0, the default)
+    assert record["training"]["loss"] == {"lam": 0.2, "tau": pytest.approx(3.2), "reduction": "mean",
+                                          "similarity": "dot"}
     assert record["training"]["batch"]["negatives"] == "global batch" and record["training"]["edge"] is None
     summary = json.loads((loop["root"] / "runs" / first["run"] / "evaluation" / "summary.json").read_text())
     assert record["metrics"] == scores(summary["summary"]) and set(record["metrics"]) == {"dino", "clip_i", "clip_t"}
