@@ -26,7 +26,7 @@ def rle_of(mask: np.ndarray) -> dict:
 
     # COCO's RLE runs down columns: it takes a Fortran-ordered array. OpenCV's transpose makes one ten times faster
     # than numpy's copy (0.06 against 0.6 ms at 1024 × 768), where nearly all of the encoding's time went.
-    rle = coco.encode(cv2.transpose(np.ascontiguousarray(mask).view(np.uint8)).T)
+    rle = coco.encode(np.asarray(cv2.transpose(np.ascontiguousarray(mask).view(np.uint8)), np.uint8).T)
     counts = rle["counts"]  # bytes, though pycocotools' stubs say str
     return {"size": [int(x) for x in rle["size"]],
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
