@@ -53,7 +53,7 @@ from prior.config import PROFILES, TrainConfig, capped_batch, resolved_tau, shar
 from prior.data import Dataset, loader, open_dataset, to_device
 from prior.loss import prior_loss
 from prior.model import EclipsePrior, prior_config
-from prior.registry import shard_digests
+from prior.provenance import provenance
 from storage.fs import (
     Location,
     arrow,
@@ -67,8 +67,6 @@ from storage.fs import (
     write_bytes,
 )
 from storage.layout import read_json, write_json_atomic
-from storage.marks import LEAKS, mark_sets
-from storage.reader import load_dataset_meta
 
 CHECKPOINTS, FINAL, STATE = "checkpoints", "final", "training_state.pt"
 METRICS, SUMMARY, TENSORBOARD = "metrics.jsonl", "summary.json", "tensorboard"
@@ -208,34 +206,6 @@ def prepare_training(data: str, output: str, profile: str | None, cfg: TrainConf
                         "data-parallel trainers need at least one each (lower runtime.workers)")
     return TrainJob(dataset, str(out), profile, cfg, model_config, start_from, same_run, uuid.uuid4().hex, warning,
                     provenance=provenance(dataset, cfg))
-
-
-def provenance(dataset: Dataset, cfg: TrainConfig) -> dict:
-    """What a prior is trained on, for summary.json and the prior registry (prior/registry.py's `leak_flag` judges
-    it): the dataset's config hash; the shards the loader reads, each with its Parquet's sha256 (`_stats.json`'s); the
-    rows each skipped mark set took out (`skipped`; data.skip_duplicates, data.skip_leaks) and every complete mark
-    set's size (`marks`); and the dataset's leak check, the `leaks` set's benchmark, time and marks, with the shards
-    read that it did not check as they are now (null: never checked)."""
-    root = dataset.root
-    shards = sorted(set(dataset.splits["train"].shards) | set(dataset.splits["val"].shards))
-    digests = shard_digests(root, shards)
-    sets = mark_sets(root)
-    leaks = sets.get(LEAKS)
-    check = None
-    if leaks is not None:
-        seen = leaks.get("checked_shards") or {}
-        check = {"benchmark": leaks.get("benchmark"), "checked_at": leaks.get("checked_at"),
-                 "marked": int(leaks.get("marked", 0)),
-                 "unchecked_shards": sorted(s for s, digest in digests.items() if seen.get(s) != digest)}
-    return {
-        "dataset_hash": load_dataset_meta(root).get("config_hash"),
-        "shards": digests,
-        "skipped": {name: int(n) for name, n in dataset.skipped.items()},
-        "marks": {name: int(summary.get("marked", 0)) for name, summary in sets.items()},
-        "skip_duplicates": cfg.data.skip_duplicates,
-        "skip_leaks": cfg.data.skip_leaks,
-        "leak_check": check,
-    }
 
 
 def run_training(job: TrainJob) -> dict:

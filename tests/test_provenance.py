@@ -11,8 +11,8 @@ from conftest import RETRAIN_EVAL, RETRAIN_TRAIN, latest_artifact
 from flows.cli import main
 from prior.config import load_train_config
 from prior.data import open_dataset
+from prior.provenance import provenance
 from prior.registry import Registry, decide, decision_markdown, leak_flag, shard_digests
-from prior.train import provenance
 from storage.marks import LEAKS, write_marks
 from storage.synthetic_features import keys_for, write_feature_dataset
 
