@@ -113,9 +113,11 @@ def _feature_arrays(path: Location, keys: set[str]) -> dict[str, dict]:
     return out
 
 
-def _kept_root(old: Location) -> list[int]:
-    """The complete shards of `old`, after checking that it keeps model outputs (one line otherwise)."""
-    if read_manifest(old) is None:
+def _kept_units(old: Location) -> list[WorkUnit]:
+    """The units of `old` whose shards are complete, after checking that it keeps model outputs (one line
+    otherwise)."""
+    units = read_manifest(old)
+    if units is None:
         raise UserError(f"--reuse {old}: not a dataset directory (no manifest.parquet); pass a dataset that "
                         "build-dataset wrote")
     shards = complete_shards(old)
@@ -125,18 +127,17 @@ def _kept_root(old: Location) -> list[int]:
     if not any(name.endswith("_kept.parquet") for name in stats.get("files", {})):
         raise UserError(f"--reuse {old}: its shards keep no model outputs (built before build-dataset kept them); "
                         "build from scratch, then re-filter the new dataset with --reuse")
-    return shards
+    complete = set(shards)
+    return [unit for unit in units if unit.shard in complete]
 
 
 def reuse_sources(old: Location, units: list[WorkUnit]) -> dict[int, ReuseSource]:
     """For each unit (by shard), the complete shards of the earlier dataset `old` that held any of its inputs (by
     input path; the worker checks each input's content hash)."""
-    complete = set(_kept_root(old))
     where: dict[tuple[str, str], int] = {}
-    for unit in read_manifest(old) or []:
-        if unit.shard in complete:
-            for relative, _ in unit.files:
-                where[(unit.root, relative)] = unit.shard
+    for unit in _kept_units(old):
+        for relative, _ in unit.files:
+            where[(unit.root, relative)] = unit.shard
     sources = {}
     for unit in units:
         shards = sorted({where[k] for k in ((unit.root, relative) for relative, _ in unit.files) if k in where})

@@ -93,7 +93,8 @@ def group_copies(keys: np.ndarray, shards: np.ndarray, phashes: np.ndarray, cont
                     a, b = _find(parent, int(run[j])), _find(parent, int(other))
                     if a != b:
                         parent[max(a, b)] = min(a, b)
-    group = np.array([_find(parent, int(i)) for i in inverse], np.int64)
+    # each distinct hash's group, then every input's through its hash: one lookup per distinct hash, not per input
+    group = np.array([_find(parent, i) for i in range(len(unique))], np.int64)[inverse]
     rows: dict[str, list] = {"key": [], "shard": [], "copy_of": [], "distance": [], "exact": []}
     order = np.argsort(group, kind="stable")
     for members in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
@@ -163,13 +164,13 @@ def find_copies(units: list[WorkUnit], todo: list[WorkUnit], built: set[int], ro
     hash the units not hashed yet, group, write each todo unit its copies. Returns the counts."""
     import ray
 
-    missing = [u for u in units if u.shard not in hashed_shards(root)]
+    hashed = hashed_shards(root)  # one listing, not one per unit
+    missing = [u for u in units if u.shard not in hashed]
     if missing:
         task = ray.remote(num_cpus=1, max_retries=3)(hash_unit)
         refs = [task.remote(u, root, cfg) for u in missing]
-        hashed = sum(ray.get(refs))
-        log.info("duplicates: hashed %d input(s) of %d unit(s) (the other %d were hashed by earlier runs)", hashed,
-                 len(missing), len(units) - len(missing))
+        log.info("duplicates: hashed %d input(s) of %d unit(s) (the other %d were hashed by earlier runs)",
+                 sum(ray.get(refs)), len(missing), len(units) - len(missing))
     grouping = ray.remote(num_cpus=1, max_retries=3)(group_task)
     counts = ray.get(grouping.remote(root, sorted(u.shard for u in units), sorted(built),
                                      sorted(u.shard for u in todo), cfg.duplicates.max_distance))
