@@ -113,10 +113,10 @@ def _through_actors(plan, actors: int, warmup: int) -> None:
     from lambda_eclipse.ray_session import cluster_resources, ray_session
 
     runtime = plan.cfg.runtime
-    with ray_session(runtime.workers):
+    with ray_session(runtime.ray_cpus):
         start = time.perf_counter()
         pool = ActorPool("generate", partial(Generator, plan.profile, plan.cfg, plan.prior),
-                         placement(runtime.gpus, runtime.cpus, actors, cluster_resources()))
+                         placement(runtime.gpus, runtime.cpus_per_actor, actors, cluster_resources()))
         loaded = time.perf_counter() - start
         try:
             # the warm-up prompts, one per actor, so that every actor has run once

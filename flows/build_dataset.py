@@ -87,7 +87,7 @@ def build_dataset(
     earlier = sorted(plan.complete & {u.shard for u in plan.units})
     totals, outcome, nodes = BuildTotals(), Outcome([], finished=True), set()
     outlook = None
-    with ray_session(plan.cfg.runtime.workers) if plan.todo or len(earlier) > TOTALS_CHUNK or plan.sample \
+    with ray_session(plan.cfg.runtime.ray_cpus) if plan.todo or len(earlier) > TOTALS_CHUNK or plan.sample \
             else nullcontext():
         if plan.todo and plan.cfg.duplicates.max_distance >= 0:
             find_copies(plan.present_units(), plan.todo, plan.complete, plan.output, plan.cfg, logger)

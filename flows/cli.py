@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from flows.commands import (
     build_dataset,
@@ -19,9 +20,18 @@ from flows.commands import (
     train_prior,
     validate_dataset,
 )
+from lambda_eclipse.config import Deprecated
 from lambda_eclipse.errors import BuildError, UserError
 
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """An old key or flag is the user's to rename: one line naming the new one, not this file's source line."""
+    if issubclass(category, Deprecated):
+        return f"lambda-eclipse: warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights implicitly
     # Prefect's embedded API server gets 20 s to start by default, which a busy machine (or a fresh database's

@@ -3,20 +3,19 @@
 Parsed like the build config (lambda_eclipse/config.py): defaults, then a YAML file, then `--set section.key=value`.
 The generation parameters themselves (prompt, seed, steps, guidance, size) are command-line flags.
 
-The models run in Ray actors (lambda_eclipse/actor_pool), not in the flow process: `runtime.gpus` and `runtime.cpus`
-are what each actor asks Ray for, so that on a cluster the actors land on GPU nodes; `device` and `dtype` are resolved
-inside the actor, on the node that runs it.
+The models run in Ray actors (lambda_eclipse/actor_pool), not in the flow process: `runtime.gpus` and
+`runtime.cpus_per_actor` are what each actor asks Ray for, so that on a cluster the actors land on GPU nodes;
+`device` and `dtype` are resolved inside the actor, on the node that runs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from lambda_eclipse.config import ModelsConfig, load_config
-from lambda_eclipse.device import check_device, check_dtype, local_device, torch_dtype
-from lambda_eclipse.errors import UserError
+from lambda_eclipse.config import ModelsConfig, check_rules, load_config
+from lambda_eclipse.device import DEVICES, DTYPE_NAMES, local_device, torch_dtype
 
 GUIDANCE = 7.5  # generate's classifier-free guidance (the paper's)
 INTERPOLATE_GUIDANCE = 4.0  # the released interpolation.py's: the Kandinsky 2.2 decoder pipeline's default
@@ -45,19 +44,21 @@ class RuntimeSection:
     dtype: str = "auto"  # auto: float16 on cuda (the decoder's released precision), float32 on cpu
     batch_size: int = 8  # images per decoder call
     gpus: float = 1.0  # GPUs per model actor when the Ray cluster has GPUs (0.5: two actors share one); 0: CPU only
-    cpus: float = 1.0  # CPUs per model actor (its torch threads), scaled down so that every actor fits the cluster
-    workers: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
+    cpus_per_actor: float = 1.0  # CPUs per model actor (its torch threads), scaled down so every actor fits the cluster
+    ray_cpus: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
+    RENAMED: ClassVar[dict[str, str]] = {"cpus": "cpus_per_actor", "workers": "ray_cpus"}
 
     def check(self) -> RuntimeSection:
         """Range checks, in the flow process (which may have no GPU: the device is the actor's to resolve)."""
-        check_device("runtime.device", self.device)
-        check_dtype("runtime.dtype", self.dtype)
-        for key, value, least in (("batch_size", self.batch_size, 1), ("gpus", self.gpus, 0),
-                                  ("cpus", self.cpus, 0), ("workers", self.workers, 0)):
-            if value < least:
-                raise UserError(f"runtime.{key} must be ≥ {least}, got {value}")
-        if self.gpus > 1 and self.gpus != int(self.gpus):
-            raise UserError(f"runtime.gpus above 1 must be a whole number of GPUs, got {self.gpus}")
+        check_rules(GenerateConfig(runtime=self), [
+            ("runtime.device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+            ("runtime.dtype", self.dtype in DTYPE_NAMES, f"must be one of {', '.join(DTYPE_NAMES)}"),
+            ("runtime.batch_size", self.batch_size >= 1, "must be ≥ 1"),
+            ("runtime.gpus", self.gpus >= 0 and (self.gpus <= 1 or self.gpus == int(self.gpus)),
+             "must be ≥ 0, and a whole number of GPUs above 1"),
+            ("runtime.cpus_per_actor", self.cpus_per_actor > 0, "must be > 0"),
+            ("runtime.ray_cpus", self.ray_cpus >= 0, "must be ≥ 0 (0: all CPUs)"),
+        ])
         return self
 
     def resolve(self):

@@ -259,9 +259,9 @@ class ActorPool:
 class PoolRuntime(Protocol):
     """The runtime settings a pool of model actors reads (the commands' `runtime` sections)."""
 
-    workers: int
+    ray_cpus: int
     gpus: float
-    cpus: float
+    cpus_per_actor: float
 
 
 @contextlib.contextmanager
@@ -271,10 +271,10 @@ def model_pool(stage: str, build: Callable[[], Any], runtime: PoolRuntime, actor
     it propagates."""
     from lambda_eclipse.ray_session import cluster_resources, ray_session
 
-    with ray_session(runtime.workers):
+    with ray_session(runtime.ray_cpus):
         pool = None
         try:
-            pool = ActorPool(stage, build, placement(runtime.gpus, runtime.cpus, actors, cluster_resources()), log)
+            pool = ActorPool(stage, build, placement(runtime.gpus, runtime.cpus_per_actor, actors, cluster_resources()), log)
             log.info("%s", pool.describe())
             yield pool
         except (UserError, WorkerError) as exc:

@@ -6,7 +6,9 @@ command adds its own (tasks/config.py, prior/config.py, generate/config.py, eval
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,24 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     raise UserError(f"config key {where}: {value!r} is not a valid {type(current).__name__}")
 
 
+class Deprecated(FutureWarning):
+    """A config key or flag given by its old name: it still works for one release (a section's `RENAMED` maps old
+    keys to new; `RenamedFlag` serves a flag's old name)."""
+
+
+class RenamedFlag(argparse.Action):
+    """A flag's old name, hidden from --help: it sets the new flag's value (`dest`) and warns naming the new flag."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated and goes in the next release; use {self.new} instead",
+                      Deprecated, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def _apply(cfg, section: str, key: str, value: Any) -> None:
     """Set `section.key`, or one entry `section.key.name` of a mapping key (runtime.gpus.masks=0.5)."""
     sections = {f.name: f for f in dataclasses.fields(cfg)}
@@ -71,6 +91,11 @@ def _apply(cfg, section: str, key: str, value: Any) -> None:
         raise UserError(f"unknown config section {section!r}; valid sections: {', '.join(sections)}")
     part = getattr(cfg, section)
     key, dot, entry = key.partition(".")
+    renamed: dict[str, str] = getattr(part, "RENAMED", {})
+    if key in renamed:
+        warnings.warn(f"config key '{section}.{key}' is deprecated and goes in the next release; "
+                      f"set '{section}.{renamed[key]}' instead", Deprecated, stacklevel=3)
+        key = renamed[key]
     keys = [f.name for f in dataclasses.fields(part)]
     if key not in keys:
         raise UserError(f"unknown config key '{section}.{key}'; valid keys in {section}: {', '.join(keys)}")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lambda_eclipse.config import ModelsConfig, check_rules, config_from_dict, load_config
 
@@ -107,9 +107,10 @@ class SplitConfig:
 
 @dataclass
 class RuntimeConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"workers": "ray_cpus"}
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    workers: int = 0  # CPUs given to Ray; 0: all of this machine's
+    ray_cpus: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
     gpus: dict[str, float] = field(default_factory=dict)  # GPU fraction per model stage (runtime.gpus.masks=0.5)
     actors: dict[str, int] = field(default_factory=dict)  # actors per model stage (runtime.actors.masks=2)
     units_in_flight: int = 0  # work units (shards) submitted at once; 0: twice the unit slots the placement gives
@@ -172,7 +173,7 @@ class BuildConfig:
             ("split.train_fraction", 0 <= self.split.train_fraction <= 1, fraction),
             ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("runtime.dtype", r.dtype in DTYPE_NAMES, f"must be one of {', '.join(DTYPE_NAMES)}"),
-            ("runtime.workers", r.workers >= 0, "must be ≥ 0 (0: all CPUs)"),
+            ("runtime.ray_cpus", r.ray_cpus >= 0, "must be ≥ 0 (0: all CPUs)"),
             ("runtime.gpus", set(r.gpus) <= set(model_stages) and all(v >= 0 for v in r.gpus.values()),
              f"{stages} with GPU fractions ≥ 0, e.g. runtime.gpus.masks=0.5"),
             ("runtime.actors", set(r.actors) <= set(model_stages)

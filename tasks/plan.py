@@ -116,7 +116,7 @@ def prepare_build(
     profile: str = "tiny",
     config_file: str | None = None,
     overrides: list[str] | None = None,
-    workers: int = 0,
+    ray_cpus: int = 0,
     gpus_per_stage: list[str] | dict[str, float] | None = None,
     config: dict | None = None,
     reuse: str | None = None,
@@ -128,10 +128,10 @@ def prepare_build(
     stratified sample of the inputs (a fraction below 1, else a count; storage/sources.py), for a forecast."""
     check_profile(profile)
     cfg = build_config_from_dict(config) if config is not None else load_build_config(config_file, overrides or [])
-    if workers < 0:
-        raise UserError(f"--workers must be 0 (all CPUs) or more, got {workers}")
-    if workers:
-        cfg.runtime.workers = workers
+    if ray_cpus < 0:
+        raise UserError(f"--ray-cpus must be 0 (all CPUs) or more, got {ray_cpus}")
+    if ray_cpus:
+        cfg.runtime.ray_cpus = ray_cpus
     cfg.runtime.gpus = cfg.runtime.gpus | parse_gpus(gpus_per_stage)
     cfg.check(MODEL_STAGES)
     if profile == "paper":

@@ -246,8 +246,8 @@ BAD = [
                                         "finetune-decoder"),
     (["--decoder", "{bad}"], "has no unet/config.json (nor config.json); pass the output directory of "
                              "finetune-decoder"),
-    (["--set", "runtime.gpus=-1"], "runtime.gpus must be ≥ 0, got -1"),
-    (["--set", "runtime.gpus=1.5"], "runtime.gpus above 1 must be a whole number of GPUs, got 1.5"),
+    (["--set", "runtime.gpus=-1"], "runtime.gpus must be ≥ 0, and a whole number of GPUs above 1 (got -1"),
+    (["--set", "runtime.gpus=1.5"], "runtime.gpus must be ≥ 0, and a whole number of GPUs above 1 (got 1.5)"),
     (["--prior", "/nowhere/prior"], "prior /nowhere/prior does not exist"),
     (["--prior", "{bad}"], "has no config.json (nor final/config.json)"),
     (["--height", "66"], "image size height 66 (nearest 64): the tiny Kandinsky 2.2 decoder renders multiples of 4 px "

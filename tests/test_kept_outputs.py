@@ -33,7 +33,7 @@ def test_the_detector_threshold_changes_it_and_every_later_stage():
 
 
 def test_placement_and_batch_sizes_change_no_fingerprint():
-    assert _changed("boxes.batch_size=2", "masks.batch_size=1", "runtime.workers=3", "runtime.actors.masks=2",
+    assert _changed("boxes.batch_size=2", "masks.batch_size=1", "runtime.ray_cpus=3", "runtime.actors.masks=2",
                     "runtime.dtype=bfloat16", "input.unit_size=7", "split.train_fraction=0.5") == set()
 
 

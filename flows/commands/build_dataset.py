@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from lambda_eclipse.config import add_config_options, describe_keys
+from lambda_eclipse.config import RenamedFlag, add_config_options, describe_keys
 from tasks.config import BuildConfig
 
 EPILOG = """\
@@ -48,7 +48,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
 
     gpus = parse_gpus(args.gpus_per_stage)
     # Validate and plan before Prefect and Ray start: bad input fails in one line, in a second.
-    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.workers, gpus,
+    plan = prepare_build(args.input, args.output, args.profile, args.config, args.set, args.ray_cpus, gpus,
                          reuse=args.reuse, sample=args.sample)
     if args.forecast is not None:
         from tasks.forecast import read_forecast
@@ -65,11 +65,11 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from flows.build_dataset import build_dataset
     from flows.prepared import handing
 
-    with _metrics_session(args, plan.cfg.runtime.workers):
+    with _metrics_session(args, plan.cfg.runtime.ray_cpus):
         # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
         with handing("build-dataset", plan):
             summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
-                                    workers=args.workers, config=plan.cfg.to_dict(), reuse=args.reuse,
+                                    workers=args.ray_cpus, config=plan.cfg.to_dict(), reuse=args.reuse,
                                     sample=args.sample, forecast=args.forecast)
         print(
             f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
@@ -157,8 +157,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     add_config_options(build)
     build.add_argument(
-        "--workers", type=int, default=0, metavar="N", help="CPUs for the local Ray cluster [default: all]"
+        "--ray-cpus", type=int, default=0, metavar="N",
+        help="without RAY_ADDRESS: CPUs of the local Ray (the config's runtime.ray_cpus) [default: all]",
     )
+    build.add_argument("--workers", type=int, dest="ray_cpus", action=RenamedFlag, new="--ray-cpus")
     build.add_argument(
         "--gpus-per-stage", action="append", metavar="STAGE=FRACTION",
         help="GPU fraction per model stage (caption, nouns, boxes, masks, features), e.g. caption=0.5,masks=0.5; "
