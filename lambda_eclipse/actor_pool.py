@@ -274,7 +274,8 @@ def model_pool(stage: str, build: Callable[[], Any], runtime: PoolRuntime, actor
     with ray_session(runtime.ray_cpus):
         pool = None
         try:
-            pool = ActorPool(stage, build, placement(runtime.gpus, runtime.cpus_per_actor, actors, cluster_resources()), log)
+            shape = placement(runtime.gpus, runtime.cpus_per_actor, actors, cluster_resources())
+            pool = ActorPool(stage, build, shape, log)
             log.info("%s", pool.describe())
             yield pool
         except (UserError, WorkerError) as exc:
