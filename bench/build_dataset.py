@@ -112,8 +112,8 @@ def bench_tiny(n1: int, n2: int, size: int, cpus: float, nodes: int) -> None:
     process's CPU (the Prefect API server and every Ray process are other processes)."""
     import resource
 
+    from bench.local_cluster import local_cluster
     from flows.build_dataset import build_dataset
-    from lambda_eclipse.ray_session import local_cluster
     from lambda_eclipse.synthetic import write_photos
     from storage.sources import plan_inputs
     from tasks.config import load_build_config
@@ -300,8 +300,8 @@ def bench_placement() -> None:
 def bench_balance(photos: int, size: int, cpus: float, nodes: int) -> None:
     """From equal pools (every model stage declared equally costly) on a local cluster, a build rebalanced after every
     shard: the pool sizes after each rebalance, from the stage times the shards measured."""
+    from bench.local_cluster import local_cluster
     from flows.build_dataset import build_dataset
-    from lambda_eclipse.ray_session import local_cluster
     from lambda_eclipse.synthetic import write_photos
     from tasks import actors
     from tasks.pipeline import STAGES
@@ -558,7 +558,7 @@ def _timed_build(**kwargs) -> tuple[float, dict]:
 def _flow_cluster(cpus: float, tmp: Path):
     """A local Ray cluster of one node that the flows in this process join (RAY_ADDRESS), with one small build done
     first: the Prefect API server's start and the imports are not in the builds timed after it."""
-    from lambda_eclipse.ray_session import local_cluster
+    from bench.local_cluster import local_cluster
     from lambda_eclipse.synthetic import write_photos
 
     write_photos(tmp / "photos_warmup", 4, size=1024, start=500)

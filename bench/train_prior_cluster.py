@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lambda_eclipse.ray_session import local_cluster
+from bench.local_cluster import local_cluster
 from storage.synthetic_features import write_feature_dataset
 
 

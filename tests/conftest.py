@@ -132,7 +132,7 @@ def two_node_cluster(ray_local):
     address, and its pid, whose descendants are the cluster's processes). After ray_local: a local Ray started in
     this process once the cluster runs leaves the cluster cancelling every new actor ("cancelled before it started
     running"; Ray 2.60)."""
-    from lambda_eclipse.ray_session import local_cluster
+    from bench.local_cluster import local_cluster
 
     with local_cluster(nodes=2, cpus_per_node=1) as cluster:
         yield cluster

@@ -9,7 +9,7 @@ import pytest
 from build_process import Build
 from conftest import shard_keys
 
-from lambda_eclipse.ray_session import local_cluster
+from bench.local_cluster import local_cluster
 from lambda_eclipse.synthetic import write_photos
 from storage.layout import complete_shards
 

@@ -207,7 +207,7 @@ def s3_ray(s3_faults, monkeypatch):
     """One local Ray for a test's commands (RAY_ADDRESS), started once the S3 environment is set, so that its
     workers reach the test server (through s3_faults): the commands of the test share it instead of each starting
     its own. The session's Ray cannot serve: its workers were started before the environment named this server."""
-    from lambda_eclipse.ray_session import local_cluster
+    from bench.local_cluster import local_cluster
 
     with local_cluster(nodes=1, cpus_per_node=2) as cluster:
         monkeypatch.setenv("RAY_ADDRESS", cluster.address)
