@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from finetune.config import load_finetune_config
-from finetune.train import Trainer, place, prepare_finetune
+from finetune.prepare import place, prepare_finetune
+from finetune.trainer import Trainer
 from lambda_eclipse.synthetic import write_photos
 
 

@@ -15,10 +15,10 @@ bf16 autocast (runtime.precision=auto) and the batch defaults to the paper's 512
 `--batch-size` (default 256) taken from it as fast as it makes them, over `--steps` batches after `--warmup`, on
 `--shards` (default 4) shards of `--shard-rows` (default 512) training samples, so that the measured batches span
 several epochs of every loader stream (every row group read, decoded and shuffled); its last line is
-`loader samples/s per process: N` (what one trainer process receives, all its `--workers` together).
+`loader samples/s per process: N` (what one trainer process receives, all its `--loader-workers` together).
 
-    python bench/train_prior.py [--profile paper|tiny] [--batch-size N] [--steps 8] [--warmup 2] [--workers 2]
-    python bench/train_prior.py --loader-only [--batch-size 256] [--steps 24] [--warmup 4] [--workers 0|2]
+    python bench/train_prior.py [--profile paper|tiny] [--batch-size N] [--steps 8] [--warmup 2] [--loader-workers 2]
+    python bench/train_prior.py --loader-only [--batch-size 256] [--steps 24] [--warmup 4] [--loader-workers 0|2]
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ import torch
 
 from prior.config import load_train_config
 from prior.data import loader, open_dataset, to_device
+from prior.driver import run_training
 from prior.loss import prior_loss
 from prior.model import EclipsePrior
-from prior.train import prepare_training, read_metrics, run_training
+from prior.prepare import prepare_training
+from storage.run_dir import read_metrics
 from storage.synthetic_features import write_feature_dataset
 
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: 256 with --loader-only, else 512 on a GPU and 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 24 with --loader-only, else 8")
     parser.add_argument("--warmup", type=int, default=None, help="default: 4 with --loader-only, else 2")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers (data.loader_workers)")
     parser.add_argument("--shards", type=int, default=None, help="default: 4 with --loader-only, else 2")
     parser.add_argument("--shard-rows", type=int, default=512, help="training samples per shard (--loader-only)")
     parser.add_argument("--loader-only", action="store_true", help="measure the data loader alone")
@@ -82,8 +84,8 @@ def loader_alone(data: Path, args: argparse.Namespace) -> None:
     """Samples/s of the training loader from the end of batch `warmup` to the end of batch `steps`."""
     dataset = open_dataset(data)
     cfg = load_train_config(None, [])
-    batches = iter(loader(dataset, "train", args.batch_size, args.workers, seed=0, buffer=cfg.data.shuffle_buffer,
-                          zero_control_prob=cfg.data.zero_control_prob))
+    batches = iter(loader(dataset, "train", args.batch_size, args.loader_workers, seed=0,
+                          buffer=cfg.data.shuffle_buffer, zero_control_prob=cfg.data.zero_control_prob))
     for _ in range(args.warmup):
         next(batches)
     start = time.perf_counter()
@@ -91,16 +93,17 @@ def loader_alone(data: Path, args: argparse.Namespace) -> None:
         next(batches)
     elapsed = time.perf_counter() - start
     del batches  # stops the workers
-    print(f"loader alone: batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, "
+    print(f"loader alone: batch {args.batch_size}, {args.loader_workers} workers, {torch.get_num_threads()} threads, "
           f"batches {args.warmup + 1}–{args.steps} in {elapsed:.2f} s")
     print(f"loader samples/s per process: {(args.steps - args.warmup) * args.batch_size / elapsed:.0f}")
 
 
 def loop_and_model(data: Path, run: Path, args: argparse.Namespace) -> None:
     settings = [
-        f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"data.workers={args.workers}",
+        f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}",
+        f"data.loader_workers={args.loader_workers}",
         "log.every=1", "val.max_batches=1", f"checkpoint.every={args.steps}", "train.warmup_steps=1",
-        f"runtime.cpus_per_worker={torch.get_num_threads()}",  # the in-memory measurement's threads
+        f"runtime.cpus_per_trainer={torch.get_num_threads()}",  # the in-memory measurement's threads
     ]
     cfg = load_train_config(None, settings)
     job = prepare_training(str(data), str(run), args.profile, cfg, False)
@@ -134,7 +137,7 @@ def loop_and_model(data: Path, run: Path, args: argparse.Namespace) -> None:
     in_memory = [args.batch_size / t for t in times[args.warmup :]]
 
     print(f"{args.profile} prior, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads, "
-          f"{args.workers} loader workers; steps {args.warmup + 1}–{args.steps}, samples/s as median / best:")
+          f"{args.loader_workers} loader workers; steps {args.warmup + 1}–{args.steps}, samples/s as median / best:")
     for name, rates in (("full training loop, shards from disk ", loop),
                         ("forward + backward, batches on device", in_memory)):
         print(f"  {name}: {statistics.median(rates):8.2f} / {max(rates):8.2f}")

@@ -42,14 +42,16 @@ def main(argv: list[str] | None = None) -> None:
         data = write_feature_dataset(Path(tmp) / "data", [(rows, 4)] * 2, d=d)
         # imported after RAY_ADDRESS is set: ray_session reads it when Ray is imported
         from prior.config import load_train_config
-        from prior.train import prepare_training, read_metrics, run_training
+        from prior.driver import run_training
+        from prior.prepare import prepare_training
+        from storage.run_dir import read_metrics
 
         print(f"{args.nodes}-node local Ray cluster, {args.cpus:g} CPU(s) per node; {args.profile} prior (d = {d}), "
               f"batch {args.batch_size} per trainer, {args.steps} steps")
         for trainers in args.trainers:
             run = Path(tmp) / f"run-{trainers}"
-            settings = [f"runtime.workers={trainers}", f"train.batch_size={args.batch_size}",
-                        f"train.max_steps={args.steps}", f"log.every={args.log_every}", "data.workers=0",
+            settings = [f"runtime.trainers={trainers}", f"train.batch_size={args.batch_size}",
+                        f"train.max_steps={args.steps}", f"log.every={args.log_every}", "data.loader_workers=0",
                         "val.every=0", "val.max_batches=1", f"checkpoint.every={args.steps}", "train.warmup_steps=1"]
             job = prepare_training(str(data), run.as_uri(), args.profile, load_train_config(None, settings), False)
             start = time.perf_counter()

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 from generate.config import ModelsSection, RuntimeSection
 from lambda_eclipse.config import check_rules, load_config
+from lambda_eclipse.profile import Profile
+
+EVAL_PROFILES = (Profile.TINY, Profile.PAPER)  # evaluate's --profile choices
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 from evaluation.config import EvalConfig
 from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 
 CONDITIONING = "conditioning"
 TINY_EVAL_SEED = 4321  # not the tiny models' seed: the tiny evaluation CLIP is another encoder
@@ -29,16 +30,16 @@ def clip_source(cfg: EvalConfig) -> ModelsConfig:
 
 def describe(profile: str, cfg: EvalConfig) -> dict[str, str]:
     """What scores each metric, for summary.md: {"dino": …, "clip": …}."""
-    e = cfg.evaluate
-    dino = f"DINO ViT-S/16 {cfg.models.dino}" if profile == "paper" else f"DINO ViT-S/16 {profile} (random weights)"
+    e, profile = cfg.evaluate, Profile.parse(profile)
+    dino = f"DINO ViT-S/16 {cfg.models.dino}" if profile.pretrained else f"DINO ViT-S/16 {profile} (random weights)"
     if e.clip_model == CONDITIONING:
-        conditioning = (f"{cfg.models.clip_model}:{cfg.models.clip_pretrained}" if profile == "paper"
+        conditioning = (f"{cfg.models.clip_model}:{cfg.models.clip_pretrained}" if profile.pretrained
                         else f"the {profile} profile's CLIP (random weights)")
         clip = f"OpenCLIP {conditioning}, the generator's own conditioning encoder"
-    elif profile == "tiny":
+    elif profile is Profile.TINY:
         clip = (f"a tiny OpenCLIP of its own (random weights, seed {TINY_EVAL_SEED}; stands in for {e.clip_model}:"
                 f"{e.clip_pretrained}), not the conditioning encoder")
-    elif profile == "paper":
+    elif profile.pretrained:
         clip = f"OpenCLIP {e.clip_model}:{e.clip_pretrained}, not the conditioning encoder"
     else:
         clip = f"OpenCLIP {e.clip_model} (random weights), not the conditioning encoder"
@@ -48,7 +49,7 @@ def describe(profile: str, cfg: EvalConfig) -> dict[str, str]:
 def check_clip_model(profile: str, cfg: EvalConfig) -> None:
     """An evaluation CLIP that OpenCLIP knows, before anything loads."""
     name = cfg.evaluate.clip_model
-    if name == CONDITIONING or profile == "tiny":
+    if name == CONDITIONING or Profile.parse(profile) is Profile.TINY:
         return
     import open_clip
 
@@ -65,14 +66,14 @@ def load_eval_clip(profile: str, cfg: EvalConfig, conditioning, device, dtype):
     from lambda_eclipse.models import seeded
     from lambda_eclipse.models.clip import TINY_TEXT, TINY_VISION, ClipBundle, load_clip
 
-    e = cfg.evaluate
+    e, profile = cfg.evaluate, Profile.parse(profile)
     if e.clip_model == CONDITIONING:
         return conditioning
-    if profile == "paper":
-        return load_clip("paper", clip_source(cfg), device, dtype)
+    if profile.pretrained:
+        return load_clip(profile, clip_source(cfg), device, dtype)
     what = describe(profile, cfg)["clip"]
     with seeded(TINY_EVAL_SEED):
-        if profile == "tiny":
+        if profile is Profile.TINY:
             model = open_clip.CLIP(embed_dim=24, vision_cfg=CLIPVisionCfg(**TINY_VISION),
                                    text_cfg=CLIPTextCfg(**TINY_TEXT))
         else:

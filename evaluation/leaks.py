@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageOps
 from evaluation.benchmarks import load_benchmarks, read_subjects
 from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 from prior.registry import same_place, shard_digests
 from storage.fs import Location, join, location, open_file, write_bytes
 from storage.layout import complete_shards, shard_paths
@@ -48,7 +49,7 @@ MAX_DISTANCE = 8
 # CLIP image cosine: with the paper's CLIP (ViT-bigG-14) a near copy is ≥ 0.95, other photos of the same subject fall
 # below; the random weights of `tiny` and `paper-shapes` put unrelated photos up to 0.997 apart and copies above 0.9995,
 # so there only copies count
-MIN_SIMILARITY = {"paper": 0.95, "tiny": 0.999, "paper-shapes": 0.999}
+MIN_SIMILARITY: dict[str, float] = {Profile.PAPER: 0.95, Profile.TINY: 0.999, Profile.PAPER_SHAPES: 0.999}
 SHARDS_PER_TASK = 8
 THUMB = 128  # px, the long side of a report thumbnail
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
@@ -288,7 +289,8 @@ def find_leaks(data: str, benchmark: str, thresholds: Thresholds | None = None,
         import ray
 
         gpus = int(cluster_resources().get("GPU", 0))
-        embed = ray.remote(num_cpus=1, num_gpus=1 if gpus and meta.get("profile") == "paper" else 0)(index_benchmark)
+        pretrained = meta.get("profile") is not None and Profile.parse(meta["profile"]).pretrained
+        embed = ray.remote(num_cpus=1, num_gpus=1 if gpus and pretrained else 0)(index_benchmark)
         index: BenchIndex = ray.get(embed.remote(benchmark, meta))
         log(f"benchmark {benchmark}: {len(index.paths)} images in {len(set(index.subjects))} subjects; embeddings: "
             f"{index.embedder}")

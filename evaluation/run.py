@@ -39,6 +39,7 @@ from generate.prior_checkpoint import profile_of
 from generate.requests import GenerateRequest, Job
 from generate.subjects import NO_BOX, SubjectSpec, read_image
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 from storage.confine import confine_files
 from storage.layout import read_json, write_json_atomic
 from tasks.config import InputConfig
@@ -84,8 +85,9 @@ def _identity(benchmark: str, data: str, profile: str, cfg: EvalConfig, plan: Ge
     protocol = asdict(cfg.evaluate)
     for placement in ("max_prompts", "actors"):  # a longer, shorter or wider run continues the same evaluation
         protocol.pop(placement)
-    models = {f"models.{k}": v for k, v in asdict(cfg.models).items()} if profile == "paper" else {}
-    return {"benchmark": benchmark, "data": str(Path(data).resolve()), "profile": profile,
+    profile = Profile.parse(profile)
+    models = {f"models.{k}": v for k, v in asdict(cfg.models).items()} if profile.pretrained else {}
+    return {"benchmark": benchmark, "data": str(Path(data).resolve()), "profile": profile.value,
             "prior_sha256": plan.prior.sha256, "decoder_sha256": plan.decoder.sha256 if plan.decoder else None} | {
         f"evaluate.{k}": v for k, v in protocol.items()} | models
 
@@ -128,7 +130,7 @@ def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profi
     `profile` None: the prior checkpoint's own."""
     cfg = load_eval_config(config_file, overrides or [])
     e = cfg.evaluate
-    profile = profile or profile_of(prior)
+    profile = Profile.parse(profile or profile_of(prior))
     check_clip_model(profile, cfg)
     every = benchmark_prompts(benchmark, data, load_benchmarks(e.benchmarks), e.multibench_files)
     prompts = every[: e.max_prompts or None]
@@ -148,7 +150,7 @@ def prepare_evaluation(benchmark: str, data: str, prior: str, output: str, profi
         for p in prompts
     ]
     missing = []
-    if profile == "paper":
+    if profile.pretrained:
         from lambda_eclipse.models.preflight import _clip
 
         if not available(cfg.models.dino, "config.json"):

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from generate.config import ModelsSection
 from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
+from lambda_eclipse.profile import Profile
 
-PROFILES = ("tiny", "paper", "paper-shapes")  # the decoder's (lambda_eclipse/models/kandinsky.py)
+FINETUNE_PROFILES = (Profile.TINY, Profile.PAPER, Profile.PAPER_SHAPES)  # the decoder's (models/kandinsky.py)
+PROFILES = FINETUNE_PROFILES
 OPTIMIZERS = ("adamw", "adamw8bit")
 CROPS = ("center", "random")
 
@@ -68,9 +70,10 @@ class RuntimeSection:
     device: str = "auto"  # auto: cuda when the Ray cluster has GPUs (the training task then takes one), else cpu
     precision: str = "auto"  # autocast dtype of the UNet's forward; auto: bf16 on cuda, fp32 on cpu
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30 % slower
-    cpus: float = 1.0  # Ray CPUs the training task reserves (its torch threads)
+    cpus_per_trainer: float = 1.0  # Ray CPUs the training task reserves (its torch threads)
     max_failures: int = 3  # times Ray restarts a training task that died (a killed worker, a lost node), resuming it
-    workers: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
+    ray_cpus: int = 0  # CPUs of the local Ray started when RAY_ADDRESS is unset; 0: all of this machine's
+    RENAMED: ClassVar[dict[str, str]] = {"cpus": "cpus_per_trainer", "workers": "ray_cpus"}
 
 
 @dataclass
@@ -105,16 +108,16 @@ class FinetuneConfig:
             ("log.every", self.log.every >= 1, "must be ≥ 1"),
             ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("runtime.precision", r.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-            ("runtime.cpus", r.cpus > 0, "must be > 0"),
+            ("runtime.cpus_per_trainer", r.cpus_per_trainer > 0, "must be > 0"),
             ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
-            ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
+            ("runtime.ray_cpus", r.ray_cpus >= 0, "must be ≥ 0 (0: all CPUs)"),
         ]
         check_rules(self, rules)
         return self
 
     def training_identity(self) -> dict[str, Any]:
         """The keys a resumed run must share with the checkpoint it continues (not the length, logging or placement;
-        the precision is compared as resolved, finetune/train.py)."""
+        the precision is compared as resolved, finetune/prepare.py's `place`)."""
         data = self.to_dict()
         finetune = {k: v for k, v in data["finetune"].items() if k != "max_steps"}
         return {f"finetune.{k}": v for k, v in finetune.items()} | {f"data.{k}": v for k, v in data["data"].items()} | {

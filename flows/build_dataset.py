@@ -22,9 +22,10 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.build_dashboard import BuildDashboard
-from flows.prepared import prepared
+from flows.handed import Handed
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
 from lambda_eclipse.required import required
@@ -46,11 +47,9 @@ from tasks.plan import BuildPlan, prepare_build
 @task(name="plan-build", cache_policy=NO_CACHE)
 def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse,
                sample) -> BuildPlan:
-    plan = prepared("build-dataset", lambda: prepare_build(inputs, output, profile, config_file, overrides, workers,
-                                                          gpus_per_stage, config, reuse, sample))
-    if plan.new:  # before any shard: a rerun, even after a crash, keeps every unit's boundaries
-        write_manifest(plan.output, plan.units)
-    return plan
+    """A deployment's run (or a direct call) plans from its raw parameters; the CLI hands its plan instead."""
+    return prepare_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse,
+                         sample)
 
 
 @flow(name="build-dataset")
@@ -66,6 +65,7 @@ def build_dataset(
     reuse: str | None = None,
     sample: float | None = None,
     forecast: str | None = None,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
     """Build λ-ECLIPSE training shards from image folders or WebDataset tars into `output`.
 
@@ -74,11 +74,27 @@ def build_dataset(
     stages whose fingerprints did not change (a re-filter runs only what changed, storage/kept.py). `sample`: build a
     deterministic sample of the inputs (a fraction below 1, else a count) and forecast the whole listing
     (`DIR/forecast.json`); `forecast`: a sample's forecast.json (or its dataset) to show beside this build's numbers
-    (by default `reuse`'s, where it has one)."""
-    logger = get_run_logger()
+    (by default `reuse`'s, where it has one). `handed`: the plan `lambda-eclipse build-dataset` prepared from these
+    parameters (flows/handed.py); without it the flow prepares its own."""
     confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse, forecast=forecast)
-    plan = plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse, sample)
-    earlier_forecast = read_forecast(forecast or reuse, required=forecast is not None)
+    plan: BuildPlan = handed.plan if handed is not None else plan_build(
+        inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse, sample)
+    return run_build(plan, read_forecast(forecast or reuse, required=forecast is not None))
+
+
+def hand(plan: BuildPlan) -> Handed:
+    """The CLI's plan for the flow, and what its run records of it."""
+    return Handed(plan=plan, summary={"config_hash": plan.cfg.content_hash(), "profile": str(plan.profile),
+                                      "output": str(plan.output), "units": len(plan.units), "todo": len(plan.todo),
+                                      "complete": len(plan.complete), "new": plan.new})
+
+
+def run_build(plan: BuildPlan, earlier_forecast: dict | None = None) -> dict:
+    """Build `plan`, in a build-dataset flow run (it logs to the run and publishes its artifacts); `earlier_forecast`:
+    a sample's forecast to show beside the build's numbers."""
+    logger = get_run_logger()
+    if plan.new:  # before any shard: a rerun, even after a crash, keeps every unit's boundaries
+        write_manifest(plan.output, plan.units)
     total = len(plan.units)
     logger.info(plan.summary())
     progress = create_progress_artifact(
@@ -94,8 +110,8 @@ def build_dataset(
         if plan.todo:
             with BuildExecutor(plan, logger) as executor:
                 cfg = plan.cfg
-                meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), profile,
-                                               cfg.model_ids(profile), executor.describe_clip(), plan.sample_of)
+                meta = plan.meta or write_meta(plan.output, cfg.to_dict(), cfg.content_hash(), plan.profile,
+                                               cfg.model_ids(plan.profile), executor.describe_clip(), plan.sample_of)
                 dashboard = BuildDashboard(plan, progress, logger, executor.sizes)  # pyright: ignore[reportArgumentType]
                 try:
                     outcome = executor.run(meta, dashboard.shard_done)

@@ -23,10 +23,11 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from pydantic.json_schema import SkipJsonSchema
 
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
-from flows.prepared import prepared
+from flows.handed import Handed, config_hash
 from generate.requests import Job
 from lambda_eclipse.actor_pool import ActorPool, model_pool
 from lambda_eclipse.errors import WorkerError
@@ -69,18 +70,36 @@ def evaluate(
     config_file: str | None = None,
     overrides: list[str] | None = None,
     decoder: str | None = None,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
     """Evaluate the prior in `prior` (None: the prior registry's current prior) on `benchmark` (dreambench |
     multibench) with the subjects in `data`.
 
-    `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's)."""
-    logger = get_run_logger()
+    `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's).
+    `handed`: the plan `lambda-eclipse evaluate` prepared from these parameters (flows/handed.py); without it the flow
+    prepares its own."""
     prior = resolve_prior(prior)
     confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
-    plan = prepared("evaluate", lambda: prepare_evaluation(benchmark, data, prior, output, profile, config_file,
-                                                           overrides, decoder))
+    plan: EvalPlan = handed.plan if handed is not None else prepare_evaluation(
+        benchmark, data, prior, output, profile, config_file, overrides, decoder)
     e = plan.cfg.evaluate
     confine(canny_from=e.canny_from or None, multibench_files=e.multibench_files or None)  # paths in the config
+    return run_evaluation(plan)
+
+
+def hand(plan: EvalPlan) -> Handed:
+    """The CLI's plan for the flow, and what its run records of it."""
+    g = plan.generate
+    return Handed(plan=plan, summary={"config_hash": config_hash(plan.cfg), "profile": str(g.profile),
+                                      "output": str(plan.output), "prompts": len(plan.prompts), "total": plan.total,
+                                      "prior_sha256": g.prior.sha256[:16],
+                                      "decoder_sha256": g.decoder.sha256[:16] if g.decoder else None})
+
+
+def run_evaluation(plan: EvalPlan) -> dict:
+    """Evaluate `plan`, in an evaluate flow run (it logs to the run and publishes its artifacts)."""
+    logger = get_run_logger()
+    benchmark, e = plan.benchmark, plan.cfg.evaluate
     todo = plan.todo()
     for warning in plan.generate.warnings:
         logger.warning(warning)

@@ -1,4 +1,4 @@
-"""finetune-decoder flow: one Prefect task runs the fine-tuning (finetune/train.py) in a Ray task, on a GPU node when
+"""finetune-decoder flow: one Prefect task runs the fine-tuning (finetune/driver.py) in a Ray task, on a GPU node when
 the cluster has GPUs, and relays its progress to the run log; the flow publishes what was trained (subjects, how each
 photo was embedded, loss, speed) as a markdown artifact and emits `EVENT`."""
 
@@ -10,11 +10,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from pydantic.json_schema import SkipJsonSchema
 
 from finetune.config import load_finetune_config
+from finetune.driver import LOGGER, run_finetune
+from finetune.job import FinetuneJob
+from finetune.prepare import place, prepare_finetune
 from finetune.subjects import parse_subject
-from finetune.train import FinetuneJob, place, prepare_finetune, run_finetune
-from flows.prepared import prepared
+from flows.handed import Handed, config_hash
 from flows.run_log import forwarded
 from lambda_eclipse.ray_session import cluster_resources, ray_session
 from storage.confine import confine
@@ -24,7 +27,7 @@ EVENT = "lambda-eclipse.decoder.finetuned"
 
 @task(name="finetune", cache_policy=NO_CACHE)
 def train(job: FinetuneJob) -> dict:
-    with forwarded(run_finetune.__module__):
+    with forwarded(LOGGER):
         return run_finetune(job)
 
 
@@ -36,13 +39,31 @@ def finetune_decoder(
     config_file: str | None = None,
     overrides: list[str] | None = None,
     resume: bool = False,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
-    """Fine-tune the Kandinsky 2.2 decoder UNet on the photos of `subjects` ("NAME=DIR"), into `output`."""
+    """Fine-tune the Kandinsky 2.2 decoder UNet on the photos of `subjects` ("NAME=DIR"), into `output`.
+
+    `handed`: the job `lambda-eclipse finetune-decoder` prepared from these parameters (flows/handed.py); without it
+    the flow prepares its own."""
     confine(subjects=[parse_subject(s)[1] for s in subjects], output=output, config_file=config_file)
-    job = prepared("finetune-decoder", lambda: prepare_finetune(subjects, output, profile,
-                                                                load_finetune_config(config_file, overrides or []),
-                                                                resume))
-    with ray_session(job.cfg.runtime.workers):
+    job: FinetuneJob = handed.plan if handed is not None else prepare_finetune(
+        subjects, output, profile, load_finetune_config(config_file, overrides or []), resume)
+    return run_finetuning(job)
+
+
+def hand(job: FinetuneJob) -> Handed:
+    """The CLI's job for the flow, and what its run records of it."""
+    return Handed(plan=job, summary={"config_hash": config_hash(job.cfg), "profile": str(job.profile),
+                                     "output": job.output, "subjects": len(job.subjects),
+                                     "photos": sum(len(s.photos) for s in job.subjects),
+                                     "resume_from": job.resume_from})
+
+
+def run_finetuning(job: FinetuneJob) -> dict:
+    """Fine-tune on `job`, in a finetune-decoder flow run (it logs to the run, publishes its artifact and emits
+    `EVENT`)."""
+    output, profile = job.output, job.profile
+    with ray_session(job.cfg.runtime.ray_cpus):
         job = place(job, cluster_resources().get("GPU", 0))
         get_run_logger().info("%s decoder, %d subject(s), %d px, %s on %s%s", profile, len(job.subjects),
                               job.resolution, job.precision, job.device,

@@ -14,8 +14,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic.json_schema import SkipJsonSchema
 
-from flows.prepared import prepared
+from flows.handed import Handed, config_hash
 from generate.config import GUIDANCE, INTERPOLATE_GUIDANCE, load_generate_config
 from generate.interpolate import GRID, grid_images, write_grid
 from generate.pipeline import Generator
@@ -79,20 +80,35 @@ def generate(
     config_file: str | None = None,
     overrides: list[str] | None = None,
     decoder: str | None = None,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
     """Generate images of `prompt` with `subjects` ("WORD=IMAGE[:MASK]"), or of every line of the `batch` JSONL file.
 
     `profile` None: the prior checkpoint's own. `decoder`: a fine-tuned decoder directory (finetune-decoder's).
-    `prior` None: the prior registry's current prior."""
+    `prior` None: the prior registry's current prior. `handed`: the plan `lambda-eclipse generate` prepared from these
+    parameters (flows/handed.py); without it the flow prepares its own."""
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file, decoder=decoder)
-
-    def plan_it() -> GeneratePlan:
+    if handed is not None:
+        plan: GeneratePlan = handed.plan
+    else:
         requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
         cfg = load_generate_config(config_file, overrides or [])
-        return prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment, decoder=decoder)
+        plan = prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment, decoder=decoder)
+    return run_generate(plan)
 
-    plan = prepared("generate", plan_it)
+
+def hand(plan: GeneratePlan) -> Handed:
+    """The CLI's plan for the generate or interpolate flow, and what its run records of it."""
+    return Handed(plan=plan, summary={"config_hash": config_hash(plan.cfg), "profile": str(plan.profile),
+                                      "output": str(plan.output), "jobs": len(plan.jobs),
+                                      "images": sum(j.num_images for j in plan.jobs),
+                                      "prior_sha256": plan.prior.sha256[:16],
+                                      "decoder_sha256": plan.decoder.sha256[:16] if plan.decoder else None})
+
+
+def run_generate(plan: GeneratePlan) -> dict:
+    """Generate `plan`'s images, in a generate flow run (it logs to the run and publishes its artifacts)."""
     _report(plan)
     with model_pool("generate", models(plan), plan.cfg.runtime, 1, get_run_logger()) as pool:
         paths = [[Path(p) for p in generate_prompt(pool, job, plan)] for job in plan.jobs]
@@ -134,15 +150,24 @@ def interpolate(
     config_file: str | None = None,
     overrides: list[str] | None = None,
     decoder: str | None = None,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
     """A grid between 2 or 4 corner concept sets (each "WORD=IMAGE[:MASK],…"), `steps` cells per side; `prior` None:
-    the prior registry's current prior."""
+    the prior registry's current prior. `handed`: the plan `lambda-eclipse interpolate` prepared from these
+    parameters (flows/handed.py); without it the flow prepares its own."""
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, config_file=config_file, decoder=decoder)
     check_grid(len(corners), steps)
-    plan = prepared("interpolate", lambda: prepare(corner_requests(prompts, corners, seed), prior, output, profile,
-                                                   load_generate_config(config_file, overrides or []), inference_steps,
-                                                   guidance, height, width, segment, decoder=decoder))
+    plan: GeneratePlan = handed.plan if handed is not None else prepare(
+        corner_requests(prompts, corners, seed), prior, output, profile,
+        load_generate_config(config_file, overrides or []), inference_steps, guidance, height, width, segment,
+        decoder=decoder)
+    return run_interpolate(plan, steps, seed)
+
+
+def run_interpolate(plan: GeneratePlan, steps: int, seed: int) -> dict:
+    """Render `plan`'s grid, `steps` cells per side, all at `seed`, in an interpolate flow run (it logs to the run and
+    publishes its artifacts)."""
     _report(plan)
     with model_pool("interpolate", models(plan), plan.cfg.runtime, 1, get_run_logger()) as pool:
         metadata = grid_task(pool, plan, steps, seed)

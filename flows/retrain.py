@@ -212,7 +212,7 @@ def retrain(
         "run": run, "run_dir": output, "final": summary["final"], "data": data,
         "dataset_hash": summary["dataset_hash"], "profile": summary["profile"], "steps": summary["step"],
         "train_metrics": summary["metrics"], "started_from": started_from,
-        "training": {key: summary.get(key) for key in ("loss", "batch", "edge")},  # prior/train.py's training_record
+        "training": {key: summary.get(key) for key in ("loss", "batch", "edge")},  # prior/job.py's training_record
         "trained_at": now(), "flow_run": flow_run.get_name(), "metrics": None, "evaluation": None,
         "provenance": provenance, "leak_flag": flag,
     })

@@ -18,14 +18,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from pydantic.json_schema import SkipJsonSchema
 
-from flows.prepared import prepared
+from flows.handed import Handed, config_hash
 from flows.run_log import forwarded
 from prior.config import load_train_config
-from prior.train import TrainJob, prepare_training, read_metrics, run_training
+from prior.driver import LOGGER, run_training
+from prior.job import TrainJob
+from prior.prepare import prepare_training
 from storage.confine import confine
 from storage.fs import is_file, join, write_bytes
 from storage.layout import read_json
+from storage.run_dir import read_metrics
 
 EVENT = "lambda-eclipse.prior.trained"
 COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
@@ -33,7 +37,7 @@ COLORS = {"train": (0, 110, 200), "val": (230, 100, 20)}
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(job: TrainJob) -> dict:
-    with forwarded(run_training.__module__):
+    with forwarded(LOGGER):
         return run_training(job)
 
 
@@ -46,18 +50,33 @@ def train_prior(
     overrides: list[str] | None = None,
     resume: bool = False,
     init_from: str | None = None,
+    handed: SkipJsonSchema[Handed | None] = None,
 ) -> dict:
     """Train the λ-ECLIPSE prior on the dataset in `data`, writing checkpoints and the final model to `output`.
 
     `profile`: None picks it from the dataset (paper for 1280-d embeddings, else tiny). `init_from`: a run directory
     (or its final/, or a checkpoint) whose latest training state starts this new run; it is only read. Returns the
     run's summary.json plus `run_dir`, `data`, `dataset_hash` (dataset.json's config hash) and `metrics` (the last
-    validation's)."""
-    logger = get_run_logger()
+    validation's). `handed`: the job `lambda-eclipse train-prior` prepared from these parameters (flows/handed.py);
+    without it the flow prepares its own."""
     confine(data=data, output=output, config_file=config_file, init_from=init_from)
-    job = prepared("train-prior", lambda: prepare_training(data, output, profile,
-                                                          load_train_config(config_file, overrides or []), resume,
-                                                          init_from))
+    job: TrainJob = handed.plan if handed is not None else prepare_training(
+        data, output, profile, load_train_config(config_file, overrides or []), resume, init_from)
+    return run_train(job, data)
+
+
+def hand(job: TrainJob) -> Handed:
+    """The CLI's job for the flow, and what its run records of it."""
+    return Handed(plan=job, summary={"config_hash": config_hash(job.cfg), "profile": str(job.profile),
+                                     "output": job.output, "start_from": job.start_from,
+                                     "train_shards": len(job.data.splits["train"].shards),
+                                     "val_shards": len(job.data.splits["val"].shards)})
+
+
+def run_train(job: TrainJob, data: str) -> dict:
+    """Train `job`, in a train-prior flow run (it logs to the run, publishes its artifacts and emits `EVENT`);
+    `data`: the dataset as the run names it."""
+    logger = get_run_logger()
     if job.warning:
         logger.warning("warning: %s", job.warning)
     start = ""

@@ -1,6 +1,7 @@
 """Everything checked before generation starts, so that bad input fails in one line, before any model loads.
 
-Shared by the CLI (which checks, then runs the flow) and the flows (which check again: they can be run directly).
+Shared by the CLI (which checks once, then hands the plan to the flow: flows/handed.py) and the flows (which prepare
+it themselves when a deployment or a direct call runs them).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from generate.decoder_checkpoint import DecoderCheckpoint, open_decoder
 from generate.outputs import check_output
 from generate.prior_checkpoint import PriorCheckpoint, open_prior, profile_of
 from generate.requests import GenerateRequest, Job, RenderSettings, check_requests, request_files
-from lambda_eclipse.config import PROFILES
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models import kandinsky
-from lambda_eclipse.models.clip import TINY_EMBED_DIM, clip_tokenizer
+from lambda_eclipse.models.clip import PAPER_SHAPES_MODEL, TINY_EMBED_DIM, clip_tokenizer
+from lambda_eclipse.profile import Profile
 from storage.confine import confine_files
 
 if TYPE_CHECKING:
@@ -43,11 +44,12 @@ def tokenizer() -> SimpleTokenizer:
 
 def clip_embed_dim(profile: str, models: ModelsSection) -> tuple[int, str]:
     """The CLIP image embedding size of the profile, and a description of that CLIP for messages."""
-    if profile == "tiny":
+    profile = Profile.parse(profile)
+    if profile is Profile.TINY:
         return TINY_EMBED_DIM, "the tiny profile's CLIP"
     import open_clip
 
-    name = models.clip_model if profile == "paper" else "ViT-bigG-14"
+    name = models.clip_model if profile.pretrained else PAPER_SHAPES_MODEL
     config = open_clip.get_model_config(name)
     if config is None:
         raise UserError(f"models.clip_model={name!r} is not an OpenCLIP model; choose one of open_clip.list_models()")
@@ -92,7 +94,7 @@ def require(missing: list[str]) -> None:
 
 def decoder_configs(profile: str, models: ModelsSection, embed_dim: int) -> tuple[dict, dict]:
     """The profile's decoder UNet and MoVQ configs, without loading weights."""
-    if profile == "paper":
+    if Profile.parse(profile).pretrained:
         return kandinsky.paper_configs(models.decoder)
     return kandinsky.unet_config(profile, embed_dim), kandinsky.movq_config(profile)
 
@@ -120,10 +122,9 @@ def prepare(
     confine_files(request_files(requests))  # in a deployment's run, before any of them is read
     if profile is None:
         profile = profile_of(prior)
-    if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    profile = Profile.parse(profile)
     cfg = cfg or load_generate_config()
-    if profile == "paper":
+    if profile.pretrained:
         require(missing_paper_weights(cfg.models, prior, segment) + (extra_missing or []))
     embed_dim, what = clip_embed_dim(profile, cfg.models)
     checkpoint = open_prior(prior, embed_dim, what)

@@ -8,7 +8,7 @@ The checkpoint's config says which model profile it belongs to (its embedding si
 `--profile`, generate and evaluate use that profile. A `--profile` whose CLIP gives another embedding size is an
 error, not a warning: the prior cannot read that CLIP's embeddings at all.
 
-A prior trained here has a training.json next to its weights (prior/train.py's training_record), which holds the Canny
+A prior trained here has a training.json next to its weights (prior/job.py's training_record), which holds the Canny
 settings of its training data: `generate --canny` computes the edge map as they did. Without one (the released
 checkpoint, or a prior trained on a dataset without a build config) it follows the released inference code:
 Canny(100, 200) on the image at its own size.
@@ -23,16 +23,17 @@ from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
+from lambda_eclipse.profile import Profile
 from storage.layout import read_json, sha256_file
 from tasks.config import SubjectsConfig
 
-FINAL = "final"  # prior/train.py's layout: DIR/final/ holds the last checkpoint
-TRAINING = "training.json"  # prior/train.py's TRAINING
+FINAL = "final"  # prior/job.py's layout: DIR/final/ holds the last checkpoint
+TRAINING = "training.json"  # prior/job.py's TRAINING
 RELEASED_CANNY = {"low_threshold": 100, "high_threshold": 200, "size": 0}  # the released inference: the image's size
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
 CROP_SIZE = SubjectsConfig().crop_size  # the build's default subject crop
 # The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
-PROFILE_OF_DIM = {TINY_EMBED_DIM: "tiny", 1280: "paper"}
+PROFILE_OF_DIM = {TINY_EMBED_DIM: Profile.TINY, 1280: Profile.PAPER}
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def read_prior_config(source: str) -> tuple[Path, dict]:
         raise UserError(f"prior {path}/{CONFIG_NAME} is not valid JSON: {exc}") from None
 
 
-def profile_of(source: str) -> str:
+def profile_of(source: str) -> Profile:
     """The model profile the prior at `source` was trained for, from its embedding size."""
     path, config = read_prior_config(source)
     dim = config.get("embedding_dim")

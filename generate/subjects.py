@@ -20,6 +20,7 @@ from PIL import Image
 
 from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 from storage.sample import Detection, Noun, Sample, SourceRef
 from tasks.config import DecodeConfig, RuntimeConfig, SubjectsConfig
 from tasks.crops import subject_crop
@@ -100,7 +101,8 @@ class Segmenter:
         self.boxes.setup()
         self.masks.setup()
         self.model_ids = {"grounding_dino": self.boxes.detector.model_id,
-                          "sam": models.sam_checkpoint if profile == "paper" else f"SAM {profile} (random weights)"}
+                          "sam": models.sam_checkpoint if Profile.parse(profile).pretrained
+                          else f"SAM {profile} (random weights)"}
 
     def mask(self, image: np.ndarray, word: str) -> np.ndarray | None:
         """The mask of the highest-scoring box for `word`, or None when no box passes the thresholds."""

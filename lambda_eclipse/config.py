@@ -18,7 +18,6 @@ import yaml
 
 from lambda_eclipse.errors import UserError
 
-PROFILES = ("tiny", "paper", "paper-shapes")
 Rule = tuple[str, bool, str]  # (section.key, holds, what it must be)
 
 
@@ -161,12 +160,6 @@ def describe_keys(cls: type) -> str:
         pairs = [f"{section.name}.{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in values.items()]
         lines.append(textwrap.fill("  ".join(pairs), 100, initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
-
-
-def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    return profile
 
 
 def check_rules(cfg, rules: list[Rule]) -> None:

@@ -29,6 +29,10 @@ CUDA_DEFAULT = {
     "decoder": "float16",  # Kandinsky 2.2's released precision
     "training": "bfloat16",  # autocast of the prior's and the decoder's training steps: no loss scaling needed
 }
+# What the weights of a model being trained are kept in, on every device and whatever the training precision: AdamW's
+# steps (about lr, 1e-5 for the decoder) fall below a 16-bit weight's rounding step and would be lost; autocast runs
+# the forward in the training precision (CUDA_DEFAULT["training"]).
+MASTER_WEIGHTS = "float32"
 
 
 def check_device(key: str, value: str) -> str:
@@ -57,6 +61,13 @@ def torch_dtype(requested: str, device_type: str, use: str) -> torch.dtype:
     import torch
 
     return getattr(torch, dtype_name(requested, device_type, use))
+
+
+def master_dtype() -> torch.dtype:
+    """The dtype a model being trained is loaded in (`MASTER_WEIGHTS`)."""
+    import torch
+
+    return getattr(torch, MASTER_WEIGHTS)
 
 
 def local_device(requested: str) -> torch.device:

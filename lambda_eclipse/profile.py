@@ -41,8 +41,11 @@ def names(profiles: Iterable[Profile] = tuple(Profile)) -> tuple[str, ...]:
 
 def pick(table: Mapping[Profile, T], profile: str | Profile, family: str) -> T:
     """`table`'s entry for `profile`: a model family's loader (or setting) for it, or a UserError naming what
-    `family` has."""
+    `family` has (an unknown profile name is said to be one)."""
     for entry in table:
         if profile == entry.value:
             return table[entry]
-    raise UserError(f"{family} has no {str(profile)!r} profile; choose one of: {', '.join(names(table))}")
+    choices = ", ".join(names(table))
+    if any(profile == known.value for known in Profile):
+        raise UserError(f"{family} has no {str(profile)!r} profile; choose one of: {choices}")
+    raise UserError(f"unknown profile {str(profile)!r} for {family}; choose one of: {choices}")

@@ -9,20 +9,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 
-PROFILES = ("tiny", "paper")  # prior sizes: prior/model.py's configs
+PRIOR_PROFILES = (Profile.TINY, Profile.PAPER)  # the prior sizes train-prior offers: prior/model.py's configs
+PROFILES = PRIOR_PROFILES
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
 class TrainSection:
-    # the global batch (paper: 512 on each of 2 GPUs): each of the runtime.workers trainers takes batch_size / workers
+    # the global batch (paper: 512 on each of 2 GPUs): each of the runtime.trainers trainers takes batch_size / trainers
     batch_size: int = 1024
     max_steps: int = 100_000  # paper: ~100k iterations
     # > 0: train this many steps beyond the step the run starts from (--resume, init_from) instead of up to
@@ -60,11 +62,12 @@ class LossSection:
 class DataSection:
     zero_control_prob: float = 0.01  # fraction of samples whose edge embedding becomes the zero-image one (paper: 1 %)
     shuffle_buffer: int = 1000  # samples held per loader stream for shuffling across shards (~200 KB each at d=1280)
-    workers: int = 2  # DataLoader worker processes per trainer; 0: read in the training process
+    loader_workers: int = 2  # DataLoader worker processes per trainer; 0: read in the training process
     # skip the samples `lambda-eclipse dedup` marked as semantic duplicates (DIR/marks/semantic_duplicates/)
     skip_duplicates: bool = True
     # skip the samples `lambda-eclipse decontaminate` marked as benchmark leaks (DIR/marks/leaks/)
     skip_leaks: bool = True
+    RENAMED: ClassVar[dict[str, str]] = {"workers": "loader_workers"}
 
 
 @dataclass
@@ -89,9 +92,10 @@ class LogSection:
 class RuntimeSection:
     device: str = "auto"  # auto: cuda when the Ray cluster has GPUs, else cpu
     precision: str = "auto"  # autocast dtype; auto: bf16 on cuda, fp32 on cpu
-    workers: int = 0  # data-parallel trainers (Ray Train workers); 0: one per GPU of the Ray cluster, 1 without GPUs
-    cpus_per_worker: float = 1  # Ray CPUs each trainer reserves (its torch threads)
+    trainers: int = 0  # data-parallel trainers (Ray Train workers); 0: one per GPU of the Ray cluster, 1 without GPUs
+    cpus_per_trainer: float = 1  # Ray CPUs each trainer reserves (its torch threads)
     max_failures: int = 3  # trainer failures (a killed worker, a lost node) Ray recovers from, from the last checkpoint
+    RENAMED: ClassVar[dict[str, str]] = {"workers": "trainers", "cpus_per_worker": "cpus_per_trainer"}
 
 
 @dataclass
@@ -125,7 +129,7 @@ class TrainConfig:
              f"must be one of {', '.join(LOSS_SIMILARITIES)}"),
             ("data.zero_control_prob", 0 <= d.zero_control_prob <= 1, "must be in [0, 1]"),
             ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be ≥ 1"),
-            ("data.workers", d.workers >= 0, "must be ≥ 0"),
+            ("data.loader_workers", d.loader_workers >= 0, "must be ≥ 0"),
             ("val.every", self.val.every >= 0, "must be ≥ 0"),
             ("val.batch_size", self.val.batch_size >= 1, "must be ≥ 1"),
             ("val.max_batches", self.val.max_batches >= 0, "must be ≥ 0"),
@@ -134,13 +138,13 @@ class TrainConfig:
             ("log.every", self.log.every >= 1, "must be ≥ 1"),
             ("runtime.device", r.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("runtime.precision", r.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-            ("runtime.workers", r.workers >= 0, "must be ≥ 0"),
-            ("runtime.cpus_per_worker", r.cpus_per_worker > 0, "must be > 0"),
+            ("runtime.trainers", r.trainers >= 0, "must be ≥ 0"),
+            ("runtime.cpus_per_trainer", r.cpus_per_trainer > 0, "must be > 0"),
             ("runtime.max_failures", r.max_failures >= -1, "must be ≥ -1 (-1: no limit)"),
         ]
         check_rules(self, rules)
-        if r.workers:
-            share(t.batch_size, r.workers)
+        if r.trainers:
+            share(t.batch_size, r.trainers)
         return self
 
 
@@ -168,7 +172,7 @@ def share(batch_size: int, trainers: int) -> int:
     """Each trainer's part of the global batch `train.batch_size`; a UserError naming both when it does not divide."""
     if batch_size % trainers:
         raise UserError(f"train.batch_size={batch_size} (the global batch) does not divide among {trainers} "
-                        "data-parallel trainers: choose a multiple of the trainer count, or another runtime.workers")
+                        "data-parallel trainers: choose a multiple of the trainer count, or another runtime.trainers")
     return batch_size // trainers
 
 

@@ -304,7 +304,7 @@ class _Pool:
         """The rows in `slots` as tensors, the text states still float16 and the subjects' embeddings beside them
         (`to_device` interleaves them where the model runs); their slots become free."""
         n = len(slots)
-        text = self._empty((n, CONTEXT_LENGTH, self.dim), torch.float16)
+        text = self._empty((n, CONTEXT_LENGTH, self.dim), torch.from_numpy(self.text[:0]).dtype)  # as stored
         np.take(self.text, slots, axis=0, out=text.numpy(), mode="clip")  # (the default mode buffers `out`)
         source = self.source[slots]
         row, position = np.nonzero(source >= 0)
@@ -497,7 +497,7 @@ class PriorBatches(IterableDataset):
         self.seed, self.buffer, self.zero_control_prob = seed, buffer, zero_control_prob
         self.shuffle = split == "train"
         self.pin_memory = pin_memory
-        self.zero_image = torch.tensor(data.zero_image, dtype=torch.float32)
+        self.zero_image = torch.tensor(data.zero_image)  # cast to the control embeddings' dtype where it replaces one
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()

@@ -23,6 +23,7 @@ from diffusers.utils.outputs import BaseOutput
 from torch import nn
 
 from lambda_eclipse.compat import ensure_torchvision_ops
+from lambda_eclipse.profile import Profile, pick
 
 # The released config.json names its class "PriorTransformer": diffusers then imports its own PriorTransformer, whose
 # import chain reaches torchvision, which fails on CPU-only torch without this.
@@ -31,23 +32,21 @@ ensure_torchvision_ops()
 EXTRA_TOKENS = 4  # control, pooled text, input, prd: fixed by the token order above
 MASK_VALUE = -10000.0  # additive attention bias of the released model (finite, so fp16 and fully masked rows stay safe)
 
-PROFILES = ("tiny", "paper", "paper-shapes")
 _PAPER = dict(
     num_layers=10, num_attention_heads=16, attention_head_dim=32, embedding_dim=1280, num_embeddings=77,
     additional_embeddings=4, added_emb_type="prd", encoder_hid_proj_type="linear", norm_in_type=None,
 )
 _TINY = {**_PAPER, "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8, "embedding_dim": 32}
+CONFIGS = {Profile.TINY: _TINY, Profile.PAPER: _PAPER, Profile.PAPER_SHAPES: _PAPER}  # the prior of each profile
 
 
-def prior_config(profile: str = "paper", embedding_dim: int | None = None) -> dict:
+def prior_config(profile: str = Profile.PAPER, embedding_dim: int | None = None) -> dict:
     """Constructor arguments of `EclipsePrior` for a model profile (docs/design.md, "Model profiles").
 
     `paper` and `paper-shapes` are the released config (10 layers, 16 heads × 32, d = 1280; 34,849,536 parameters);
     `tiny` is 2 layers of 2 heads × 8 on d = 32 for tests. `embedding_dim` overrides d, to match the CLIP in use.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown prior profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    config = dict(_TINY if profile == "tiny" else _PAPER)
+    config = dict(pick(CONFIGS, profile, "the prior"))
     if embedding_dim is not None:
         config["embedding_dim"] = embedding_dim
     return config
@@ -110,7 +109,7 @@ class EclipsePrior(ModelMixin, ConfigMixin):
 
     @classmethod
     def tiny(cls, embedding_dim: int = 32) -> EclipsePrior:
-        return cls(**prior_config("tiny", embedding_dim))
+        return cls(**prior_config(Profile.TINY, embedding_dim))
 
     def forward(
         self,

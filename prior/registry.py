@@ -5,9 +5,9 @@ A folder (a local path or an fsspec URL; default `$LAMBDA_ECLIPSE_RUNS/registry`
 
     priors/<run>.json   one record per trained prior: run, run_dir, final (the checkpoint to load), data and its
                         config hash, profile, steps, training metrics (val), training (loss settings, global
-                        batch, Canny settings: prior/train.py's training_record), evaluation metrics and their settings,
+                        batch, Canny settings: prior/job.py's training_record), evaluation metrics and their settings,
                         started_from (the prior it continued, or null), trained_at, promotions; provenance (what it
-                        was trained on: prior/train.py's `provenance`) and leak_flag (why its training data may hold
+                        was trained on: prior/provenance.py) and leak_flag (why its training data may hold
                         the benchmark it is evaluated on, or null: `leak_flag`). Records written before provenance
                         have neither and read as before.
     current.json        the pointer: {run, final, promoted_at, by, reason, previous}

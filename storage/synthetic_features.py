@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lambda_eclipse.profile import Profile
 from storage.layout import write_json_atomic
 from storage.sample import Detection, Noun, Sample, SourceRef
 from storage.schema import feature_schema
@@ -69,7 +70,7 @@ def write_feature_dataset(root: str | Path, shards: list[tuple[int, int]], d: in
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     zero = np.linspace(-1, 1, d).round(3).tolist()
-    meta = {"embed_dim": d, "text_width": d, "profile": "tiny", "zero_image_embedding": zero}
+    meta = {"embed_dim": d, "text_width": d, "profile": Profile.TINY.value, "zero_image_embedding": zero}
     write_json_atomic(root / "dataset.json", meta)
     for shard, (n_train, n_val) in enumerate(shards):
         dim = (shard_dims or {}).get(shard, d)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self
 
 from lambda_eclipse import metrics
 from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.profile import Profile
 from storage import thumbnail
 from storage.sample import Sample
 from tasks.config import BuildConfig, RuntimeConfig
@@ -58,14 +59,14 @@ class Stage:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_config(cls, cfg: BuildConfig, profile: str = "tiny") -> Self:
+    def from_config(cls, cfg: BuildConfig, profile: str = Profile.TINY.value) -> Self:
         """The stage with its own parameters: each of its fields is the config section of that name (`profile`: the
         model profile)."""
         given: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"profile": profile}
         return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init})
 
     @classmethod
-    def create(cls, cfg: BuildConfig, profile: str = "tiny") -> Self:
+    def create(cls, cfg: BuildConfig, profile: str = Profile.TINY.value) -> Self:
         """`from_config`, set up: ready to process, in this process."""
         stage = cls.from_config(cfg, profile)
         stage.setup()
@@ -153,7 +154,7 @@ class ModelStage(Stage):
     (lambda_eclipse.device)."""
 
     uses_model: ClassVar[bool] = True
-    profile: str = "tiny"
+    profile: str = Profile.TINY.value
     models: ModelsConfig = field(default_factory=ModelsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

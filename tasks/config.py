@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lambda_eclipse.config import ModelsConfig, check_rules, config_from_dict, load_config
+from lambda_eclipse.profile import Profile
 
 
 @dataclass
@@ -193,7 +194,7 @@ class BuildConfig:
 
     def model_ids(self, profile: str) -> dict[str, str]:
         """The model of each stage, for dataset.json."""
-        if profile == "paper":
+        if Profile.parse(profile).pretrained:
             m = self.models
             return {
                 "caption": m.blip2,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lambda_eclipse.config import check_profile
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 from storage.dataset_meta import existing_meta
 from storage.fs import Location, location, process_local, resolve
 from storage.kept import ReuseSource, reuse_sources
@@ -113,7 +113,7 @@ def _check_shared(inputs: list[str], output: str) -> None:
 def prepare_build(
     inputs: list[str],
     output: str,
-    profile: str = "tiny",
+    profile: str = Profile.TINY.value,
     config_file: str | None = None,
     overrides: list[str] | None = None,
     ray_cpus: int = 0,
@@ -126,7 +126,7 @@ def prepare_build(
     used as it is instead of `config_file` + `overrides`; `reuse`: an earlier dataset whose kept model outputs the
     build takes where the stages' fingerprints agree (storage/kept.py); `sample`: build only a deterministic,
     stratified sample of the inputs (a fraction below 1, else a count; storage/sources.py), for a forecast."""
-    check_profile(profile)
+    pretrained = Profile.parse(profile).pretrained
     cfg = build_config_from_dict(config) if config is not None else load_build_config(config_file, overrides or [])
     if ray_cpus < 0:
         raise UserError(f"--ray-cpus must be 0 (all CPUs) or more, got {ray_cpus}")
@@ -134,7 +134,7 @@ def prepare_build(
         cfg.runtime.ray_cpus = ray_cpus
     cfg.runtime.gpus = cfg.runtime.gpus | parse_gpus(gpus_per_stage)
     cfg.check(MODEL_STAGES)
-    if profile == "paper":
+    if pretrained:
         from lambda_eclipse.models.preflight import check_paper_weights  # imports torch: only when needed
 
         check_paper_weights(cfg.models)

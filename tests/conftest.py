@@ -175,8 +175,8 @@ def rewrite_text_states_as_legacy(root, shard: int) -> None:
 
 
 # The retrain loop's cheapest settings (tests/test_retrain_flow.py, tests/test_provenance.py)
-RETRAIN_TRAIN = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=0", "checkpoint.every=4",
-                 "log.every=2", "train.max_steps=4", "runtime.workers=1"]
+RETRAIN_TRAIN = ["data.loader_workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=0",
+                 "checkpoint.every=4", "log.every=2", "train.max_steps=4", "runtime.trainers=1"]
 RETRAIN_EVAL = ["evaluate.max_prompts=1", "evaluate.images_per_prompt=1", "evaluate.steps=2"]
 
 

@@ -26,7 +26,7 @@ def photos(tmp_path):
         (["--gpus-per-stage", "decode=1"],
          "unknown stage 'decode'; model stages are caption, nouns, boxes, masks, features"),
         (["--gpus-per-stage", "masks"], "expected STAGE=FRACTION"),
-        (["--workers", "-1"], "--workers must be 0"),
+        (["--ray-cpus", "-1"], "--ray-cpus must be 0"),
         (["--set", "runtime.actors.sam=2"], "runtime.actors must name model stages (caption, nouns, boxes, masks, "
                                             "features)"),
         (["--set", "runtime.units_in_flight=-1"], "runtime.units_in_flight must be ≥ 0 (0: automatic) (got -1)"),

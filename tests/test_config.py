@@ -1,7 +1,7 @@
 import pytest
 
-from lambda_eclipse.config import check_profile
 from lambda_eclipse.errors import UserError
+from lambda_eclipse.profile import Profile
 from tasks.config import BuildConfig, load_build_config
 
 
@@ -86,9 +86,9 @@ def test_bad_config_files(tmp_path):
 
 
 def test_unknown_profile():
-    assert check_profile("tiny") == "tiny"
+    assert Profile.parse("tiny") is Profile.TINY
     with pytest.raises(UserError, match="unknown profile 'huge'; choose one of: tiny, paper, paper-shapes"):
-        check_profile("huge")
+        Profile.parse("huge")
 
 
 def test_a_resolved_config_round_trips_through_a_dict():

@@ -47,8 +47,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRAIN = ("retrain-on-new-dataset", "retrain-nightly")  # the loop's deployments, both of the flow `retrain`
 # The loop's deployments as an operator sizes them for a smoke test: a few training steps, one DreamBench prompt.
 TINY_LOOP = {"overrides": ["train.max_steps=6", "train.batch_size=2", "train.warmup_steps=1", "val.every=0",
-                           "val.batch_size=2", "checkpoint.every=6", "log.every=2", "data.workers=0",
-                           "runtime.workers=1"],
+                           "val.batch_size=2", "checkpoint.every=6", "log.every=2", "data.loader_workers=0",
+                           "runtime.trainers=1"],
              "eval_overrides": ["evaluate.max_prompts=1", "evaluate.images_per_prompt=1", "evaluate.steps=2"]}
 
 
@@ -634,8 +634,8 @@ def test_killed_train_prior_restarted_resumes_from_its_last_checkpoint(stack, bu
         pytest.skip("needs the dataset the build-dataset kill test completes")
     run_dir = stack.tmp / "runs" / "prior-kill"
     settings = ["train.max_steps=160", "train.batch_size=4", "train.warmup_steps=1", "checkpoint.every=20",
-                "checkpoint.keep=100", "val.every=0", "val.batch_size=4", "log.every=10", "data.workers=0",
-                "runtime.workers=1"]
+                "checkpoint.keep=100", "val.every=0", "val.batch_size=4", "log.every=10", "data.loader_workers=0",
+                "runtime.trainers=1"]
     # The completed build triggered the retraining loop on this dataset (retrain-on-new-dataset): its run waits on the
     # retrain queue, which no worker serves now, so it cannot take the `gpu` slot this test's run needs. Wait for the
     # automation to create it (events are processed asynchronously), then drop it.

@@ -19,19 +19,15 @@ from conftest import logs_of_latest_run
 
 from finetune.config import DataSection, load_finetune_config, steps_for
 from finetune.data import TrainingPhotos
-from finetune.train import (
-    CHECKPOINTS,
-    Trainer,
-    checkpoints,
-    finetune,
-    place,
-    prepare_finetune,
-    read_metrics,
-    run_finetune,
-)
+from finetune.driver import run_finetune
+from finetune.loop import finetune
+from finetune.prepare import place, prepare_finetune
+from finetune.trainer import Trainer
 from flows.cli import main
 from lambda_eclipse.errors import UserError, WorkerError
 from lambda_eclipse.synthetic import write_photos
+from storage.fs import name
+from storage.run_dir import CHECKPOINTS, checkpoints, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # A learning rate that moves a random tiny UNet within a few steps (the paper's 1e-5 is for the real decoder).
@@ -69,8 +65,8 @@ def test_loss_decreases(trained):
 def test_output_layout_and_record(trained, subjects):
     output, _, record = trained
     assert {p.name for p in (output / "unet").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
-    assert [c.name for c in checkpoints(output)] == ["step-00000008", "step-00000012"]  # keep=2
-    assert {p.name for p in checkpoints(output)[-1].iterdir()} == {"unet", "training_state.pt", "identity.json"}
+    assert [name(c) for c in checkpoints(output)] == ["step-00000008", "step-00000012"]  # keep=2
+    assert {p.name for p in Path(checkpoints(output)[-1]).iterdir()} == {"unet", "training_state.pt", "identity.json"}
     assert json.loads((output / "finetune.json").read_text()) == record
     assert record["profile"] == "tiny" and record["base_decoder"] == "kandinsky-2-2-decoder tiny (random weights)"
     assert record["config"]["finetune"]["lr"] == 1e-3 and record["resolution"] == 64
@@ -127,7 +123,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(trained, subjects,
     monkeypatch.setattr(Trainer, "micro_step", crash_mid_accumulation)
     with pytest.raises(KeyboardInterrupt):
         finetune(place(prepare_finetune(subjects, str(output), "tiny", cfg), 0))
-    assert [c.name for c in checkpoints(output)] == ["step-00000004"]
+    assert [name(c) for c in checkpoints(output)] == ["step-00000004"]
     assert not (output / "unet").exists() and not (output / "finetune.json").exists()
     assert micro_batches[-2:] == [5, 5]  # two of step 6's four micro-batches had run
     monkeypatch.setattr(Trainer, "micro_step", micro_step)
@@ -296,7 +292,7 @@ def test_a_killed_training_task_is_run_again_by_ray_and_resumes(subjects, tmp_pa
 
     import psutil
 
-    caplog.set_level(logging.INFO, logger="finetune.train")
+    caplog.set_level(logging.INFO, logger="finetune")
     output = tmp_path / "decoder"
     cfg = load_finetune_config(None, [*SETTINGS, "finetune.max_steps=60"])
     with ThreadPoolExecutor(1) as pool:
@@ -345,6 +341,8 @@ def test_cli_runs_the_flow(subjects, tmp_path, capsys, ray_local, prefect_harnes
 def test_deployment_parameters_are_the_flow_s():
     import inspect
 
+    from prefect.utilities.callables import parameter_schema
+
     from flows.finetune_decoder import finetune_decoder
 
     (deployment,) = [d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
@@ -352,4 +350,6 @@ def test_deployment_parameters_are_the_flow_s():
     assert deployment["entrypoint"] == "flows.finetune_decoder:finetune_decoder"
     assert deployment["work_pool"]["name"] == "lambda-gpu"
     assert deployment["work_pool"]["job_variables"]["command"] == "python deploy/gpu_slot.py"
-    assert set(deployment["parameters"]) == set(inspect.signature(finetune_decoder.fn).parameters)
+    # every parameter a deployment sets: the flow's, less `handed` (the CLI's plan, flows/handed.py: no schema)
+    assert set(deployment["parameters"]) == set(inspect.signature(finetune_decoder.fn).parameters) - {"handed"}
+    assert set(deployment["parameters"]) == set(parameter_schema(finetune_decoder.fn).properties)

@@ -21,7 +21,8 @@ from lambda_eclipse.errors import UserError
 from lambda_eclipse.synthetic import photo, write_photos
 from prior.config import load_train_config
 from prior.data import PriorBatches, open_dataset
-from prior.train import prepare_training, run_training
+from prior.driver import run_training
+from prior.prepare import prepare_training
 from storage import shard_writer
 from storage.fs import join
 from storage.layout import (
@@ -249,7 +250,8 @@ def test_the_prior_reads_and_trains_on_a_dataset_at_a_url(tmp_path, mem, ray_loc
             for name in a:
                 torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     # Ray Train workers read the data and write the run directory themselves: both as file:// URLs here
-    settings = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "train.max_steps=2", "val.every=0"]
+    settings = ["data.loader_workers=0", "train.batch_size=4", "train.warmup_steps=1", "train.max_steps=2",
+                "val.every=0"]
     run = tmp_path / "run"
     job = prepare_training(local.as_uri(), run.as_uri(), "tiny", load_train_config(None, settings), False)
     summary = run_training(job)

@@ -1,6 +1,6 @@
 """The global batch: two trainers (gloo, on CPU, DistributedDataParallel) each on half of a batch give the loss and
 the gradients of one trainer on the whole batch, because the contrastive softmax runs over the texts gathered from
-both (prior/train.py's step_losses); per-trainer negatives would give another loss."""
+both (prior/loop.py's step_losses); per-trainer negatives would give another loss."""
 
 import pytest
 import torch
@@ -10,9 +10,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lambda_eclipse.errors import UserError
 from prior.config import load_train_config, resolved_tau, share
+from prior.loop import step_losses
 from prior.loss import prior_loss
 from prior.model import EclipsePrior
-from prior.train import step_losses
 
 BATCH, D, TOKENS = 8, 32, 77
 
@@ -84,6 +84,6 @@ def test_a_global_batch_that_does_not_divide_is_an_error_naming_both():
     assert share(1024, 2) == 512 and share(1024, 1) == 1024
     with pytest.raises(UserError, match=r"train.batch_size=1024 \(the global batch\) does not divide among 3 "
                                         "data-parallel trainers"):
-        load_train_config(None, ["runtime.workers=3"])
+        load_train_config(None, ["runtime.trainers=3"])
     with pytest.raises(UserError, match=r"train.batch_size=10 .* among 4 data-parallel trainers"):
         share(10, 4)

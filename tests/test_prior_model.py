@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from lambda_eclipse.errors import UserError
 from prior.model import MASK_VALUE, EclipsePrior, EclipsePriorOutput, prior_config
 
 # Every state-dict key and shape of the released checkpoint (docs/design.md).
@@ -229,5 +230,5 @@ def test_unsupported_config_is_rejected(override):
 def test_profiles():
     assert prior_config("paper") == prior_config("paper-shapes") == REFERENCE_CONFIG
     assert prior_config("tiny", embedding_dim=48)["embedding_dim"] == 48
-    with pytest.raises(ValueError, match="huge"):
+    with pytest.raises(UserError, match="unknown profile 'huge' for the prior; choose one of: tiny, paper"):
         prior_config("huge")

@@ -3,8 +3,10 @@
 import pytest
 
 from prior.config import load_train_config
-from prior.train import prepare_training, read_metrics, run_training
+from prior.driver import run_training
+from prior.prepare import prepare_training
 from storage.reader import iter_samples
+from storage.run_dir import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -14,7 +16,7 @@ def test_training_loss_halves_on_a_flow_built_dataset(built_dataset, tmp_path):
     train = sum(1 for _ in iter_samples(data, "train", columns=["key"]))
     assert summary["accepted"] >= 8 and train >= 4, summary
 
-    settings = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "train.max_steps=150",
+    settings = ["data.loader_workers=0", "train.batch_size=8", "train.warmup_steps=2", "train.max_steps=150",
                 "train.lr=1e-3", "log.every=10", "val.every=0", "val.batch_size=8"]
     job = prepare_training(str(data), str(tmp_path / "run"), "tiny", load_train_config(None, settings), False)
     result = run_training(job)
@@ -33,11 +35,11 @@ def test_the_readme_example_learns_on_the_contrastive_term(built_dataset, tmp_pa
 
     _, data, _ = built_dataset
     train = sum(1 for _ in iter_samples(data, "train", columns=["key"]))
-    settings = ["data.workers=0", "train.max_steps=400", "train.warmup_steps=20", "train.lr=1e-3", "log.every=50",
-                "val.every=0"]
+    settings = ["data.loader_workers=0", "train.max_steps=400", "train.warmup_steps=20", "train.lr=1e-3",
+                "log.every=50", "val.every=0"]
     job = prepare_training(str(data), str(tmp_path / "run"), "tiny", load_train_config(None, settings), False)
     assert job.cfg.loss.tau == pytest.approx(0.1 * job.data.embed_dim)
-    with caplog.at_level(logging.WARNING, logger="prior.train"):
+    with caplog.at_level(logging.WARNING, logger="prior.driver"):
         result = run_training(job)
     assert f"train.batch_size=1024 is more than the dataset's {train} training samples" in caplog.text
     assert result["batch"]["global"] == train

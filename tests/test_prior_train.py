@@ -14,22 +14,18 @@ from safetensors.torch import load_file
 from flows.commands.train_prior import add_parser
 from lambda_eclipse.errors import UserError, WorkerError
 from prior import loss as loss_module
+from prior.checkpoints import training_state
 from prior.config import TrainConfig, load_train_config
+from prior.driver import run_training
+from prior.loop import lr_factor
 from prior.model import EclipsePrior
-from prior.train import (
-    checkpoints,
-    choose_profile,
-    lr_factor,
-    prepare_training,
-    read_metrics,
-    run_training,
-    training_state,
-)
+from prior.prepare import choose_profile, prepare_training
 from storage.fs import name
 from storage.layout import complete_shards, shard_paths
+from storage.run_dir import checkpoints, read_metrics
 from storage.synthetic_features import write_feature_dataset as write_dataset
 
-FAST = ["data.workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
+FAST = ["data.loader_workers=0", "train.batch_size=8", "train.warmup_steps=2", "val.batch_size=8"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -89,8 +85,8 @@ def test_a_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path)
     warm-up, so that max_steps changes nothing else). Two loader workers, a small shuffle buffer, epochs wrapping and
     the control drop exercise the data position; the optimizer, RNG and schedule cross the restart. Costs three Ray
     Train runs (~25 s each to start): ~80 s alone, up to ~110 s beside another pytest-xdist worker."""
-    settings = FAST + ["data.workers=2", "data.shuffle_buffer=5", "data.zero_control_prob=0.3", "train.batch_size=5",
-                       "checkpoint.every=4", "checkpoint.keep=2", "log.every=2", "val.every=6",
+    settings = FAST + ["data.loader_workers=2", "data.shuffle_buffer=5", "data.zero_control_prob=0.3",
+                       "train.batch_size=5", "checkpoint.every=4", "checkpoint.keep=2", "log.every=2", "val.every=6",
                        "train.schedule=constant"]
     train(dataset, tmp_path / "once", settings + ["train.max_steps=12"])
     train(dataset, tmp_path / "twice", settings + ["train.max_steps=7"])
@@ -115,7 +111,7 @@ def test_the_loss_options_reach_the_training_step(dataset):
     step (step_losses, which train_loop calls with the run's config: the Ray Train runs above and below use it):
     reduction=mean (the default) divides the summed squared error by d and leaves the contrastive term;
     similarity=cosine changes only the contrastive term."""
-    from prior.train import step_losses
+    from prior.loop import step_losses
 
     d = json.loads((dataset / "dataset.json").read_text())["embed_dim"]
     g = torch.Generator().manual_seed(1)
@@ -171,7 +167,7 @@ def test_a_non_finite_loss_stops_the_run_without_retries(dataset, tmp_path):
 def test_mixed_precision_runs(finished):
     run, summary = finished
     assert summary["step"] == 3 and all(math.isfinite(summary["val"][k]) for k in ("loss", "cosine"))
-    state = torch.load(checkpoints(run)[-1] + "/training_state.pt", weights_only=True)
+    state = torch.load(f"{checkpoints(run)[-1]}/training_state.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0  # the fp16 loss scale is saved for resume
 
 
@@ -181,7 +177,7 @@ def test_run_errors_are_clear(dataset, finished, tmp_path):
     with pytest.raises(UserError, match="is not a λ-ECLIPSE dataset"):
         prepare_training(str(tmp_path / "nothing"), str(tmp_path / "b"), "tiny", TrainConfig(), False)
     with pytest.raises(UserError, match="3 shards with training samples; 4 data-parallel trainers"):
-        cfg = load_train_config(None, ["runtime.workers=4"])
+        cfg = load_train_config(None, ["runtime.trainers=4"])
         prepare_training(str(dataset), str(tmp_path / "c"), "tiny", cfg, False)
     with pytest.raises(UserError, match="--output memory://runs/d: the run directory must be visible to every Ray"):
         prepare_training(str(dataset), "memory://runs/d", "tiny", TrainConfig(), False)
@@ -261,7 +257,7 @@ def test_config_defaults_file_overrides_and_checks(tmp_path):
     cfg = TrainConfig()
     # the paper's global batch (512 on each of 2 GPUs), one trainer per GPU, §3.1's mean-squared error
     assert (cfg.train.lr, cfg.train.batch_size, cfg.data.zero_control_prob) == (5e-5, 1024, 0.01)
-    assert (cfg.train.steps_per_run, cfg.runtime.workers, cfg.runtime.max_failures) == (0, 0, 3)
+    assert (cfg.train.steps_per_run, cfg.runtime.trainers, cfg.runtime.max_failures) == (0, 0, 3)
     assert (cfg.loss.lam, cfg.loss.tau, cfg.loss.reduction) == (loss_module.LAMBDA, 0.0, "mean")  # τ: 0.1·d
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1.0e-4\n  max_steps: 50\n")
@@ -270,8 +266,8 @@ def test_config_defaults_file_overrides_and_checks(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'train.steps'; valid keys in train: batch_size"):
         load_train_config(None, ["train.steps=3"])
     with pytest.raises(UserError, match="train.steps_per_run must be ≥ 0 .got -1.; train.schedule must be one of "
-                                        "cosine, linear, constant .got 'step'.; runtime.workers must be ≥ 0"):
-        load_train_config(None, ["train.schedule=step", "runtime.workers=-1", "train.steps_per_run=-1"])
+                                        "cosine, linear, constant .got 'step'.; runtime.trainers must be ≥ 0"):
+        load_train_config(None, ["train.schedule=step", "runtime.trainers=-1", "train.steps_per_run=-1"])
 
 
 def test_cli_parses_and_lists_every_config_key(dataset, tmp_path, capsys):

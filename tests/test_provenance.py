@@ -1,4 +1,4 @@
-"""Provenance of a trained prior (prior/train.py's `provenance`, prior/registry.py's `leak_flag`, `priors list`): the
+"""Provenance of a trained prior (prior/provenance.py, prior/registry.py's `leak_flag`, `priors list`): the
 dataset's config hash, the shards read and their Parquet sha256, the marked samples skipped, the dataset's leak check;
 a prior that may have trained on its benchmark's images is flagged. The retrain loop checks the dataset for leaks of
 its evaluation set before it trains, and its prior does not train on them."""

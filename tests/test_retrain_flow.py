@@ -43,7 +43,7 @@ def test_the_first_prior_is_trained_evaluated_and_promoted(loop):
     assert current is not None and current["run"] == record["run"] == first["run"]
     assert record["final"] == str(loop["root"] / "runs" / first["run"] / "final") == first["final"]
     assert record["data"] == str(loop["data"]) and record["profile"] == "tiny" and record["started_from"] is None
-    # how it was trained (prior/train.py's training_record): the loss settings, the global batch
+    # how it was trained (prior/job.py's training_record): the loss settings, the global batch
     # τ = 0.1·d for the synthetic 32-d embeddings (loss.tau=0, the default)
     assert record["training"]["loss"] == {"lam": 0.2, "tau": pytest.approx(3.2), "reduction": "mean",
                                           "similarity": "dot"}

@@ -15,12 +15,12 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from prior.train import read_metrics
+from storage.run_dir import read_metrics
 from storage.synthetic_features import write_feature_dataset as write_dataset
 
 pytestmark = pytest.mark.slow
 STEPS = 120
-SETTINGS = ["runtime.workers=2", "data.workers=0", "train.batch_size=8", "train.warmup_steps=5", "val.every=0",
+SETTINGS = ["runtime.trainers=2", "data.loader_workers=0", "train.batch_size=8", "train.warmup_steps=5", "val.every=0",
             "val.batch_size=4", "checkpoint.every=10", "log.every=10", f"train.steps_per_run={STEPS}"]
 
 

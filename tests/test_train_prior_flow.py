@@ -12,12 +12,12 @@ from PIL import Image
 from flows import train_prior as flow_module
 from flows.commands.train_prior import add_parser
 from prior.model import EclipsePrior
-from prior.train import checkpoints, read_metrics
 from storage.fs import name
+from storage.run_dir import checkpoints, read_metrics
 from storage.synthetic_features import write_feature_dataset as write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
-SETTINGS = ["data.workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
+SETTINGS = ["data.loader_workers=0", "train.batch_size=4", "train.warmup_steps=1", "val.every=2", "checkpoint.every=2",
             "log.every=1"]
 # lines of the training worker that reach the run log
 PROGRESS = ("[trainer 0] training from step 0 to 4 on 1 × cpu, global batch 4 (4 per trainer)",
@@ -92,7 +92,7 @@ def test_a_new_run_from_the_first_goes_data_parallel_and_returns_what_retraining
     monkeypatch.setattr(flow_module, "emit_event", lambda **kwargs: events.append(kwargs))
     new = tmp_path / "new"
     result = flow_module.train_prior(data=str(data), output=str(new), init_from=str(run),
-                                     overrides=SETTINGS + ["train.steps_per_run=2", "runtime.workers=2"])
+                                     overrides=SETTINGS + ["train.steps_per_run=2", "runtime.trainers=2"])
     assert result["step"] == 6 and events[0]["payload"] == result
     assert result["run_dir"] == str(new) and result["final"] == str(new / "final") and result["data"] == str(data)
     assert result["dataset_hash"] == "0123abcd"

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 from lambda_eclipse.config import RenamedFlag, add_config_options, describe_keys
+from lambda_eclipse.profile import Profile, names
 from tasks.config import BuildConfig
 
 EPILOG = """\
@@ -62,15 +63,14 @@ def _build_dataset(args: argparse.Namespace) -> int:
         if len(plan.todo) > 20:
             print(f"  … and {len(plan.todo) - 20} more")
         return 0
-    from flows.build_dataset import build_dataset
-    from flows.prepared import handing
+    from flows.build_dataset import build_dataset, hand
 
     with _metrics_session(args, plan.cfg.runtime.ray_cpus):
-        # The flow runs on this plan (it does not list the inputs again) and records the config as resolved here.
-        with handing("build-dataset", plan):
-            summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
-                                    workers=args.ray_cpus, config=plan.cfg.to_dict(), reuse=args.reuse,
-                                    sample=args.sample, forecast=args.forecast)
+        # The flow runs on the plan handed to it (it does not list the inputs again) and records the config as
+        # resolved here, with the plan's summary (flows/handed.py).
+        summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
+                                workers=args.ray_cpus, config=plan.cfg.to_dict(), reuse=args.reuse,
+                                sample=args.sample, forecast=args.forecast, handed=hand(plan))
         print(
             f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
             f"in {summary['shards']} shards → {summary['output']}", flush=True,
@@ -151,7 +151,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--output", required=True, metavar="DIR", help="dataset directory, a path or an fsspec URL (created if missing)"
     )
     build.add_argument(
-        "--profile", default="tiny", choices=("tiny", "paper", "paper-shapes"),
+        "--profile", default=Profile.TINY.value, choices=names(),
         help="model profile: tiny (random tiny models, offline), paper (the paper's checkpoints), "
         "paper-shapes (full-size architectures, random weights) [default: tiny]",
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from evaluation.config import EvalConfig
+from evaluation.config import EVAL_PROFILES, EvalConfig
 from lambda_eclipse.config import add_config_options, describe_keys
+from lambda_eclipse.profile import names
 
 BENCHMARKS = ("dreambench", "multibench")  # evaluation/benchmarks.py, without importing it for --help
 
@@ -64,7 +65,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
                         help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id "
                         "[default: the prior registry's current prior, `lambda-eclipse priors list`]")
     parser.add_argument("--output", required=True, metavar="DIR", help="results directory (created if missing)")
-    parser.add_argument("--profile", choices=("tiny", "paper"),
+    parser.add_argument("--profile", choices=names(EVAL_PROFILES),
                         help="tiny (random tiny models, offline) or paper (the paper's checkpoints) [default: the "
                         "prior checkpoint's own, from its embedding size: 32-d tiny, 1280-d paper]")
     parser.add_argument("--decoder", metavar="DIR",
@@ -90,12 +91,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                               args.decoder)
     for warning in plan.generate.warnings:
         print(f"lambda-eclipse evaluate: warning: {warning}", file=sys.stderr)
-    from flows.evaluate import evaluate
-    from flows.prepared import handing
+    from flows.evaluate import evaluate, hand
 
-    with handing("evaluate", plan):
-        result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
-                          profile=args.profile, config_file=args.config, overrides=args.set, decoder=args.decoder)
+    # The flow runs on the plan handed to it (it does not read the benchmark and the checkpoints again) and records
+    # the prior and the profile as resolved.
+    result = evaluate(benchmark=args.benchmark, data=args.data, prior=args.prior, output=args.output,
+                      profile=plan.generate.profile, config_file=args.config, overrides=args.set, decoder=args.decoder,
+                      handed=hand(plan))
     for row in result["summary"]:
         print(f"{row['group']}: {row['prompts']} prompts, DINO {row['dino']:.4f}, CLIP-I {row['clip_i']:.4f}, "
               f"CLIP-T {row['clip_t']:.4f}")

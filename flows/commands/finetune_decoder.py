@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from finetune.config import PROFILES, FinetuneConfig, load_finetune_config
+from finetune.config import FINETUNE_PROFILES, FinetuneConfig, load_finetune_config
 from lambda_eclipse.config import add_config_options, describe_keys
+from lambda_eclipse.profile import Profile, names
 
 EPILOG = """\
 Concept fine-tuning of the Kandinsky 2.2 decoder (paper §3.3, Eq. 2, Appendix D): only the decoder's UNet is trained,
@@ -55,7 +56,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="local output directory (created if missing)")
     parser.add_argument(
-        "--profile", default="tiny", choices=PROFILES,
+        "--profile", default=Profile.TINY.value, choices=names(FINETUNE_PROFILES),
         help="model profile: tiny (random tiny models, offline), paper (CLIP bigG, Grounding DINO, SAM and the "
         "kandinsky-2-2-decoder checkpoints), paper-shapes (full-size, random weights: for throughput) [default: tiny]",
     )
@@ -68,7 +69,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _finetune_decoder(args: argparse.Namespace) -> int:
-    from finetune.train import place, prepare_finetune
+    from finetune.prepare import place, prepare_finetune
 
     # Validate everything before Prefect starts: bad input fails in one line, in a second.
     job = prepare_finetune(args.subject, args.output, args.profile, load_finetune_config(args.config, args.set),
@@ -77,12 +78,11 @@ def _finetune_decoder(args: argparse.Namespace) -> int:
         import torch
 
         place(job, torch.cuda.device_count())
-    from flows.finetune_decoder import finetune_decoder
-    from flows.prepared import handing
+    from flows.finetune_decoder import finetune_decoder, hand
 
-    with handing("finetune-decoder", job):
-        record = finetune_decoder(subjects=args.subject, output=args.output, profile=args.profile,
-                                  config_file=args.config, overrides=args.set, resume=args.resume)
+    # The flow trains the job handed to it (it does not read the photos again).
+    record = finetune_decoder(subjects=args.subject, output=args.output, profile=args.profile, config_file=args.config,
+                              overrides=args.set, resume=args.resume, handed=hand(job))
     photos = sum(len(s["photos"]) for s in record["subjects"])
     print(f"fine-tuned {record['steps']} steps on {photos} photo(s) of {len(record['subjects'])} subject(s): loss "
           f"{record['loss']:.4g} → {record['output']}/unet")

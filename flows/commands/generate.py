@@ -7,7 +7,8 @@ import sys
 from typing import TypedDict
 
 from generate.config import GUIDANCE, INTERPOLATE_GUIDANCE, GenerateConfig
-from lambda_eclipse.config import PROFILES, add_config_options, describe_keys
+from lambda_eclipse.config import add_config_options, describe_keys
+from lambda_eclipse.profile import names
 
 GENERATE_EPILOG = """\
 Each --subject binds its WORD in the prompt (whole word, any case; the k-th --subject for a word binds its k-th
@@ -57,7 +58,7 @@ def _common(parser: argparse.ArgumentParser, guidance: float) -> None:
     parser.add_argument("--prior", metavar="DIR",
                         help="prior checkpoint directory (train-prior's RUN_DIR/final, or RUN_DIR), or a cached hub id "
                         "[default: the prior registry's current prior, `lambda-eclipse priors list`]")
-    parser.add_argument("--profile", choices=PROFILES,
+    parser.add_argument("--profile", choices=names(),
                         help="model profile: tiny (random tiny models, offline), paper (CLIP bigG + Kandinsky 2.2 "
                         "decoder checkpoints), paper-shapes (full-size, random weights) [default: the prior "
                         "checkpoint's own, from its embedding size: 32-d tiny, 1280-d paper; a profile whose CLIP "
@@ -140,13 +141,14 @@ def _generate(args: argparse.Namespace) -> int:
     plan = prepare(requests, args.prior, args.output, cfg=cfg, steps=args.steps, **settings)
     for warning in plan.warnings:
         print(f"lambda-eclipse generate: warning: {warning}", file=sys.stderr)
-    from flows.generate import generate
-    from flows.prepared import handing
+    from flows.generate import generate, hand
 
-    with handing("generate", plan):
-        summary = generate(prior=args.prior, output=args.output, prompt=args.prompt, subjects=args.subject,
-                           canny=args.canny, batch=args.batch, num_images=args.num_images, seed=args.seed,
-                           steps=args.steps, config_file=args.config, overrides=args.set, **settings)
+    # The flow runs on the plan handed to it (it does not read the images and checkpoints again) and records the prior
+    # and the profile as resolved.
+    settings["profile"] = plan.profile
+    summary = generate(prior=args.prior, output=args.output, prompt=args.prompt, subjects=args.subject,
+                       canny=args.canny, batch=args.batch, num_images=args.num_images, seed=args.seed,
+                       steps=args.steps, config_file=args.config, overrides=args.set, **settings, handed=hand(plan))
     sheet = f", contact sheet {summary['contact_sheet']}" if summary["contact_sheet"] else ""
     print(f"{len(summary['images'])} image(s) → {summary['output']}{sheet}")
     return 0
@@ -166,12 +168,11 @@ def _interpolate(args: argparse.Namespace) -> int:
                    steps=args.inference_steps, **settings)
     for warning in plan.warnings:
         print(f"lambda-eclipse interpolate: warning: {warning}", file=sys.stderr)
-    from flows.generate import interpolate
-    from flows.prepared import handing
+    from flows.generate import hand, interpolate
 
-    with handing("interpolate", plan):
-        summary = interpolate(prior=args.prior, output=args.output, prompts=args.prompt, corners=args.corners,
-                              steps=args.steps, seed=args.seed, inference_steps=args.inference_steps,
-                              config_file=args.config, overrides=args.set, **settings)
+    settings["profile"] = plan.profile  # as resolved, as generate records it
+    summary = interpolate(prior=args.prior, output=args.output, prompts=args.prompt, corners=args.corners,
+                          steps=args.steps, seed=args.seed, inference_steps=args.inference_steps,
+                          config_file=args.config, overrides=args.set, **settings, handed=hand(plan))
     print(f"{summary['rows']}×{summary['columns']} grid → {summary['grid']}")
     return 0

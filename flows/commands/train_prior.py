@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 from lambda_eclipse.config import add_config_options, describe_keys
-from prior.config import PROFILES, TrainConfig, load_train_config
+from lambda_eclipse.profile import names
+from prior.config import PRIOR_PROFILES, TrainConfig, load_train_config
 
 EPILOG = """\
 Trains the prior on Eq. 1 (MSE + loss.lam · contrastive) with AdamW, warm-up and a schedule, on the train split of a
 dataset built by build-dataset; validates on its val split (loss, cosine to the target, top-1 retrieval in a batch).
 
 Training runs on Ray Train: the Ray cluster named by RAY_ADDRESS, else a Ray started for this run.
-runtime.workers trainers (default 0: one per GPU of the cluster, 1 without GPUs), on the cluster's GPUs when it has
+runtime.trainers trainers (default 0: one per GPU of the cluster, 1 without GPUs), on the cluster's GPUs when it has
 any. train.batch_size is the global batch (the paper's 1,024: 512 on each of 2 GPUs): each trainer takes its share
 (it must divide by the trainers), and the contrastive term's negatives are the whole global batch's texts, so the
 optimisation is the same whatever the number of trainers. Eq. 1's first term is §3.1's mean-squared error
@@ -32,7 +33,7 @@ config keys (--set section.key=value), with their defaults (the paper's values w
 
 examples:
   lambda-eclipse train-prior --data out/dataset --output out/prior --set train.max_steps=20
-  lambda-eclipse train-prior --data s3://bucket/data --output s3://bucket/runs/prior --set runtime.workers=2
+  lambda-eclipse train-prior --data s3://bucket/data --output s3://bucket/runs/prior --set runtime.trainers=2
   lambda-eclipse train-prior --data data/ --output runs/prior --resume
 
 RUN_DIR gets checkpoints/step-NNNNNNNN/ (diffusers layout + training_state.pt; the last checkpoint.keep are kept),
@@ -58,7 +59,7 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
         help="run directory (created if missing): a local path or an fsspec URL (s3://bucket/runs/prior)",
     )
     parser.add_argument(
-        "--profile", default=None, choices=PROFILES,
+        "--profile", default=None, choices=names(PRIOR_PROFILES),
         help="prior size: tiny (2 layers, d = the dataset's) or paper (the released config, d = 1280) "
         "[default: paper for a 1280-d dataset (the paper CLIP's), else tiny; a tiny prior on a 1280-d dataset "
         "needs --profile tiny and warns]",
@@ -76,17 +77,16 @@ def add_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _train_prior(args: argparse.Namespace) -> int:
-    from prior.train import prepare_training
+    from prior.prepare import prepare_training
 
     # Validate everything before Prefect starts: bad input fails in one line, in a second.
     job = prepare_training(args.data, args.output, args.profile, load_train_config(args.config, args.set),
                            args.resume, args.init_from)
-    from flows.prepared import handing
-    from flows.train_prior import train_prior
+    from flows.train_prior import hand, train_prior
 
-    with handing("train-prior", job):
-        summary = train_prior(data=args.data, output=args.output, profile=args.profile, config_file=args.config,
-                              overrides=args.set, resume=args.resume, init_from=args.init_from)
+    # The flow trains the job handed to it (it does not read the dataset again) and records the profile as resolved.
+    summary = train_prior(data=args.data, output=args.output, profile=job.profile, config_file=args.config,
+                          overrides=args.set, resume=args.resume, init_from=args.init_from, handed=hand(job))
     val = summary["val"]
     print(f"trained to step {summary['step']}: val loss {val['loss']:.4g}, cosine {val['cosine']:.3f}, "
           f"top-1 {val['top1']:.3f} → {summary['final']}")

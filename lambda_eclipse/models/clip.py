@@ -9,6 +9,7 @@ swaps the text hidden states for the subject's image embedding, so it must be ex
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -24,6 +25,7 @@ from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded  # imported before this module: makes torchvision importable on CPU torch
 from lambda_eclipse.models.pixels import resized_pixels
+from lambda_eclipse.profile import Profile, pick
 
 CONTEXT_LENGTH = 77
 # All of open_clip's CLIP models, bigG included, share the CLIP BPE tokenizer; its vocabulary ships with
@@ -187,17 +189,32 @@ def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
         ) from exc
 
 
+def _tiny(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+    with seeded():
+        model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=CLIPVisionCfg(**TINY_VISION),
+                               text_cfg=CLIPTextCfg(**TINY_TEXT))
+    return model, "open_clip tiny (random weights)"
+
+
+def _paper_shapes(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+    # Seeded: every actor of a run must hold the same random weights.
+    with seeded():
+        model = _as_clip(open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None), PAPER_SHAPES_MODEL)
+    return model, f"{PAPER_SHAPES_MODEL} (random weights)"
+
+
+def _paper(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+    return _paper_model(models), f"{models.clip_model}:{models.clip_pretrained}"
+
+
+# The CLIP of each profile and its model id (every loader takes the `models` section; only `paper` reads it).
+LOADERS: dict[Profile, Callable[[ModelsConfig], tuple[open_clip.CLIP, str]]] = {
+    Profile.TINY: _tiny,
+    Profile.PAPER: _paper,
+    Profile.PAPER_SHAPES: _paper_shapes,
+}
+
+
 def load_clip(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> ClipBundle:
-    if profile == "tiny":
-        with seeded():
-            model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=CLIPVisionCfg(**TINY_VISION),
-                                   text_cfg=CLIPTextCfg(**TINY_TEXT))
-        return ClipBundle(model, "open_clip tiny (random weights)", device, dtype)
-    if profile == "paper-shapes":
-        # Seeded: every actor of a run must hold the same random weights.
-        with seeded():
-            model = _as_clip(open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None), PAPER_SHAPES_MODEL)
-        return ClipBundle(model, f"{PAPER_SHAPES_MODEL} (random weights)", device, dtype)
-    if profile == "paper":
-        return ClipBundle(_paper_model(models), f"{models.clip_model}:{models.clip_pretrained}", device, dtype)
-    raise UserError(f"unknown profile {profile!r} for the CLIP model")
+    model, model_id = pick(LOADERS, profile, "the CLIP model")(models)
+    return ClipBundle(model, model_id, device, dtype)

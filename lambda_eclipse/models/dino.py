@@ -11,7 +11,9 @@ the shorter side to 256/224 of the input size (bicubic), centre crop, ImageNet m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,9 @@ import torch
 from huggingface_hub.errors import HFValidationError
 from PIL import Image
 
-from lambda_eclipse.errors import ModelNotFoundError, UserError
+from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models import seeded  # imported before transformers' models: makes torchvision importable
+from lambda_eclipse.profile import Profile, pick
 
 from transformers import ViTConfig, ViTModel  # isort: skip
 
@@ -66,9 +69,9 @@ class DinoBundle:
             return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu().numpy()
 
 
-def _paper(source: str, dtype: torch.dtype) -> ViTModel:
+def _paper(source: str, dtype: torch.dtype) -> tuple[ViTModel, str]:
     try:
-        return ViTModel.from_pretrained(source, add_pooling_layer=False, dtype=dtype)
+        return ViTModel.from_pretrained(source, add_pooling_layer=False, dtype=dtype), source
     except (OSError, HFValidationError) as exc:
         raise ModelNotFoundError(
             "DINO ViT-S/16",
@@ -78,14 +81,21 @@ def _paper(source: str, dtype: torch.dtype) -> ViTModel:
         ) from exc
 
 
+def _random(profile: Profile, config: dict[str, Any], source: str, dtype: torch.dtype) -> tuple[ViTModel, str]:
+    with seeded():
+        model = ViTModel(ViTConfig(**config), add_pooling_layer=False)
+    return model, f"dino ViT-S/16 {profile} (random weights)"
+
+
+# The DINO of each profile and its model id (every loader takes the source and dtype; only `paper` reads them).
+LOADERS: dict[Profile, Callable[[str, torch.dtype], tuple[ViTModel, str]]] = {
+    Profile.TINY: partial(_random, Profile.TINY, TINY),
+    Profile.PAPER: _paper,
+    Profile.PAPER_SHAPES: partial(_random, Profile.PAPER_SHAPES, VIT_S16),
+}
+
+
 def load_dino(profile: str, source: str, device: torch.device, dtype: torch.dtype) -> DinoBundle:
-    if profile == "paper":
-        model, model_id = _paper(source, dtype), source
-    elif profile in ("tiny", "paper-shapes"):
-        with seeded():
-            model = ViTModel(ViTConfig(**(TINY if profile == "tiny" else VIT_S16)), add_pooling_layer=False)
-        model_id = f"dino ViT-S/16 {profile} (random weights)"
-    else:
-        raise UserError(f"unknown profile {profile!r} for DINO; choose tiny, paper or paper-shapes")
+    model, model_id = pick(LOADERS, profile, "DINO")(source, dtype)
     model = model.to(device=device, dtype=dtype)  # pyright: ignore[reportCallIssue]  (transformers' @wraps(Module.to) hides self)
     return DinoBundle(model.eval(), model_id, device, dtype)

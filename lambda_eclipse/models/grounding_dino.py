@@ -5,6 +5,7 @@ loads the official weights converted; groundingdino-py does neither with transfo
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from transformers import (
     SwinConfig,
 )
 
-from lambda_eclipse.config import ModelsConfig, check_profile
+from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models import seeded
 from lambda_eclipse.models.tiny_vocab import NOUNS
+from lambda_eclipse.profile import Profile, pick
 
 PAPER_ID = "IDEA-Research/grounding-dino-tiny"
 BERT_BASE_VOCAB_SIZE = 30522
@@ -70,7 +72,7 @@ def swin_t_ogc_config() -> GroundingDinoConfig:
     return GroundingDinoConfig(backbone_config=swin_t, text_config=BertConfig(vocab_size=BERT_BASE_VOCAB_SIZE))
 
 
-def _tiny() -> DetectorBundle:
+def _tiny(models: ModelsConfig) -> DetectorBundle:
     tokenizer = _tokenizer(BASE_VOCAB)
     config = GroundingDinoConfig(
         backbone_config=SwinConfig(
@@ -106,7 +108,8 @@ def _tiny() -> DetectorBundle:
     return DetectorBundle(model, processor, "tiny-random-grounding-dino")
 
 
-def _paper(name: str) -> DetectorBundle:
+def _paper(models: ModelsConfig) -> DetectorBundle:
+    name = models.grounding_dino
     # HF_HUB_OFFLINE=1 (set by the CLI and the tests) keeps this to the local cache or a local directory.
     try:
         model = GroundingDinoForObjectDetection.from_pretrained(name)
@@ -122,7 +125,7 @@ def _paper(name: str) -> DetectorBundle:
     return DetectorBundle(model, processor, name)
 
 
-def _paper_shapes() -> DetectorBundle:
+def _paper_shapes(models: ModelsConfig) -> DetectorBundle:
     # Filler entries give the tokenizer BERT-base's vocabulary size; throughput does not depend on the words.
     fillers = [f"[unused{i}]" for i in range(BERT_BASE_VOCAB_SIZE - len(BASE_VOCAB))]
     processor = GroundingDinoProcessor(
@@ -134,13 +137,15 @@ def _paper_shapes() -> DetectorBundle:
     return DetectorBundle(model, processor, f"{PAPER_ID} (architecture, random weights)")
 
 
+# The detector of each profile (every loader takes the `models` section; only `paper` reads it).
+LOADERS: dict[Profile, Callable[[ModelsConfig], DetectorBundle]] = {
+    Profile.TINY: _tiny,
+    Profile.PAPER: _paper,
+    Profile.PAPER_SHAPES: _paper_shapes,
+}
+
+
 def load_grounding_dino(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> DetectorBundle:
-    profile = check_profile(profile)
-    if profile == "tiny":
-        bundle = _tiny()
-    elif profile == "paper":
-        bundle = _paper(models.grounding_dino)
-    else:
-        bundle = _paper_shapes()
+    bundle = pick(LOADERS, profile, "Grounding DINO")(models)
     bundle.model.to(device=device, dtype=dtype).eval()  # pyright: ignore[reportCallIssue]  (transformers' @wraps(Module.to) hides self)
     return bundle

@@ -18,6 +18,7 @@ from huggingface_hub.errors import HFValidationError
 
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded  # imported before diffusers' pipelines: makes torchvision importable
+from lambda_eclipse.profile import Profile, pick
 
 if TYPE_CHECKING:
     from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
@@ -31,48 +32,75 @@ DDIM_CONFIG: dict[str, Any] = dict(
     num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
     set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", thresholding=False, timestep_spacing="leading",
 )
-DEFAULT_SIZE = {"tiny": 64, "paper": 512, "paper-shapes": 512}  # 512: the decoder's default resolution
+# The UNet blocks and MoVQ of the tiny and of the paper's decoder (the UNet's image conditioning, the same for every
+# profile, is added by unet_config).
+_TINY_UNET: dict[str, Any] = dict(
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4,
+)
+# kandinsky-2-2-decoder/unet/config.json (diffusers' conversion script, image-only conditioning of 2.2)
+_PAPER_UNET: dict[str, Any] = dict(
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
+                      "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                    "ResnetUpsampleBlock2D"),
+    block_out_channels=(384, 768, 1152, 1536), layers_per_block=3, cross_attention_dim=768,
+    attention_head_dim=64, addition_embed_type_num_heads=64, sample_size=64,
+)
+_TINY_MOVQ: dict[str, Any] = dict(
+    latent_channels=4, vq_embed_dim=4, num_vq_embeddings=12, block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, norm_num_groups=8,
+    norm_type="spatial",
+)
+_PAPER_MOVQ: dict[str, Any] = dict(  # kandinsky-2-2-decoder/movq/config.json
+    in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=16384,
+    block_out_channels=(128, 256, 256, 512),
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
+    layers_per_block=2, norm_type="spatial",
+)
+
+
+@dataclass(frozen=True)
+class DecoderShapes:
+    """A profile's decoder: its UNet blocks and MoVQ, and the side it renders by default. A pretrained profile
+    (`Profile.pretrained`) loads the released decoder, whose configs these are; the others build them with random
+    weights."""
+
+    unet: dict[str, Any]
+    movq: dict[str, Any]
+    size: int
+
+
+FAMILY = "the Kandinsky 2.2 decoder"
+_PAPER_SIZED = DecoderShapes(_PAPER_UNET, _PAPER_MOVQ, 512)  # 512: the decoder's default resolution
+# The decoder of each profile.
+DECODERS: dict[Profile, DecoderShapes] = {
+    Profile.TINY: DecoderShapes(_TINY_UNET, _TINY_MOVQ, 64),
+    Profile.PAPER: _PAPER_SIZED,
+    Profile.PAPER_SHAPES: _PAPER_SIZED,
+}
+DEFAULT_SIZE = {profile: shapes.size for profile, shapes in DECODERS.items()}
 
 
 def unet_config(profile: str, embed_dim: int) -> dict:
     """UNet2DConditionModel arguments; `embed_dim` is the CLIP image embedding the decoder is conditioned on."""
+    return _unet_config(pick(DECODERS, profile, FAMILY), embed_dim)
+
+
+def _unet_config(shapes: DecoderShapes, embed_dim: int) -> dict:
     image_conditioning = dict(
         in_channels=4, out_channels=8, addition_embed_type="image", encoder_hid_dim=embed_dim,
         encoder_hid_dim_type="image_proj", resnet_time_scale_shift="scale_shift", class_embed_type=None,
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
     )
-    if profile == "tiny":
-        return image_conditioning | dict(
-            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-            block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4,
-        )
-    # kandinsky-2-2-decoder/unet/config.json (diffusers' conversion script, image-only conditioning of 2.2)
-    return image_conditioning | dict(
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
-                          "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
-                        "ResnetUpsampleBlock2D"),
-        block_out_channels=(384, 768, 1152, 1536), layers_per_block=3, cross_attention_dim=768,
-        attention_head_dim=64, addition_embed_type_num_heads=64, sample_size=64,
-    )
+    return image_conditioning | shapes.unet
 
 
 def movq_config(profile: str) -> dict:
-    if profile == "tiny":
-        return dict(
-            latent_channels=4, vq_embed_dim=4, num_vq_embeddings=12, block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
-            up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, norm_num_groups=8,
-            norm_type="spatial",
-        )
-    return dict(  # kandinsky-2-2-decoder/movq/config.json
-        in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=16384,
-        block_out_channels=(128, 256, 256, 512),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
-        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
-        layers_per_block=2, norm_type="spatial",
-    )
+    return dict(pick(DECODERS, profile, FAMILY).movq)
 
 
 def size_multiple(unet: dict, movq: dict) -> int:
@@ -126,7 +154,7 @@ def _missing(source: str) -> ModelNotFoundError:
     )
 
 
-def _random(profile: str, embed_dim: int, device: torch.device, dtype: torch.dtype) -> KandinskyV22Pipeline:
+def _random(shapes: DecoderShapes, embed_dim: int, device: torch.device, dtype: torch.dtype) -> KandinskyV22Pipeline:
     from diffusers.models.autoencoders.vq_model import VQModel
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
@@ -134,8 +162,8 @@ def _random(profile: str, embed_dim: int, device: torch.device, dtype: torch.dty
 
     # Built on the target device: the full-size UNet's random init takes minutes on two CPU cores.
     with seeded(), torch.device(device):
-        unet = UNet2DConditionModel(**unet_config(profile, embed_dim))
-        movq = VQModel(**movq_config(profile))
+        unet = UNet2DConditionModel(**_unet_config(shapes, embed_dim))
+        movq = VQModel(**shapes.movq)
     # diffusers types the scheduler as DDPMScheduler; the pipeline's docs and code take DDIM too.
     scheduler = DDIMScheduler(**DDIM_CONFIG)
     pipe = KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)  # pyright: ignore[reportArgumentType]
@@ -148,10 +176,8 @@ def load_decoder(profile: str, source: str, embed_dim: int, device: torch.device
     from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2 import KandinskyV22Pipeline
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
-    if profile in ("tiny", "paper-shapes"):
-        pipe = _random(profile, embed_dim, device, dtype)
-        model_id = f"kandinsky-2-2-decoder {profile} (random weights)"
-    elif profile == "paper":
+    shapes = pick(DECODERS, profile, FAMILY)
+    if Profile.parse(profile).pretrained:
         try:
             pipe = KandinskyV22Pipeline.from_pretrained(source, torch_dtype=dtype)
         except (OSError, HFValidationError) as exc:
@@ -159,7 +185,8 @@ def load_decoder(profile: str, source: str, embed_dim: int, device: torch.device
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe, model_id = pipe.to(device), source
     else:
-        raise UserError(f"unknown profile {profile!r} for the Kandinsky decoder; choose tiny, paper or paper-shapes")
+        pipe = _random(shapes, embed_dim, device, dtype)
+        model_id = f"kandinsky-2-2-decoder {profile} (random weights)"
     pipe.set_progress_bar_config(disable=True)
     bundle = DecoderBundle(pipe, model_id, size_multiple(dict(pipe.unet.config), dict(pipe.movq.config)))
     if bundle.embed_dim != embed_dim:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -10,9 +11,10 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from lambda_eclipse.config import ModelsConfig, check_profile
+from lambda_eclipse.config import ModelsConfig
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded
+from lambda_eclipse.profile import Profile, pick
 
 PAPER_CHECKPOINT = "sam_vit_h_4b8939.pth"
 PAPER_URL = f"https://dl.fbaipublicfiles.com/segment_anything/{PAPER_CHECKPOINT}"
@@ -23,7 +25,7 @@ TINY_IMG_SIZE = 64
 TINY_MASK_BIAS = 0.5
 
 
-def _tiny() -> Sam:
+def _tiny(models: ModelsConfig) -> Sam:
     embed = 32
     with seeded():
         sam = Sam(
@@ -70,13 +72,18 @@ def _paper(models: ModelsConfig) -> Sam:
     return sam
 
 
+def _paper_shapes(models: ModelsConfig) -> Sam:
+    with seeded():
+        return sam_model_registry["vit_h"](checkpoint=None)
+
+
+# The SAM of each profile (every loader takes the `models` section; only `paper` reads it).
+LOADERS: dict[Profile, Callable[[ModelsConfig], Sam]] = {
+    Profile.TINY: _tiny,
+    Profile.PAPER: _paper,
+    Profile.PAPER_SHAPES: _paper_shapes,
+}
+
+
 def load_sam(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Sam:
-    profile = check_profile(profile)
-    if profile == "tiny":
-        sam = _tiny()
-    elif profile == "paper":
-        sam = _paper(models)
-    else:
-        with seeded():
-            sam = sam_model_registry["vit_h"](checkpoint=None)
-    return sam.to(device=device, dtype=dtype).eval()
+    return pick(LOADERS, profile, "SAM")(models).to(device=device, dtype=dtype).eval()
