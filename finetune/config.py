@@ -22,7 +22,6 @@ from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
 from lambda_eclipse.profile import Profile
 
 FINETUNE_PROFILES = (Profile.TINY, Profile.PAPER, Profile.PAPER_SHAPES)  # the decoder's (models/kandinsky.py)
-PROFILES = FINETUNE_PROFILES
 OPTIMIZERS = ("adamw", "adamw8bit")
 CROPS = ("center", "random")
 

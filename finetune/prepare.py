@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from finetune.config import PROFILES, FinetuneConfig, steps_for
+from finetune.config import FINETUNE_PROFILES, FinetuneConfig, steps_for
 from finetune.job import IDENTITY, RECORD, FinetuneJob
 from finetune.subjects import read_subjects
 from lambda_eclipse.errors import UserError
@@ -77,7 +77,7 @@ def prepare_finetune(subjects: list[str], output: str, profile: str | Profile, c
                      resume: bool = False) -> FinetuneJob:
     """Check the subjects, profile, weights, config and output before any model loads; bad input fails in one line.
     Where it runs (device, precision) is `place`'s to decide, once the Ray cluster is known."""
-    profile = Profile.parse(profile, allowed=(Profile(p) for p in PROFILES))
+    profile = Profile.parse(profile, allowed=FINETUNE_PROFILES)
     read = read_subjects(subjects)
     if cfg.runtime.device == "cpu":  # what needs no cluster to be known wrong
         _device_and_precision(cfg, 0)

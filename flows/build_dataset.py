@@ -45,10 +45,10 @@ from tasks.plan import BuildPlan, prepare_build
 
 
 @task(name="plan-build", cache_policy=NO_CACHE)
-def plan_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse,
+def plan_build(inputs, output, profile, config_file, overrides, ray_cpus, gpus_per_stage, config, reuse,
                sample) -> BuildPlan:
     """A deployment's run (or a direct call) plans from its raw parameters; the CLI hands its plan instead."""
-    return prepare_build(inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse,
+    return prepare_build(inputs, output, profile, config_file, overrides, ray_cpus, gpus_per_stage, config, reuse,
                          sample)
 
 
@@ -59,13 +59,14 @@ def build_dataset(
     profile: str = "tiny",
     config_file: str | None = None,
     overrides: list[str] | None = None,
-    workers: int = 0,
+    ray_cpus: int = 0,
     gpus_per_stage: dict[str, float] | None = None,
     config: dict | None = None,
     reuse: str | None = None,
     sample: float | None = None,
     forecast: str | None = None,
     handed: SkipJsonSchema[Handed | None] = None,
+    workers: SkipJsonSchema[int | None] = None,
 ) -> dict:
     """Build λ-ECLIPSE training shards from image folders or WebDataset tars into `output`.
 
@@ -75,10 +76,15 @@ def build_dataset(
     deterministic sample of the inputs (a fraction below 1, else a count) and forecast the whole listing
     (`DIR/forecast.json`); `forecast`: a sample's forecast.json (or its dataset) to show beside this build's numbers
     (by default `reuse`'s, where it has one). `handed`: the plan `lambda-eclipse build-dataset` prepared from these
-    parameters (flows/handed.py); without it the flow prepares its own."""
+    parameters (flows/handed.py); without it the flow prepares its own. `workers`: `ray_cpus`'s old name, accepted
+    for one release."""
+    if workers is not None:
+        get_run_logger().warning("the parameter `workers` is deprecated and goes in the next release; pass `ray_cpus` "
+                                 "instead")
+        ray_cpus = ray_cpus or workers
     confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse, forecast=forecast)
     plan: BuildPlan = handed.plan if handed is not None else plan_build(
-        inputs, output, profile, config_file, overrides, workers, gpus_per_stage, config, reuse, sample)
+        inputs, output, profile, config_file, overrides, ray_cpus, gpus_per_stage, config, reuse, sample)
     return run_build(plan, read_forecast(forecast or reuse, required=forecast is not None))
 
 

@@ -18,7 +18,6 @@ from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 
 PRIOR_PROFILES = (Profile.TINY, Profile.PAPER)  # the prior sizes train-prior offers: prior/model.py's configs
-PROFILES = PRIOR_PROFILES
 SCHEDULES = ("cosine", "linear", "constant")
 
 

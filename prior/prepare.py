@@ -12,7 +12,7 @@ from diffusers.utils.constants import CONFIG_NAME
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 from prior.checkpoints import registered, training_state
-from prior.config import PROFILES, TrainConfig, resolved_tau
+from prior.config import PRIOR_PROFILES, TrainConfig, resolved_tau
 from prior.data import open_dataset
 from prior.job import TrainJob
 from prior.model import prior_config
@@ -29,7 +29,7 @@ def choose_profile(profile: str | None, embed_dim: int) -> tuple[Profile, str | 
     `profile` says which; and a warning when a tiny prior is asked for on a paper dataset."""
     if profile is None:
         return (Profile.PAPER if embed_dim == PAPER_DIM else Profile.TINY), None
-    chosen = Profile.parse(profile, allowed=(Profile(p) for p in PROFILES))
+    chosen = Profile.parse(profile, allowed=PRIOR_PROFILES)
     if chosen is Profile.TINY and embed_dim == PAPER_DIM:
         return chosen, (f"training a tiny prior (2 layers) on a {PAPER_DIM}-d dataset, which the paper-size prior "
                         "is made for (--profile tiny was given; leave --profile out to train the paper size)")

@@ -507,7 +507,7 @@ def test_artifacts_render_in_the_prefect_ui(stack, built):
 def test_bad_parameter_fails_fast_with_the_reason(stack, built):
     # A wrong type never becomes a run: the deployment's parameter schema rejects it with the reason.
     response = stack.api.post(f"/deployments/{stack.deployment('build-dataset')['id']}/create_flow_run",
-                              json={"parameters": {"workers": "many"}})
+                              json={"parameters": {"ray_cpus": "many"}})
     assert response.status_code == 409 and "'many' is not of type 'integer'" in response.text
     # A wrong value fails the run before any work, with the reason as its state message.
     output = stack.tmp / "data" / "bad"

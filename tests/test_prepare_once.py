@@ -85,9 +85,11 @@ def test_build_dataset_lists_its_inputs_once(tmp_path, monkeypatch):
     listed.clear()  # a deployment's run: raw parameters, prepared once in the flow
     planned.clear()
     summary = build_dataset(inputs=[str(photos)], output=str(tmp_path / "data"),
-                            overrides=["resolution.min_side=96"])
+                            overrides=["resolution.min_side=96"], workers=1)  # ray_cpus' old name, for a release
     assert summary["shards"] == 1 and len(listed) == 1 and len(planned) == 1
     assert ran[1][0] is planned[0] and _recorded(ran[1][1])["handed"] is None
+    assert planned[0].cfg.runtime.ray_cpus == 1
+    assert "workers" not in parameter_schema(flows.build_dataset.build_dataset.fn).properties
 
 
 def test_train_prior_reads_its_dataset_once(tmp_path, monkeypatch):

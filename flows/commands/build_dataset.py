@@ -69,7 +69,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
         # The flow runs on the plan handed to it (it does not list the inputs again) and records the config as
         # resolved here, with the plan's summary (flows/handed.py).
         summary = build_dataset(inputs=args.input, output=args.output, profile=args.profile,
-                                workers=args.ray_cpus, config=plan.cfg.to_dict(), reuse=args.reuse,
+                                ray_cpus=args.ray_cpus, config=plan.cfg.to_dict(), reuse=args.reuse,
                                 sample=args.sample, forecast=args.forecast, handed=hand(plan))
         print(
             f"{summary['accepted']} accepted, {summary['rejected']} rejected of {summary['inputs']} inputs "
@@ -94,7 +94,7 @@ def _print_forecast(outlook: dict, output) -> None:
 
 
 @contextlib.contextmanager
-def _metrics_session(args: argparse.Namespace, workers: int) -> Iterator[None]:
+def _metrics_session(args: argparse.Namespace, ray_cpus: int) -> Iterator[None]:
     """With --metrics-port and no RAY_ADDRESS: the local Ray, exporting on 127.0.0.1:PORT, started here so that it
     outlives the flow (which uses it as it is) for --metrics-linger seconds. On a cluster, Ray's own export serves the
     metrics and the port is not used."""
@@ -109,7 +109,7 @@ def _metrics_session(args: argparse.Namespace, workers: int) -> Iterator[None]:
         return
     from lambda_eclipse.ray_session import ray_session
 
-    with ray_session(workers, metrics_port=args.metrics_port):
+    with ray_session(ray_cpus, metrics_port=args.metrics_port):
         print(f"pipeline metrics: http://127.0.0.1:{args.metrics_port}/metrics (Prometheus text format)",
               file=sys.stderr, flush=True)
         yield
