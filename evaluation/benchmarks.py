@@ -44,7 +44,7 @@ from itertools import product
 from pathlib import Path
 
 from lambda_eclipse.errors import UserError
-from tasks.config import InputConfig
+from tasks.config import InputSection
 
 BENCHMARKS = ("dreambench", "multibench")
 BUNDLED = Path(__file__).with_name("benchmarks.json")  # the paper's prompts and templates (docs/paper-parameters.md)
@@ -100,7 +100,7 @@ def read_subjects(data: str | Path, dreambench: dict) -> list[BenchSubject]:
     root = Path(data)
     if not root.is_dir():
         raise UserError(f"--data {root} is not a directory; it must hold one folder of photos per subject")
-    extensions = InputConfig().extensions
+    extensions = InputSection().extensions
     subjects = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         photos = tuple(str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in extensions)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from generate.config import ModelsSection, RuntimeSection
+from generate.config import GenerateModelsSection, RuntimeSection
 from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.profile import Profile
 
@@ -39,7 +39,7 @@ class EvaluateSection:
 
 
 @dataclass
-class EvalModelsSection(ModelsSection):
+class EvalModelsSection(GenerateModelsSection):
     dino: str = "facebook/dino-vits16"  # models.dino.PAPER_DINO: DINO ViT-S/16, the DINO metric's model
 
 

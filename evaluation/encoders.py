@@ -15,7 +15,7 @@ random weights.
 from __future__ import annotations
 
 from evaluation.config import EvalConfig
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 
@@ -23,9 +23,9 @@ CONDITIONING = "conditioning"
 TINY_EVAL_SEED = 4321  # not the tiny models' seed: the tiny evaluation CLIP is another encoder
 
 
-def clip_source(cfg: EvalConfig) -> ModelsConfig:
+def clip_source(cfg: EvalConfig) -> ModelsSection:
     e = cfg.evaluate
-    return ModelsConfig(clip_model=e.clip_model, clip_pretrained=e.clip_pretrained)
+    return ModelsSection(clip_model=e.clip_model, clip_pretrained=e.clip_pretrained)
 
 
 def describe(profile: str, cfg: EvalConfig) -> dict[str, str]:

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from evaluation.benchmarks import load_benchmarks, read_subjects
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 from prior.registry import same_place, shard_digests
@@ -195,8 +195,8 @@ def _embed(pixels: list[np.ndarray], meta: dict) -> tuple[np.ndarray | None, str
     if profile is None:
         return None, "not compared: dataset.json names no profile"
     config = meta.get("config") or {}
-    models = ModelsConfig(**{k: v for k, v in (config.get("models") or {}).items()
-                             if k in ModelsConfig.__dataclass_fields__})
+    models = ModelsSection(**{k: v for k, v in (config.get("models") or {}).items()
+                             if k in ModelsSection.__dataclass_fields__})
     device = local_device("auto")
     dtype = torch_dtype(str((config.get("features") or {}).get("dtype", "auto")), device.type, "embeddings")
     clip = load_clip(profile, models, device, dtype)

@@ -42,7 +42,7 @@ from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 from storage.confine import confine_files
 from storage.layout import read_json, write_json_atomic
-from tasks.config import InputConfig
+from tasks.config import InputSection
 
 RUN, RESULTS, IMAGES = "evaluation.json", "per_prompt.csv", "images"
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
@@ -109,7 +109,7 @@ def canny_images(prompts: list[BenchPrompt], folder: str) -> dict[str, str]:
     if not root.is_dir():
         raise UserError(f"--canny-from {folder} is not a directory; it must hold one image per prompt, "
                         "DIR/<prompt id>.png (DreamBench: DIR/dog/03.png)")
-    extensions = InputConfig().extensions
+    extensions = InputSection().extensions
     found, missing = {}, []
     for prompt in prompts:
         images = [root / f"{prompt.id}{ext}" for ext in extensions if (root / f"{prompt.id}{ext}").is_file()]

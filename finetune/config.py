@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from generate.config import ModelsSection
+from generate.config import GenerateModelsSection
 from lambda_eclipse.config import check_rules, load_config
 from lambda_eclipse.device import DEVICES
 from lambda_eclipse.device import DTYPE_NAMES as PRECISIONS
@@ -81,7 +81,7 @@ class FinetuneConfig:
     data: DataSection = field(default_factory=DataSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
-    models: ModelsSection = field(default_factory=ModelsSection)
+    models: GenerateModelsSection = field(default_factory=GenerateModelsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def to_dict(self) -> dict[str, Any]:

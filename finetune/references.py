@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from finetune.subjects import Subject
-from generate.config import ModelsSection
+from generate.config import GenerateModelsSection
 from generate.subjects import Segmenter, as_given, mask_crop, read_image
 from lambda_eclipse.device import torch_dtype
 from lambda_eclipse.models.clip import load_clip
@@ -38,7 +38,7 @@ class Reference:
         return {"subject": self.subject, "path": self.path, "sha256": self.sha256, "embedded": self.how}
 
 
-def embed_references(subjects: list[Subject], profile: str, models: ModelsSection, device: torch.device,
+def embed_references(subjects: list[Subject], profile: str, models: GenerateModelsSection, device: torch.device,
                      segment: bool) -> tuple[list[Reference], dict[str, str]]:
     """Every photo of every subject with its z_x, and the ids of the models that made them. The CLIP (fp16 on a GPU,
     as the released inference runs it; fp32 on the CPU) and the segmentation models are freed before returning."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from evaluation.benchmarks import load_benchmarks
 from lambda_eclipse.errors import UserError
-from tasks.config import InputConfig
+from tasks.config import InputSection
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def read_subjects(specs: list[str]) -> list[Subject]:
     if not specs:
         raise UserError("no --subject given; pass one --subject NAME=DIR per concept")
     classes = load_benchmarks()["dreambench"]["subjects"]
-    extensions = InputConfig().extensions
+    extensions = InputSection().extensions
     subjects: list[Subject] = []
     for spec in specs:
         name, folder = parse_subject(spec)

@@ -21,13 +21,16 @@ class _ToRunLogger(logging.Handler):
 
 @contextmanager
 def forwarded(module: str) -> Iterator[None]:
-    """While inside, the INFO and higher lines of logger `module` show in this run's logs."""
+    """While inside, the INFO and higher lines of logger `module` show in this run's logs, and only there: the run
+    logger prints them on the console too, so they do not also propagate to the root logger's console handler."""
     source, handler = logging.getLogger(module), _ToRunLogger(get_run_logger())
-    level = source.level
+    level, propagate = source.level, source.propagate
     source.addHandler(handler)
     source.setLevel(logging.INFO)
+    source.propagate = False
     try:
         yield
     finally:
         source.removeHandler(handler)
         source.setLevel(level)
+        source.propagate = propagate

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from lambda_eclipse.config import ModelsConfig, check_rules, load_config
+from lambda_eclipse.config import ModelsSection, check_rules, load_config
 from lambda_eclipse.device import DEVICES, DTYPE_NAMES, local_device, torch_dtype
 
 GUIDANCE = 7.5  # generate's classifier-free guidance (the paper's)
@@ -22,19 +22,19 @@ INTERPOLATE_GUIDANCE = 4.0  # the released interpolation.py's: the Kandinsky 2.2
 
 
 @dataclass
-class ModelsSection:
+class GenerateModelsSection:
     """Hub ids or local paths for the `paper` profile (ignored by `tiny` and `paper-shapes`)."""
 
     clip_model: str = "ViT-bigG-14"  # the CLIP Kandinsky 2.2 and the prior were trained with
     clip_pretrained: str = "laion2b_s39b_b160k"
     decoder: str = "kandinsky-community/kandinsky-2-2-decoder"  # models.kandinsky.PAPER_DECODER
     # Subject segmentation (--segment): Grounding DINO finds the subject word, SAM masks it, as the paper does.
-    grounding_dino: str = ModelsConfig.grounding_dino
-    sam_checkpoint: str = ModelsConfig.sam_checkpoint
+    grounding_dino: str = ModelsSection.grounding_dino
+    sam_checkpoint: str = ModelsSection.sam_checkpoint
 
-    def build_models(self) -> ModelsConfig:
+    def build_models(self) -> ModelsSection:
         """The build-dataset models config these sources map onto (the CLIP, Grounding DINO and SAM loaders take it)."""
-        return ModelsConfig(clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
+        return ModelsSection(clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
                             grounding_dino=self.grounding_dino, sam_checkpoint=self.sam_checkpoint)
 
 
@@ -73,7 +73,7 @@ class RuntimeSection:
 
 @dataclass
 class GenerateConfig:
-    models: ModelsSection = field(default_factory=ModelsSection)
+    models: GenerateModelsSection = field(default_factory=GenerateModelsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def to_dict(self) -> dict:
@@ -84,7 +84,7 @@ class ModelsAndRuntime(Protocol):
     """What generation reads of a config: GenerateConfig's sections, which evaluate's EvalConfig has too."""
 
     @property
-    def models(self) -> ModelsSection: ...
+    def models(self) -> GenerateModelsSection: ...
 
     @property
     def runtime(self) -> RuntimeSection: ...

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generate.config import ModelsAndRuntime, ModelsSection, load_generate_config
+from generate.config import GenerateModelsSection, ModelsAndRuntime, load_generate_config
 from generate.decoder_checkpoint import DecoderCheckpoint, open_decoder
 from generate.outputs import check_output
 from generate.prior_checkpoint import PriorCheckpoint, open_prior, profile_of
@@ -42,7 +42,7 @@ def tokenizer() -> SimpleTokenizer:
     return clip_tokenizer()
 
 
-def clip_embed_dim(profile: str, models: ModelsSection) -> tuple[int, str]:
+def clip_embed_dim(profile: str, models: GenerateModelsSection) -> tuple[int, str]:
     """The CLIP image embedding size of the profile, and a description of that CLIP for messages."""
     profile = Profile.parse(profile)
     if profile is Profile.TINY:
@@ -63,7 +63,7 @@ def available(source: str, filename: str) -> bool:
     return Path(source).is_dir() or (source.count("/") == 1 and _in_hf_cache(source, filename))
 
 
-def missing_paper_weights(models: ModelsSection, prior: str, segment: bool) -> list[str]:
+def missing_paper_weights(models: GenerateModelsSection, prior: str, segment: bool) -> list[str]:
     """Every model of a `paper` run that is neither a local path nor in the Hugging Face cache."""
     from lambda_eclipse.models.preflight import _clip
 
@@ -92,7 +92,7 @@ def require(missing: list[str]) -> None:
         )
 
 
-def decoder_configs(profile: str, models: ModelsSection, embed_dim: int) -> tuple[dict, dict]:
+def decoder_configs(profile: str, models: GenerateModelsSection, embed_dim: int) -> tuple[dict, dict]:
     """The profile's decoder UNet and MoVQ configs, without loading weights."""
     if Profile.parse(profile).pretrained:
         return kandinsky.paper_configs(models.decoder)

@@ -25,13 +25,13 @@ from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, TINY_EMBED_DIM
 from lambda_eclipse.profile import Profile
 from storage.layout import read_json, sha256_file
-from tasks.config import SubjectsConfig
+from tasks.config import SubjectsSection
 
 FINAL = "final"  # prior/job.py's layout: DIR/final/ holds the last checkpoint
 TRAINING = "training.json"  # prior/job.py's TRAINING
 RELEASED_CANNY = {"low_threshold": 100, "high_threshold": 200, "size": 0}  # the released inference: the image's size
 RELEASED = "ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0"
-CROP_SIZE = SubjectsConfig().crop_size  # the build's default subject crop
+CROP_SIZE = SubjectsSection().crop_size  # the build's default subject crop
 # The profile whose CLIP gives a prior's embedding size (bigG: 1280; paper-shapes is bigG too, for benchmarks only).
 PROFILE_OF_DIM = {TINY_EMBED_DIM: Profile.TINY, 1280: Profile.PAPER}
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from generate.subjects import SubjectSpec, parse_subject, read_image, read_mask
 from generate.token_spans import bind_words, locate, truncation_warning
 from lambda_eclipse.errors import UserError
-from tasks.config import SubjectsConfig
+from tasks.config import SubjectsSection
 
 # The prior was trained on images with 1–4 subjects (paper Appendix B, subjects.max_subjects).
-MAX_SUBJECTS = SubjectsConfig().max_subjects
+MAX_SUBJECTS = SubjectsSection().max_subjects
 BATCH_KEYS = {"prompt", "subjects", "canny", "seed", "num_images"}
 
 

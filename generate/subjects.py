@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.profile import Profile
 from storage.sample import Detection, Noun, Sample, SourceRef
-from tasks.config import DecodeConfig, RuntimeConfig, SubjectsConfig
+from tasks.config import DecodeSection, RuntimeSection, SubjectsSection
 from tasks.crops import subject_crop
 from tasks.decode import BadImage, decode_rgb
 
-CROP_SIZE = SubjectsConfig().crop_size
+CROP_SIZE = SubjectsSection().crop_size
 NO_BOX = "as given (segmentation found no box)"  # how a subject was embedded when segmentation found nothing
 
 
@@ -56,7 +56,7 @@ def read_image(path: str | Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{what}: image {path} does not exist")
     try:
-        return decode_rgb(path.read_bytes(), DecodeConfig().max_pixels)
+        return decode_rgb(path.read_bytes(), DecodeSection().max_pixels)
     except BadImage as exc:
         raise UserError(f"{what}: cannot read image {path}: {exc}") from None
     except OSError as exc:
@@ -90,12 +90,12 @@ def as_given(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 class Segmenter:
     """The subject word's best Grounding DINO box in the image, masked by SAM: the build's own stages."""
 
-    def __init__(self, profile: str, models: ModelsConfig, device_type: str):
+    def __init__(self, profile: str, models: ModelsSection, device_type: str):
         from tasks.boxes import Boxes
         from tasks.masks import Masks
 
         # The stages' defaults: box and text thresholds 0.2 (Appendix B), bfloat16 on cuda, float32 on cpu.
-        runtime = RuntimeConfig(device=device_type)
+        runtime = RuntimeSection(device=device_type)
         self.boxes = Boxes(profile=profile, models=models, runtime=runtime)
         self.masks = Masks(profile=profile, models=models, runtime=runtime)
         self.boxes.setup()

@@ -1,6 +1,6 @@
 """The one config loader: a command's config is a dataclass of sections, each a dataclass of keys whose defaults are
 the paper's values. A YAML file and `--set section.key=value` overrides are applied on top of the defaults; an unknown
-section or key is an error naming the valid ones. The sections every command shares live here (`ModelsConfig`); each
+section or key is an error naming the valid ones. The sections every command shares live here (`ModelsSection`); each
 command adds its own (tasks/config.py, prior/config.py, generate/config.py, evaluation/config.py, finetune/config.py).
 """
 
@@ -22,7 +22,7 @@ Rule = tuple[str, bool, str]  # (section.key, holds, what it must be)
 
 
 @dataclass
-class ModelsConfig:
+class ModelsSection:
     """Hub ids or local paths for the `paper` profile (ignored by `tiny` and `paper-shapes`)."""
 
     blip2: str = "Salesforce/blip2-flan-t5-xl"

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from lambda_eclipse import metrics
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.profile import Profile
 from storage import thumbnail
 from storage.sample import Sample
-from tasks.config import BuildConfig, RuntimeConfig
+from tasks.config import BuildConfig, RuntimeSection
 
 
 @dataclass
@@ -155,8 +155,8 @@ class ModelStage(Stage):
 
     uses_model: ClassVar[bool] = True
     profile: str = Profile.TINY.value
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def setup(self) -> None:
         from lambda_eclipse.device import local_device, torch_dtype

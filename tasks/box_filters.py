@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
-from tasks.config import BoxesConfig
+from tasks.config import BoxesSection
 from tasks.geometry import box_size
 
 
-def box_problem(det: Detection, image_area: int, cfg: BoxesConfig) -> str | None:
+def box_problem(det: Detection, image_area: int, cfg: BoxesSection) -> str | None:
     """Why a box fails the per-box rules (all bounds exclusive), or None when it passes."""
     width, height = box_size(det.box)
     area_ratio = width * height / image_area
@@ -35,7 +35,7 @@ def box_problem(det: Detection, image_area: int, cfg: BoxesConfig) -> str | None
 class BoxFilters(Stage):
     name = "box_filters"
     uses_model = False
-    boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    boxes: BoxesSection = field(default_factory=BoxesSection)
 
     def process(self, samples: list[Sample]) -> None:
         cfg = self.boxes

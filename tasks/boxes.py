@@ -16,7 +16,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import ModelStage
-from tasks.config import BoxesConfig
+from tasks.config import BoxesSection
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ class Boxes(ModelStage):
     name = "boxes"
     tflops = 0.5  # Grounding DINO Swin-T at 800 px
     cpu_seconds = 0.05
-    boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    boxes: BoxesSection = field(default_factory=BoxesSection)
     # the detector's thresholds only: the box filters' bounds share the section but not this stage's output
     depends_on = ("boxes.box_threshold", "boxes.text_threshold")
 

@@ -9,7 +9,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import ModelStage
-from tasks.config import CaptionConfig
+from tasks.config import CaptionSection
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Caption(ModelStage):
     name = "caption"
     tflops = 0.7  # BLIP-2 ViT-g + Q-Former + flan-t5-xl, ~30 greedy tokens
     cpu_seconds = 0.03
-    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    caption: CaptionSection = field(default_factory=CaptionSection)
 
     def load(self) -> None:
         from lambda_eclipse.models.blip2 import load_blip2  # torch and transformers load in the actor, not at import

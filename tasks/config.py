@@ -15,23 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lambda_eclipse.config import ModelsConfig, check_rules, config_from_dict, load_config
+from lambda_eclipse.config import ModelsSection, check_rules, config_from_dict, load_config
 from lambda_eclipse.profile import Profile
 
 
 @dataclass
-class InputConfig:
+class InputSection:
     unit_size: int = 1000  # images per work unit (one Prefect task, one shard) for folder inputs
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 @dataclass
-class DecodeConfig:
+class DecodeSection:
     max_pixels: int = 100_000_000  # decompression-bomb guard, checked from the header before decoding
 
 
 @dataclass
-class DuplicatesConfig:
+class DuplicatesSection:
     # pHash bits (of 64) within which two photos are copies: resized, re-compressed and flipped copies measured 0-4,
     # different photos 12 or more (docs/build-dataset.md, "Duplicates"); the search finds every pair within it by
     # banding the hash into max_distance + 1 parts. 0: identical pHashes only; -1: no duplicates pass.
@@ -39,24 +39,24 @@ class DuplicatesConfig:
 
 
 @dataclass
-class ResolutionConfig:
+class ResolutionSection:
     min_side: int = 1024
 
 
 @dataclass
-class WhiteBackgroundConfig:
+class WhiteBackgroundSection:
     threshold: float = 0.9  # a pixel is white when every channel exceeds this (in [0, 1])
     max_fraction: float = 0.10
 
 
 @dataclass
-class CaptionConfig:
+class CaptionSection:
     batch_size: int = 16
     max_new_tokens: int = 30
 
 
 @dataclass
-class BoxesConfig:
+class BoxesSection:
     batch_size: int = 8
     box_threshold: float = 0.2
     text_threshold: float = 0.2
@@ -71,21 +71,21 @@ class BoxesConfig:
 
 
 @dataclass
-class MasksConfig:
+class MasksSection:
     batch_size: int = 4
     min_mask_ratio: float = 0.4  # mask pixels inside the box / box area
     max_containment: float = 0.8  # overlap / smaller box area against a kept box of higher logit
 
 
 @dataclass
-class SubjectsConfig:
+class SubjectsSection:
     min_subjects: int = 1
     max_subjects: int = 4
     crop_size: int = 224
 
 
 @dataclass
-class EdgeConfig:
+class EdgeSection:
     low_threshold: int = 100
     high_threshold: int = 200
     # Shorter side (px) the image is resized to before Canny, in build-dataset and generate alike (tasks/edges.py);
@@ -94,7 +94,7 @@ class EdgeConfig:
 
 
 @dataclass
-class FeaturesConfig:
+class FeaturesSection:
     batch_size: int = 32
     # CLIP weights for the embeddings (target, subjects, edge, text): auto = float16 on cuda, as the released
     # λ-ECLIPSE inference loads bigG, float32 on cpu; float32 | float16 | bfloat16 (runtime.dtype is not used here)
@@ -102,12 +102,12 @@ class FeaturesConfig:
 
 
 @dataclass
-class SplitConfig:
+class SplitSection:
     train_fraction: float = 0.8
 
 
 @dataclass
-class RuntimeConfig:
+class RuntimeSection:
     RENAMED: ClassVar[dict[str, str]] = {"workers": "ray_cpus"}
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
@@ -123,25 +123,25 @@ class RuntimeConfig:
 
 
 # sections added after datasets were built, left out of the content hash at their defaults
-LATER_SECTIONS: dict[str, type] = {"duplicates": DuplicatesConfig}
+LATER_SECTIONS: dict[str, type] = {"duplicates": DuplicatesSection}
 
 
 @dataclass
 class BuildConfig:
-    input: InputConfig = field(default_factory=InputConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
-    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
-    white_background: WhiteBackgroundConfig = field(default_factory=WhiteBackgroundConfig)
-    caption: CaptionConfig = field(default_factory=CaptionConfig)
-    boxes: BoxesConfig = field(default_factory=BoxesConfig)
-    masks: MasksConfig = field(default_factory=MasksConfig)
-    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
-    edge: EdgeConfig = field(default_factory=EdgeConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    input: InputSection = field(default_factory=InputSection)
+    decode: DecodeSection = field(default_factory=DecodeSection)
+    duplicates: DuplicatesSection = field(default_factory=DuplicatesSection)
+    resolution: ResolutionSection = field(default_factory=ResolutionSection)
+    white_background: WhiteBackgroundSection = field(default_factory=WhiteBackgroundSection)
+    caption: CaptionSection = field(default_factory=CaptionSection)
+    boxes: BoxesSection = field(default_factory=BoxesSection)
+    masks: MasksSection = field(default_factory=MasksSection)
+    subjects: SubjectsSection = field(default_factory=SubjectsSection)
+    edge: EdgeSection = field(default_factory=EdgeSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

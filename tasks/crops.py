@@ -10,7 +10,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
-from tasks.config import SubjectsConfig
+from tasks.config import SubjectsSection
 from tasks.geometry import pixel_bounds
 
 WHITE = 255
@@ -43,7 +43,7 @@ def subject_crop(image: np.ndarray, det: Detection, size: int) -> np.ndarray:
 class SubjectCrops(Stage):
     name = "crops"
     uses_model = False
-    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    subjects: SubjectsSection = field(default_factory=SubjectsSection)
 
     def process(self, samples: list[Sample]) -> None:
         size = self.subjects.crop_size

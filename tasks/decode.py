@@ -34,7 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import DecodeConfig, EdgeConfig, ResolutionConfig, RuntimeConfig
+from tasks.config import DecodeSection, EdgeSection, ResolutionSection, RuntimeSection
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # What the models use (the paper's models' input sizes; the same for every profile, so that a tiny build stores what
@@ -201,7 +201,7 @@ def small_photo(data: bytes, max_pixels: int, side: int = 64) -> tuple[np.ndarra
         return to_rgb(ImageOps.exif_transpose(image)), width, height
 
 
-def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeConfig.size,
+def decode_photo(data: bytes, max_pixels: int, min_side: int = 0, edge_size: int = EdgeSection.size,
                  defer_jpeg: bool = False) -> Photo:
     """The photo's size from its header; below `min_side` (the resolution filter will reject it) nothing more.
     Otherwise the image at `working_size` and the bytes the shard keeps (module docstring); with `defer_jpeg`, an
@@ -276,11 +276,11 @@ def decode_jpegs_on_device(datas: list[bytes], sizes: list[tuple[int, int]], dev
 class Decode(Stage):
     name = "decode"
     uses_model = False
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decode: DecodeSection = field(default_factory=DecodeSection)
     # read for the sizes only: a photo the resolution filter rejects is not decoded; the working size
-    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
-    edge: EdgeConfig = field(default_factory=EdgeConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # runtime.device=cpu keeps decoding off the GPU
+    resolution: ResolutionSection = field(default_factory=ResolutionSection)
+    edge: EdgeSection = field(default_factory=EdgeSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)  # runtime.device=cpu keeps decoding off the GPU
 
     def process(self, samples: list[Sample]) -> None:
         device = jpeg_device() if self.runtime.device != "cpu" else None

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import DuplicatesConfig
+from tasks.config import DuplicatesSection
 
 
 @dataclass
 class Duplicates(Stage):
     name = "duplicates"
     uses_model = False
-    duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
+    duplicates: DuplicatesSection = field(default_factory=DuplicatesSection)
     # A kept photo's later outputs do not depend on which others were its copies: no key in the fingerprint chain.
     depends_on = ()
 

@@ -20,7 +20,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import EdgeConfig
+from tasks.config import EdgeSection
 
 
 def edge_resolution(height: int, width: int, size: int) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def canny_rgb(image: np.ndarray, low_threshold: int, high_threshold: int, size: 
 class CannyEdge(Stage):
     name = "edge"
     uses_model = False
-    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    edge: EdgeSection = field(default_factory=EdgeSection)
 
     def process(self, samples: list[Sample]) -> None:
         cfg = self.edge

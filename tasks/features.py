@@ -15,7 +15,7 @@ from lambda_eclipse.required import required
 from storage.sample import Sample
 from storage.schema import CONTEXT_LENGTH, FEATURE_ARRAYS
 from tasks.base import ModelStage
-from tasks.config import FeaturesConfig, SubjectsConfig
+from tasks.config import FeaturesSection, SubjectsSection
 
 # The last of the 77 slots holds EOT after truncation: a word there or beyond is not in the text states.
 LAST_WORD_SLOT = CONTEXT_LENGTH - 1
@@ -26,8 +26,8 @@ class ClipFeatures(ModelStage):
     name = "features"
     tflops = 4.0  # ViT-bigG-14 at 224 px, ~0.97 each: target, ~2 subjects, edge; text ~0.1
     cpu_seconds = 0.03
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    subjects: SubjectsSection = field(default_factory=SubjectsSection)
 
     def load(self) -> None:
         # torch and open_clip load in the actor only

@@ -9,7 +9,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Detection, Sample
 from tasks.base import Stage
-from tasks.config import MasksConfig
+from tasks.config import MasksSection
 from tasks.geometry import containment, pixel_bounds
 
 
@@ -25,7 +25,7 @@ def mask_ratio(det: Detection) -> float:
 class MaskFilters(Stage):
     name = "mask_filters"
     uses_model = False
-    masks: MasksConfig = field(default_factory=MasksConfig)
+    masks: MasksSection = field(default_factory=MasksSection)
 
     def process(self, samples: list[Sample]) -> None:
         cfg = self.masks

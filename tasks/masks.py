@@ -16,7 +16,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import ModelStage
-from tasks.config import MasksConfig
+from tasks.config import MasksSection
 
 
 def rle_of(mask: np.ndarray) -> dict:
@@ -43,7 +43,7 @@ class Masks(ModelStage):
     name = "masks"
     tflops = 5.9  # SAM ViT-H image encoder at 1024 px
     cpu_seconds = 0.05
-    masks: MasksConfig = field(default_factory=MasksConfig)
+    masks: MasksSection = field(default_factory=MasksSection)
     depends_on = ()  # the masks section's keys are the mask filters'
 
     def output(self, sample: Sample) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.required import required
 from storage.sample import Noun, Sample
 from tasks.base import Stage
@@ -33,7 +33,7 @@ class Nouns(Stage):
     name = "nouns"
     uses_model = True
     cpu_seconds = 0.005  # spaCy en_core_web_sm on a caption
-    models: ModelsConfig = field(default_factory=ModelsConfig)
+    models: ModelsSection = field(default_factory=ModelsSection)
 
     def setup(self) -> None:
         from lambda_eclipse.models.spacy_nlp import load_spacy  # spaCy loads in the actor only

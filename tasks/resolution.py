@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import ResolutionConfig
+from tasks.config import ResolutionSection
 
 
 @dataclass
 class ResolutionFilter(Stage):
     name = "resolution"
     uses_model = False
-    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    resolution: ResolutionSection = field(default_factory=ResolutionSection)
 
     def process(self, samples: list[Sample]) -> None:
         min_side = self.resolution.min_side

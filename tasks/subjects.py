@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from storage.sample import Detection, Sample
 from tasks.base import Stage
-from tasks.config import SubjectsConfig
+from tasks.config import SubjectsSection
 
 
 @dataclass
 class SelectSubjects(Stage):
     name = "subjects"
     uses_model = False
-    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    subjects: SubjectsSection = field(default_factory=SubjectsSection)
 
     def process(self, samples: list[Sample]) -> None:
         cfg = self.subjects

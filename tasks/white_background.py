@@ -11,7 +11,7 @@ import numpy as np
 from lambda_eclipse.required import required
 from storage.sample import Sample
 from tasks.base import Stage
-from tasks.config import WhiteBackgroundConfig
+from tasks.config import WhiteBackgroundSection
 
 
 def white_fraction(image: np.ndarray, threshold: float) -> float:
@@ -33,7 +33,7 @@ def white_fraction(image: np.ndarray, threshold: float) -> float:
 class WhiteBackgroundFilter(Stage):
     name = "white_background"
     uses_model = False
-    white_background: WhiteBackgroundConfig = field(default_factory=WhiteBackgroundConfig)
+    white_background: WhiteBackgroundSection = field(default_factory=WhiteBackgroundSection)
 
     def process(self, samples: list[Sample]) -> None:
         cfg = self.white_background

@@ -128,7 +128,7 @@ def ray_address(ray_local) -> str:
 @pytest.fixture(scope="session")
 def two_node_cluster(ray_local):
     """One 2-node Ray cluster (one CPU per node, loopback) for the session's multi-node tests (build-dataset and
-    train-prior on an existing cluster), run by a child process: lambda_eclipse.ray_session's LocalCluster (its
+    train-prior on an existing cluster), run by a child process: bench/local_cluster.py: LocalCluster (its
     address, and its pid, whose descendants are the cluster's processes). After ray_local: a local Ray started in
     this process once the cluster runs leaves the cluster cancelling every new actor ("cancelled before it started
     running"; Ray 2.60)."""

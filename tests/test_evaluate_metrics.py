@@ -122,11 +122,11 @@ def test_segmentation_failures_are_counted_per_subject():
 def test_the_evaluation_clip_is_not_the_conditioning_one_unless_asked():
     from evaluation.config import load_eval_config
     from evaluation.encoders import describe, load_eval_clip
-    from lambda_eclipse.config import ModelsConfig
+    from lambda_eclipse.config import ModelsSection
     from lambda_eclipse.models.clip import load_clip
 
     cpu = torch.device("cpu")
-    conditioning = load_clip("tiny", ModelsConfig(), cpu, torch.float32)
+    conditioning = load_clip("tiny", ModelsSection(), cpu, torch.float32)
     cfg = load_eval_config()
     own = load_eval_clip("tiny", cfg, conditioning, cpu, torch.float32)
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)

@@ -337,7 +337,7 @@ def test_paper_shapes_are_the_released_architectures():
     from transformers import ViTConfig, ViTModel
 
     from evaluation.config import EvalModelsSection
-    from generate.config import ModelsSection
+    from generate.config import GenerateModelsSection
     from lambda_eclipse.models import dino, kandinsky
 
     with torch.device("meta"):
@@ -349,7 +349,7 @@ def test_paper_shapes_are_the_released_architectures():
     assert sum(p.numel() for p in vit.parameters()) == 21_665_664
     assert kandinsky.size_multiple(kandinsky.unet_config("paper", 1280), kandinsky.movq_config("paper")) == 64
     assert kandinsky.size_multiple(kandinsky.unet_config("tiny", 32), kandinsky.movq_config("tiny")) == 4
-    assert ModelsSection().decoder == kandinsky.PAPER_DECODER and EvalModelsSection().dino == dino.PAPER_DINO
+    assert GenerateModelsSection().decoder == kandinsky.PAPER_DECODER and EvalModelsSection().dino == dino.PAPER_DINO
 
 
 def test_help_lists_the_config_keys():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models.blip2 import SPECIAL_TOKENS, build_paper_shapes, build_random, load_blip2
 from lambda_eclipse.models.tiny_vocab import NOUNS
@@ -36,11 +36,11 @@ def caption(bundle, images):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_blip2("tiny", ModelsConfig(), CPU, torch.float32)
+    return load_blip2("tiny", ModelsSection(), CPU, torch.float32)
 
 
 def test_tiny_builds_identically(tiny):
-    again = load_blip2("tiny", ModelsConfig(), CPU, torch.float32)
+    again = load_blip2("tiny", ModelsSection(), CPU, torch.float32)
     first, second = tiny.model.state_dict(), again.model.state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -71,7 +71,7 @@ def test_tiny_captions_depend_only_on_the_image(tiny):
 def test_paper_profile_missing_weights_names_the_model_and_the_fix(tmp_path):
     missing = str(tmp_path / "no-blip2-here")
     with pytest.raises(ModelNotFoundError) as info:
-        load_blip2("paper", ModelsConfig(blip2=missing), CPU, torch.float32)
+        load_blip2("paper", ModelsSection(blip2=missing), CPU, torch.float32)
     message = str(info.value)
     assert info.value.model == "BLIP-2"
     assert missing in message

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.clip import CONTEXT_LENGTH, load_clip
 
@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_clip("tiny", ModelsConfig(), CPU, torch.float32)
+    return load_clip("tiny", ModelsSection(), CPU, torch.float32)
 
 
 def smooth_image(shape, seed=0):
@@ -134,8 +134,8 @@ def test_preprocessing_matches_open_clip_eval_transform(clip, shape):
 
 
 def test_tiny_builds_identically():
-    a = load_clip("tiny", ModelsConfig(), CPU, torch.float32).model.state_dict()
-    b = load_clip("tiny", ModelsConfig(), CPU, torch.float32).model.state_dict()
+    a = load_clip("tiny", ModelsSection(), CPU, torch.float32).model.state_dict()
+    b = load_clip("tiny", ModelsSection(), CPU, torch.float32).model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -156,7 +156,7 @@ def test_zero_image_embedding(clip):
 
 
 def test_paper_missing_local_weights(tmp_path):
-    models = ModelsConfig(clip_pretrained=str(tmp_path / "missing.bin"))
+    models = ModelsSection(clip_pretrained=str(tmp_path / "missing.bin"))
     with pytest.raises(ModelNotFoundError) as err:
         load_clip("paper", models, CPU, torch.float32)
     message = str(err.value)
@@ -166,11 +166,11 @@ def test_paper_missing_local_weights(tmp_path):
 
 def test_unknown_profile():
     with pytest.raises(UserError, match="unknown profile"):
-        load_clip("huge", ModelsConfig(), CPU, torch.float32)
+        load_clip("huge", ModelsSection(), CPU, torch.float32)
 
 
 def test_bfloat16_weights_give_float32_outputs_close_to_float32(clip):
-    low = load_clip("tiny", ModelsConfig(), CPU, torch.bfloat16)
+    low = load_clip("tiny", ModelsSection(), CPU, torch.bfloat16)
     assert next(low.model.parameters()).dtype == torch.bfloat16
     image = smooth_image((64, 80))
     embedding = low.encode_images([image])
@@ -188,7 +188,7 @@ def test_float16_weights_round_the_embeddings_less_than_bfloat16(clip):
     reference = clip.encode_images([image])[0]
     errors = {}
     for dtype in (torch.float16, torch.bfloat16):
-        low = load_clip("tiny", ModelsConfig(), CPU, dtype)
+        low = load_clip("tiny", ModelsSection(), CPU, dtype)
         assert next(low.model.parameters()).dtype == dtype
         errors[dtype] = float(np.abs(low.encode_images([image])[0] - reference).max())
     assert 0 < errors[torch.float16] < errors[torch.bfloat16] / 2

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models.grounding_dino import load_grounding_dino
 from lambda_eclipse.models.tiny_vocab import NOUNS
@@ -10,7 +10,7 @@ CPU = torch.device("cpu")
 
 
 def load(profile, **models):
-    return load_grounding_dino(profile, ModelsConfig(**models), CPU, torch.float32)
+    return load_grounding_dino(profile, ModelsSection(**models), CPU, torch.float32)
 
 
 def test_tiny_builds_identically_twice():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models.sam import load_sam
 
@@ -9,7 +9,7 @@ CPU = torch.device("cpu")
 
 
 def load(profile, **models):
-    return load_sam(profile, ModelsConfig(**models), CPU, torch.float32)
+    return load_sam(profile, ModelsSection(**models), CPU, torch.float32)
 
 
 def test_tiny_builds_identically_twice():

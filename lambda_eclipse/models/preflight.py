@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 
 
@@ -22,7 +22,7 @@ def _hub_model(source: str) -> bool:
     return Path(source).is_dir() or (source.count("/") == 1 and _in_hf_cache(source, "config.json"))
 
 
-def _clip(models: ModelsConfig) -> bool:
+def _clip(models: ModelsSection) -> bool:
     import open_clip
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
@@ -33,7 +33,7 @@ def _clip(models: ModelsConfig) -> bool:
     return bool(hub) and any(_in_hf_cache(hub, f) for f in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
 
 
-def check_paper_weights(models: ModelsConfig) -> None:
+def check_paper_weights(models: ModelsSection) -> None:
     import spacy.util
 
     missing = []

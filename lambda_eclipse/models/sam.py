@@ -11,7 +11,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import ModelNotFoundError, UserError
 from lambda_eclipse.models import seeded
 from lambda_eclipse.profile import Profile, pick
@@ -25,7 +25,7 @@ TINY_IMG_SIZE = 64
 TINY_MASK_BIAS = 0.5
 
 
-def _tiny(models: ModelsConfig) -> Sam:
+def _tiny(models: ModelsSection) -> Sam:
     embed = 32
     with seeded():
         sam = Sam(
@@ -53,7 +53,7 @@ def _tiny(models: ModelsConfig) -> Sam:
     return sam
 
 
-def _paper(models: ModelsConfig) -> Sam:
+def _paper(models: ModelsSection) -> Sam:
     if models.sam_type not in sam_model_registry:
         types = ", ".join(sam_model_registry)
         raise UserError(f"models.sam_type={models.sam_type!r} is not a SAM type; choose one of: {types}")
@@ -72,18 +72,18 @@ def _paper(models: ModelsConfig) -> Sam:
     return sam
 
 
-def _paper_shapes(models: ModelsConfig) -> Sam:
+def _paper_shapes(models: ModelsSection) -> Sam:
     with seeded():
         return sam_model_registry["vit_h"](checkpoint=None)
 
 
 # The SAM of each profile (every loader takes the `models` section; only `paper` reads it).
-LOADERS: dict[Profile, Callable[[ModelsConfig], Sam]] = {
+LOADERS: dict[Profile, Callable[[ModelsSection], Sam]] = {
     Profile.TINY: _tiny,
     Profile.PAPER: _paper,
     Profile.PAPER_SHAPES: _paper_shapes,
 }
 
 
-def load_sam(profile: str, models: ModelsConfig, device: torch.device, dtype: torch.dtype) -> Sam:
+def load_sam(profile: str, models: ModelsSection, device: torch.device, dtype: torch.dtype) -> Sam:
     return pick(LOADERS, profile, "SAM")(models).to(device=device, dtype=dtype).eval()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import spacy
 from spacy.language import Language
 
-from lambda_eclipse.config import ModelsConfig
+from lambda_eclipse.config import ModelsSection
 from lambda_eclipse.errors import UserError
 
 
-def load_spacy(models: ModelsConfig) -> Language:
+def load_spacy(models: ModelsSection) -> Language:
     """`models.spacy`, an installed pipeline package name or a path; NER is not needed for nouns."""
     try:
         return spacy.load(models.spacy, disable=["ner"])
