@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lambda_eclipse.profile import Profile
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: its cluster is on loopback
@@ -932,7 +934,7 @@ def bench_control_plane(units: tuple[int, ...]) -> None:
 
 def main() -> None:
     args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    args.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
+    args.add_argument("--profile", type=Profile, default=Profile.TINY, choices=(Profile.TINY, Profile.PAPER_SHAPES))
     args.add_argument("--n1", type=int, default=24, help="images in the small run")
     args.add_argument("--n2", type=int, default=384, help="images in the large run (32 shards: a stable steady state)")
     args.add_argument("--size", type=int, default=1024, help="side of the generated photos (tiny)")
@@ -971,7 +973,7 @@ def main() -> None:
         bench_balance(ns.n1, min(ns.size, 256), ns.cpus, ns.nodes)
     elif ns.cpu_side:
         bench_cpu_side(ns.count, tuple(int(s) for s in ns.sizes.split(",")), ns.photo_set)
-    elif ns.profile == "tiny":
+    elif ns.profile is Profile.TINY:
         if ns.tars:
             bench_planning(ns.tars, 50)
         bench_tiny(ns.n1, ns.n2, ns.size, ns.cpus, ns.nodes)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lambda_eclipse.models.clip import load_clip
+from lambda_eclipse.profile import Profile
 from tasks.config import BuildConfig
 from tasks.decode import decode_rgb
 from tasks.edges import canny_rgb
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", required=True, help="a folder of photos")
     parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--profile", default="paper", choices=("paper", "paper-shapes", "tiny"))
+    parser.add_argument("--profile", type=Profile, default=Profile.PAPER, choices=tuple(Profile))
     parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated, compared with float32")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ import torch
 from finetune.config import load_finetune_config
 from finetune.prepare import place, prepare_finetune
 from finetune.trainer import Trainer
+from lambda_eclipse.profile import Profile
 from lambda_eclipse.synthetic import write_photos
 
 
@@ -35,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
+    parser.add_argument("--profile", type=Profile, default=Profile.TINY, choices=(Profile.TINY, Profile.PAPER_SHAPES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        write_photos(Path(tmp) / "dog", 3, size=1024 if args.profile == "paper-shapes" else 96)
+        write_photos(Path(tmp) / "dog", 3, size=1024 if args.profile is Profile.PAPER_SHAPES else 96)
         overrides = [f"finetune.batch_size={args.batch}", f"data.resolution={args.resolution}", "data.segment=false",
                      *args.set]
         job = prepare_finetune([f"dog={Path(tmp) / 'dog'}"], str(Path(tmp) / "out"), args.profile,

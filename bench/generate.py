@@ -30,6 +30,7 @@ from generate.pipeline import Generator
 from generate.plan import prepare
 from generate.requests import GenerateRequest
 from generate.subjects import SubjectSpec
+from lambda_eclipse.profile import Profile
 from lambda_eclipse.synthetic import write_photos
 from prior.model import EclipsePrior, prior_config
 
@@ -52,7 +53,7 @@ def _timed(fn, device: torch.device) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="tiny", choices=("tiny", "paper-shapes"))
+    parser.add_argument("--profile", type=Profile, default=Profile.TINY, choices=(Profile.TINY, Profile.PAPER_SHAPES))
     parser.add_argument("--prompts", type=int, default=6, help="measured prompts (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--images", type=int, default=4, help="images per prompt (paper's evaluation: 4)")
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch CPU threads [default: 1 for tiny, whose ops are too small to split; else torch's]")
     parser.add_argument("--actors", type=int, default=0, help="also measure through N Ray model actors [default: 0]")
     args = parser.parse_args(argv)
-    if args.threads or args.profile == "tiny":
+    if args.threads or args.profile is Profile.TINY:
         torch.set_num_threads(args.threads or 1)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        EclipsePrior(**prior_config("tiny" if args.profile == "tiny" else "paper")).save_pretrained(tmp / "prior")
+        EclipsePrior(**prior_config(args.profile)).save_pretrained(tmp / "prior")
     dog, hat = write_photos(tmp / "photos", 2, size=256)
     count = args.warmup + args.prompts
     requests = [GenerateRequest(f"a dog wearing a hat {PLACES[i % len(PLACES)]}",

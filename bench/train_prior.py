@@ -38,7 +38,8 @@ os.environ.update(TORCH_ENV)  # before torch is imported: the loader here runs a
 
 import torch
 
-from prior.config import load_train_config
+from lambda_eclipse.profile import Profile
+from prior.config import PRIOR_PROFILES, load_train_config
 from prior.data import loader, open_dataset, to_device
 from prior.driver import run_training
 from prior.loss import prior_loss
@@ -50,7 +51,7 @@ from storage.synthetic_features import write_feature_dataset
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="paper", choices=("paper", "tiny"))
+    parser.add_argument("--profile", type=Profile, default=Profile.PAPER, choices=PRIOR_PROFILES)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: 256 with --loader-only, else 512 on a GPU and 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 24 with --loader-only, else 8")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     per_shard = args.shard_rows if args.loader_only else -(-args.steps * args.batch_size // args.shards)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-prior-") as tmp:
-        d = 1280 if args.profile == "paper" else 32
+        d = 1280 if args.profile is Profile.PAPER else 32
         start = time.perf_counter()
         data = write_feature_dataset(Path(tmp) / "data", [(per_shard, 2)] * args.shards, d=d)
         print(f"dataset: {args.shards} shards × {per_shard} train samples, d = {d}, "

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 from bench.local_cluster import local_cluster
+from lambda_eclipse.profile import Profile
+from prior.config import PRIOR_PROFILES
 from storage.synthetic_features import write_feature_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="tiny", choices=("tiny", "paper"))
+    parser.add_argument("--profile", type=Profile, default=Profile.TINY, choices=PRIOR_PROFILES)
     parser.add_argument("--batch-size", type=int, default=32, help="per trainer")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=20, help="steps per measured window")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", type=float, default=1, help="CPUs per node")
     parser.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
-    d = 1280 if args.profile == "paper" else 32
+    d = 1280 if args.profile is Profile.PAPER else 32
     with tempfile.TemporaryDirectory(prefix="bench-train-prior-cluster-") as tmp, \
             local_cluster(nodes=args.nodes, cpus_per_node=args.cpus) as cluster:
         os.environ["RAY_ADDRESS"] = cluster.address
