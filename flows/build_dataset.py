@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic.json_schema import SkipJsonSchema
 
 from flows.build_dashboard import BuildDashboard
-from flows.handed import Handed
+from flows.handed import Handed, plan_of
 from lambda_eclipse.errors import BuildError
 from lambda_eclipse.ray_session import ray_session
 from lambda_eclipse.required import required
@@ -83,8 +83,8 @@ def build_dataset(
                                  "instead")
         ray_cpus = ray_cpus or workers
     confine(inputs=inputs, output=output, config_file=config_file, reuse=reuse, forecast=forecast)
-    plan: BuildPlan = handed.plan if handed is not None else plan_build(
-        inputs, output, profile, config_file, overrides, ray_cpus, gpus_per_stage, config, reuse, sample)
+    plan: BuildPlan = plan_of(handed, lambda: plan_build(
+        inputs, output, profile, config_file, overrides, ray_cpus, gpus_per_stage, config, reuse, sample))
     return run_build(plan, read_forecast(forecast or reuse, required=forecast is not None))
 
 

@@ -27,7 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from evaluation.benchmarks import BenchPrompt
 from evaluation.run import EvalPlan, Evaluator, finish, prepare_evaluation, record, score, start
-from flows.handed import Handed, config_hash
+from flows.handed import Handed, config_hash, plan_of
 from generate.requests import Job
 from lambda_eclipse.actor_pool import ActorPool, model_pool
 from lambda_eclipse.errors import WorkerError
@@ -80,8 +80,8 @@ def evaluate(
     prepares its own."""
     prior = resolve_prior(prior)
     confine(data=data, prior=prior, output=output, config_file=config_file, decoder=decoder)
-    plan: EvalPlan = handed.plan if handed is not None else prepare_evaluation(
-        benchmark, data, prior, output, profile, config_file, overrides, decoder)
+    plan: EvalPlan = plan_of(handed, lambda: prepare_evaluation(
+        benchmark, data, prior, output, profile, config_file, overrides, decoder))
     e = plan.cfg.evaluate
     confine(canny_from=e.canny_from or None, multibench_files=e.multibench_files or None)  # paths in the config
     return run_evaluation(plan)

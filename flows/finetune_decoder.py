@@ -17,7 +17,7 @@ from finetune.driver import LOGGER, run_finetune
 from finetune.job import FinetuneJob
 from finetune.prepare import place, prepare_finetune
 from finetune.subjects import parse_subject
-from flows.handed import Handed, config_hash
+from flows.handed import Handed, config_hash, plan_of
 from flows.run_log import forwarded
 from lambda_eclipse.ray_session import cluster_resources, ray_session
 from storage.confine import confine
@@ -46,8 +46,8 @@ def finetune_decoder(
     `handed`: the job `lambda-eclipse finetune-decoder` prepared from these parameters (flows/handed.py); without it
     the flow prepares its own."""
     confine(subjects=[parse_subject(s)[1] for s in subjects], output=output, config_file=config_file)
-    job: FinetuneJob = handed.plan if handed is not None else prepare_finetune(
-        subjects, output, profile, load_finetune_config(config_file, overrides or []), resume)
+    job: FinetuneJob = plan_of(handed, lambda: prepare_finetune(
+        subjects, output, profile, load_finetune_config(config_file, overrides or []), resume))
     return run_finetuning(job)
 
 

@@ -16,7 +16,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.handed import Handed, config_hash
+from flows.handed import Handed, config_hash, plan_of
 from generate.config import GUIDANCE, INTERPOLATE_GUIDANCE, load_generate_config
 from generate.interpolate import GRID, grid_images, write_grid
 from generate.pipeline import Generator
@@ -89,12 +89,9 @@ def generate(
     parameters (flows/handed.py); without it the flow prepares its own."""
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, canny=canny, batch=batch, config_file=config_file, decoder=decoder)
-    if handed is not None:
-        plan: GeneratePlan = handed.plan
-    else:
-        requests = requests_from_args(prompt, subjects, canny, batch, seed, num_images)
-        cfg = load_generate_config(config_file, overrides or [])
-        plan = prepare(requests, prior, output, profile, cfg, steps, guidance, height, width, segment, decoder=decoder)
+    plan: GeneratePlan = plan_of(handed, lambda: prepare(
+        requests_from_args(prompt, subjects, canny, batch, seed, num_images), prior, output, profile,
+        load_generate_config(config_file, overrides or []), steps, guidance, height, width, segment, decoder=decoder))
     return run_generate(plan)
 
 
@@ -158,10 +155,10 @@ def interpolate(
     prior = resolve_prior(prior)
     confine(prior=prior, output=output, config_file=config_file, decoder=decoder)
     check_grid(len(corners), steps)
-    plan: GeneratePlan = handed.plan if handed is not None else prepare(
+    plan: GeneratePlan = plan_of(handed, lambda: prepare(
         corner_requests(prompts, corners, seed), prior, output, profile,
         load_generate_config(config_file, overrides or []), inference_steps, guidance, height, width, segment,
-        decoder=decoder)
+        decoder=decoder))
     return run_interpolate(plan, steps, seed)
 
 

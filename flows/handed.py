@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+
+from lambda_eclipse.config import Deprecated
+
+T = TypeVar("T")
 
 
 class Handed(BaseModel):
@@ -37,3 +44,21 @@ class Handed(BaseModel):
 def config_hash(cfg: Any) -> str:
     """A resolved config's hash (`cfg.to_dict()`, every key): two runs that record the same one ran the same config."""
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_of(handed: Handed | None, prepare: Callable[[], T]) -> T:
+    """The plan handed by the CLI, else the one `prepare()` makes from the run's plain parameters. A renamed key among
+    those (a deployment's `overrides` naming `runtime.workers`) is also logged to the run, where the operator of a
+    deployment looks, not only to the worker's stderr."""
+    if handed is not None:
+        return handed.plan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Deprecated)
+        try:
+            return prepare()
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, Deprecated):
+                    get_run_logger().warning("%s", warning.message)
+                else:  # recorded only because this block records: shown as it would have been
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.handed import Handed, config_hash
+from flows.handed import Handed, config_hash, plan_of
 from flows.run_log import forwarded
 from prior.config import load_train_config
 from prior.driver import LOGGER, run_training
@@ -60,8 +60,8 @@ def train_prior(
     validation's). `handed`: the job `lambda-eclipse train-prior` prepared from these parameters (flows/handed.py);
     without it the flow prepares its own."""
     confine(data=data, output=output, config_file=config_file, init_from=init_from)
-    job: TrainJob = handed.plan if handed is not None else prepare_training(
-        data, output, profile, load_train_config(config_file, overrides or []), resume, init_from)
+    job: TrainJob = plan_of(handed, lambda: prepare_training(
+        data, output, profile, load_train_config(config_file, overrides or []), resume, init_from))
     return run_train(job, data)
 
 

@@ -7,6 +7,7 @@ import json
 from uuid import UUID
 
 import pytest
+from conftest import logs_of_latest_run
 
 from lambda_eclipse.synthetic import write_photos
 from storage.synthetic_features import write_feature_dataset
@@ -84,11 +85,15 @@ def test_build_dataset_lists_its_inputs_once(tmp_path, monkeypatch):
 
     listed.clear()  # a deployment's run: raw parameters, prepared once in the flow
     planned.clear()
+    # with old names a deployment may still pass for a release: the parameter `workers`, the key runtime.workers
     summary = build_dataset(inputs=[str(photos)], output=str(tmp_path / "data"),
-                            overrides=["resolution.min_side=96"], workers=1)  # ray_cpus' old name, for a release
+                            overrides=["resolution.min_side=96", "runtime.workers=1"], workers=1)
     assert summary["shards"] == 1 and len(listed) == 1 and len(planned) == 1
     assert ran[1][0] is planned[0] and _recorded(ran[1][1])["handed"] is None
     assert planned[0].cfg.runtime.ray_cpus == 1
+    logs_of_latest_run("build-dataset", "the parameter `workers` is deprecated and goes in the next release; pass "
+                       "`ray_cpus` instead", "config key 'runtime.workers' is deprecated and goes in the next "
+                       "release; set 'runtime.ray_cpus' instead")
     assert "workers" not in parameter_schema(flows.build_dataset.build_dataset.fn).properties
 
 
